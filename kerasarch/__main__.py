@@ -1,0 +1,5 @@
+import sys
+
+from kerasarch.cli import main
+
+sys.exit(main())

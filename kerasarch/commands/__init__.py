@@ -1,0 +1,1 @@
+"""Sub-commands of the ``kerasarch`` command line, one module each (see ``kerasarch.cli``)."""

@@ -1,0 +1,40 @@
+"""``kerasarch list [PATTERN] [--build]``: the registered models, optionally built to show their sizes."""
+
+from __future__ import annotations
+
+
+def register(sub):
+    p = sub.add_parser("list", help="list the registered models")
+    p.add_argument("pattern", nargs="?", default=None, help="glob pattern, e.g. 'resnet*'")
+    p.add_argument("--family", default=None, help="only this family")
+    p.add_argument("--build", action="store_true",
+                   help="build each model and print its parameter count and output shape")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    from kerasarch.registry import get_spec, list_models
+
+    names = list_models(args.pattern, family=args.family)
+    if not names:
+        print(f"No registered model matches {args.pattern!r}.")
+        return 1
+    header = f"{'name':24s} {'family':14s} {'input':>13s} {'ref params':>14s}"
+    if args.build:
+        header += f" {'built params':>14s} {'output':>12s}"
+    print(header)
+    for name in names:
+        spec = get_spec(name)
+        ref = f"{spec.params:,}" if spec.params else (
+            f"~{spec.params_approx[0]}{spec.params_approx[1]}" if spec.params_approx else "-")
+        line = f"{name:24s} {spec.family:14s} {'x'.join(map(str, spec.input_shape)):>13s} {ref:>14s}"
+        if args.build:
+            import keras
+
+            model = spec.build()
+            trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
+            line += f" {trainable:>14,} {str(tuple(model.output_shape[1:]) if not isinstance(model.output_shape, list) else 'multi'):>12s}"
+            del model
+            keras.backend.clear_session()
+        print(line, flush=True)
+    return 0

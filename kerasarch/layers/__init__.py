@@ -1,0 +1,6 @@
+"""Custom layers, each registered as serializable under the ``kerasarch`` package name, so that a ``.keras``
+file loads back with ``safe_mode=True``. Importing this package imports every layer module."""
+
+from kerasarch._discover import import_submodules
+
+import_submodules(__name__)
