@@ -13,13 +13,19 @@ A family builder looks like::
 
 from __future__ import annotations
 
-import os
-
 import keras
 from keras import layers
 
-__all__ = ["check_top_args", "make_inputs", "apply_pooling", "apply_classifier", "predictions_dense",
-           "finish_model", "load_weights_file"]
+__all__ = [
+    "apply_classifier",
+    "apply_pooling",
+    "check_top_args",
+    "finish_model",
+    "load_weights_file",
+    "make_inputs",
+    "output_dtype",
+    "predictions_dense",
+]
 
 _POOLINGS = (None, "avg", "max")
 
@@ -85,12 +91,16 @@ def apply_pooling(x, pooling, *, prefix=""):
     return x
 
 
-def predictions_dense(classes, classifier_activation, name="predictions", **kwargs):
-    """The final classifier layer. Under a mixed precision policy it computes in float32, so that logits and
-    softmax keep float32 range (the Keras mixed-precision guide's advice)."""
+def output_dtype():
+    """The dtype of a model's output layer: float32 under a mixed precision policy, so that logits and softmax
+    keep float32 range (the Keras mixed-precision guide's advice); ``None`` (the policy's) otherwise."""
     policy = keras.config.dtype_policy()
-    dtype = "float32" if policy.compute_dtype != policy.variable_dtype else None
-    return layers.Dense(classes, activation=classifier_activation, name=name, dtype=dtype, **kwargs)
+    return "float32" if policy.compute_dtype != policy.variable_dtype else None
+
+
+def predictions_dense(classes, classifier_activation, name="predictions", **kwargs):
+    """The final classifier layer, computing in float32 under mixed precision (see :func:`output_dtype`)."""
+    return layers.Dense(classes, activation=classifier_activation, name=name, dtype=output_dtype(), **kwargs)
 
 
 def apply_classifier(x, include_top, pooling, classes, classifier_activation, *, dropout=None,
@@ -116,35 +126,18 @@ def finish_model(inputs, outputs, name, weights=None, input_tensor=None):
 
 
 def load_weights_file(model, weights):
-    """Loads a ``.keras`` or ``.weights.h5`` file into ``model``; other values raise with what is allowed."""
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"`weights` must be None or the path to a weights file. Received: weights={weights!r}")
-    path = os.fspath(weights)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Weights file not found: {path!r}. `weights` must be None or an existing "
-                                f"'.keras' / '.weights.h5' file.")
-    if path.endswith(".keras"):
-        source = keras.saving.load_model(path, compile=False)
-        _copy_weights(source, model)
-    elif path.endswith(".weights.h5"):
-        model.load_weights(path)
-    else:
-        raise ValueError(f"Unsupported weights file {path!r}: expected a '.keras' or '.weights.h5' file.")
-    return model
+    """Loads ``weights`` into ``model``: ``"imagenet"`` / ``"imagenet:<source>"`` (the published checkpoint of the
+    model's registry name, downloaded and checksummed) or the path of a ``.keras``, ``.weights.h5``,
+    keras.applications ``.h5``, torchvision ``.pth`` or ``.safetensors`` file; see :mod:`kerasarch.weights`."""
+    from kerasarch.weights.loading import load_weights
+
+    return load_weights(model, weights)
 
 
 def _copy_weights(source, target):
-    """Copies weights layer by layer by name; the first layer whose shapes differ is named in the error."""
-    src = {layer.name: layer for layer in source.layers}
-    for layer in target.layers:
-        if not layer.weights:
-            continue
-        if layer.name not in src:
-            raise ValueError(f"Weights file does not fit: layer '{layer.name}' of {target.name} has no "
-                             f"counterpart in {source.name}.")
-        got = src[layer.name].get_weights()
-        want = [tuple(w.shape) for w in layer.weights]
-        if [tuple(g.shape) for g in got] != want:
-            raise ValueError(f"Weights file does not fit at layer '{layer.name}': the model expects shapes "
-                             f"{want}, the file holds {[tuple(g.shape) for g in got]}.")
-        layer.set_weights(got)
+    """Copies weights layer by layer by name; the first layer whose shapes differ is named in the error (the
+    classifier excepted when only its class count differs, see :mod:`kerasarch.weights.loading`)."""
+    from kerasarch.weights.loading import assign_layer_weights
+
+    arrays = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
+    assign_layer_weights(target, arrays, source=source.name)

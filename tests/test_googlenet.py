@@ -9,7 +9,8 @@ import pytest
 
 import kerasarch
 from kerasarch.applications.googlenet import AUX_LOSS_WEIGHT, AUX_LOSS_WEIGHTS, strip_auxiliary
-from kerasarch.blocks.inception import apply_ceil_pool, ceil_pool_size, slide_inception_module
+from kerasarch.blocks.inception import slide_inception_module
+from kerasarch.blocks.pooling import apply_ceil_pool, ceil_pool_size
 from tests.helpers import random_images, trainable_params
 
 ALEXNET_PARAMS = 60_965_224  # REFERENCES.md, Caffe bvlc_alexnet

@@ -19,7 +19,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from kerasarch.blocks.inception import apply_ceil_pool, apply_inception_conv, apply_inception_module
+from kerasarch.blocks.inception import apply_inception_conv, apply_inception_module
+from kerasarch.blocks.pooling import apply_ceil_pool
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs, predictions_dense
 from kerasarch.layers.lrn import LocalResponseNormalization
 from kerasarch.registry import ModelSpec, register_model

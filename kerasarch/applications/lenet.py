@@ -9,10 +9,9 @@ the paper), like keras.applications without its fully connected layers.
 
 from __future__ import annotations
 
-import keras
 from keras import layers
 
-from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, predictions_dense
+from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, output_dtype, predictions_dense
 from kerasarch.layers.lenet import (
     LENET5_C3_TABLE,
     ConnectionTableConv2D,
@@ -87,10 +86,9 @@ def lenet5(*, connection_table=True, activation="scaled_tanh", subsampling="trai
         x = layers.Flatten(name="flatten")(x)
         x = _activation(layers.Dense(84, name="f6")(x), activation, "f6_act")
         if output == "rbf":
-            policy = keras.config.dtype_policy()  # float32 distances under mixed precision, as predictions_dense
             x = EuclideanRBF(classes, trainable_centres=rbf_centres == "trainable",
                              activation=classifier_activation, name="predictions",
-                             dtype="float32" if policy.compute_dtype != policy.variable_dtype else None)(x)
+                             dtype=output_dtype())(x)
         else:
             x = predictions_dense(classes, classifier_activation)(x)
     else:

@@ -10,12 +10,11 @@ There is no published exact parameter count: the counts below are derived, layer
 
 from __future__ import annotations
 
-import keras
 from keras import layers
 
-from kerasarch.blocks.inception import apply_ceil_pool
 from kerasarch.blocks.mlpconv import apply_mlpconv
-from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs
+from kerasarch.blocks.pooling import apply_ceil_pool
+from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, output_dtype
 from kerasarch.registry import ModelSpec, register_model
 
 __all__ = ["NIN_CONFIGS", "nin"]
@@ -73,9 +72,8 @@ def nin(config="imagenet", *, dropout=0.5, include_top=True, weights=None, input
             x = layers.Dropout(dropout, name=f"drop{i}")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        policy = keras.config.dtype_policy()
         x = layers.Activation(classifier_activation or "linear", name="predictions",
-                              dtype="float32" if policy.compute_dtype != policy.variable_dtype else None)(x)
+                              dtype=output_dtype())(x)
     else:
         x = apply_pooling(x, pooling)
     return finish_model(inputs, x, name, weights, input_tensor)
