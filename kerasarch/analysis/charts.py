@@ -1,0 +1,158 @@
+"""PNG charts of a comparison (matplotlib, Agg canvas: no display needed).
+
+- :func:`accuracy_chart`: top-1 accuracy against GMACs, bubble area proportional to the parameter count
+  (after Canziani, Paszke & Culurciello 2016, arXiv:1605.07678, Fig. 2).
+- :func:`speed_chart`: latency at batch 1 and throughput at the large batch, as bars.
+- :func:`memory_chart`: weights, estimated forward activations at the large batch and measured peak RSS.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["accuracy_chart", "speed_chart", "memory_chart"]
+
+
+def _figure(width, height):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _fmt_count(n):
+    """1234567 -> '1.2M', 48680 -> '48.7K'."""
+    for scale, unit in ((1e9, "G"), (1e6, "M"), (1e3, "K")):
+        if n >= scale:
+            return f"{n / scale:.3g}{unit}"
+    return f"{n:g}"
+
+
+def _fmt_mb(v):
+    return f"{v:,.0f}" if v >= 10 else f"{v:.2g}"
+
+
+def _nice_sizes(max_params):
+    """Up to three round parameter counts (1, 2.5, 5 × 10^k) at most the largest model's, for the size legend."""
+    out = [m * 10 ** k for k in range(0, 13) for m in (1, 2.5, 5) if m * 10 ** k <= max_params * 1.05]
+    return out[-3:] if out else [max_params]
+
+
+def accuracy_chart(results, path, title="Top-1 accuracy vs. multiply-adds"):
+    """Bubble chart: x = GMACs, y = top-1 (%), bubble area ∝ parameters; models without a top-1 are named in a
+    footnote."""
+    known = [r for r in results if r.get("top1") is not None]
+    missing = [r["model"] for r in results if r.get("top1") is None]
+    fig = _figure(9.5, 6)
+    ax = fig.add_subplot(1, 1, 1)
+    max_params = max((r["params"] for r in results), default=1)
+    area_per_param = 3500.0 / max(max_params, 1)  # the largest model gets 3,500 pt²
+    colors = [f"C{i % 10}" for i in range(len(known))]
+    # GMACs for ImageNet networks, MMACs or KMACs for small ones.
+    top_gmacs = max((r["gmacs"] for r in known), default=1.0)
+    scale, unit = next(((f, u) for f, u in ((1, "GMACs"), (1e3, "MMACs"), (1e6, "KMACs")) if top_gmacs * f >= 0.1),
+                       (1e9, "MACs"))
+    for r, c in zip(known, colors):
+        area = max(r["params"] * area_per_param, 12)
+        ax.scatter(r["gmacs"] * scale, r["top1"], s=area, color=c, alpha=0.55, edgecolors="black", linewidths=0.8,
+                   zorder=3)
+        # The label sits right of the bubble (offset by its radius in points).
+        ax.annotate(f"{r['model']} ({_fmt_count(r['params'])})", (r["gmacs"] * scale, r["top1"]),
+                    xytext=((area / math.pi) ** 0.5 + 3, 0), textcoords="offset points", ha="left", va="center",
+                    fontsize=8, zorder=4)
+    if known:
+        xs = [r["gmacs"] * scale for r in known]
+        ys = [r["top1"] for r in known]
+        if min(xs) > 0 and max(xs) / min(xs) > 30:
+            ax.set_xscale("log")
+            ax.set_xlim(min(xs) / 2, max(xs) * 2)
+        else:
+            ax.set_xlim(-0.06 * max(xs), max(xs) * 1.3)
+        ax.set_ylim(min(ys) - 4, max(ys) + 4)
+        sizes = _nice_sizes(max_params)
+        handles = [ax.scatter([], [], s=m * area_per_param, color="grey", alpha=0.35, edgecolors="black",
+                              linewidths=0.8) for m in sizes]
+        # Legend rows far enough apart for the largest reference bubble (spacing is in font sizes, 8 pt).
+        spacing = 0.8 + 2 * (max(sizes) * area_per_param / math.pi) ** 0.5 / 8 * 0.75
+        ax.legend(handles, [_fmt_count(m) for m in sizes], loc="center left", bbox_to_anchor=(1.02, 0.5),
+                  labelspacing=spacing, borderpad=1.6, handletextpad=1.5, frameon=False, fontsize=8,
+                  title="parameters\n(bubble area)", title_fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no model has a known top-1 accuracy", transform=ax.transAxes, ha="center", va="center")
+    ax.set_xlabel(f"multiply-adds per image ({unit if known else 'GMACs'}, computed)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, zorder=0)
+    note = "top-1: published figure of the model's reference weights (spec metadata)."
+    if missing:
+        note += f"  Not plotted (no published top-1): {', '.join(missing)}."
+    fig.text(0.01, 0.01, note, fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    fig.savefig(path)
+    return path
+
+
+def _barh(ax, names, values, color, fmt, xlabel):
+    ys = range(len(names))
+    ax.barh(ys, values, color=color, alpha=0.8)
+    ax.set_yticks(list(ys), names)
+    ax.invert_yaxis()
+    top = max(values) if values else 1
+    for y, v in zip(ys, values):
+        ax.text(v + top * 0.01, y, fmt(v), va="center", fontsize=8)
+    ax.set_xlim(0, top * 1.22 if top > 0 else 1)
+    ax.set_xlabel(xlabel)
+    ax.grid(True, axis="x", alpha=0.3)
+
+
+def speed_chart(results, path, machine=""):
+    """Bars of the median latency at the first batch size and the throughput at the second."""
+    names = [r["model"] for r in results]
+    b1 = results[0]["latency_batch"] if results else 1
+    big = [k for k in (results[0] if results else {}) if k.startswith("throughput_b")]
+    fig = _figure(10, 1.2 + 0.45 * len(names))
+    ax1 = fig.add_subplot(1, 2, 1)
+    _barh(ax1, names, [r["latency_ms"] for r in results], "C0", lambda v: f"{v:,.1f} ms",
+          f"latency at batch {b1} (ms, median)")
+    ax1.set_title("Latency (lower is better)", fontsize=10)
+    if big:
+        key = big[0]
+        ax2 = fig.add_subplot(1, 2, 2)
+        _barh(ax2, names, [r[key] for r in results], "C2", lambda v: f"{v:,.1f}/s",
+              f"throughput at batch {key[len('throughput_b'):]} (images/s, median)")
+        ax2.set_title("Throughput (higher is better)", fontsize=10)
+    if machine:
+        fig.suptitle(machine, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def memory_chart(results, path, batch=32):
+    """Grouped bars: weights (MB), estimated forward activations for ``batch`` images (MB), measured peak RSS
+    increase (MB)."""
+    names = [r["model"] for r in results]
+    series = [("weights", [r["param_mb"] for r in results], "C1"),
+              (f"forward activations × {batch} (estimate)", [r["activation_mb"] * batch for r in results], "C4"),
+              ("measured peak RSS increase", [r["peak_rss_mb"] for r in results], "C3")]
+    fig = _figure(9, 1.8 + 0.75 * len(names))
+    ax = fig.add_subplot(1, 1, 1)
+    h = 0.27
+    top = max((v for _, vals, _ in series for v in vals), default=1)
+    for k, (label, vals, color) in enumerate(series):
+        ys = [i + (k - 1) * h for i in range(len(names))]
+        ax.barh(ys, vals, height=h, color=color, alpha=0.8, label=label)
+        for y, v in zip(ys, vals):
+            ax.text(v + top * 0.01, y, _fmt_mb(v), va="center", fontsize=7)
+    ax.set_yticks(list(range(len(names))), names)
+    ax.invert_yaxis()
+    ax.set_xlim(0, top * 1.18 if top > 0 else 1)
+    ax.set_xlabel("MB (10⁶ bytes)")
+    ax.set_title("Memory: weights, activations and measured peak", pad=24)
+    ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
+    ax.grid(True, axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    return path

@@ -1,0 +1,106 @@
+"""``kerasarch summary MODEL``: per-layer parameters, multiply-adds, activations and receptive fields, with totals.
+
+A rich table on a terminal, a plain table otherwise; ``--format markdown|csv|json`` for files.
+"""
+
+from __future__ import annotations
+
+import sys
+
+
+def parse_shape(text):
+    """``"224,224,3"`` or ``"224x224x3"`` -> ``(224, 224, 3)``."""
+    if text is None:
+        return None
+    try:
+        return tuple(int(v) for v in text.replace("x", ",").replace("×", ",").split(",") if v.strip())
+    except ValueError:
+        raise SystemExit(f"--input-shape must look like 224,224,3. Received: {text!r}") from None
+
+
+def register(sub):
+    p = sub.add_parser("summary", help="per-layer parameters, MACs, activations and receptive fields of a model")
+    p.add_argument("model", help="a registry name (see `kerasarch list`) or a .keras file")
+    p.add_argument("--input-shape", default=None, help="H,W,C (default: the model's)")
+    p.add_argument("--batch", type=int, default=1, help="batch size of the memory figures (default 1)")
+    p.add_argument("--dtype-policy", default=None,
+                   help="build under this Keras dtype policy, e.g. mixed_bfloat16 (registry names only)")
+    p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
+    p.add_argument("--out", default=None, help="write to this file instead of standard output")
+    p.set_defaults(func=run)
+
+
+def _plain_table(p):
+    from kerasarch.analysis.profile import _fmt_rf, _fmt_shape
+
+    header = ("layer", "type", "output", "params", "MACs", "other ops", "activations", "RF")
+    body = [(r.name, r.type, _fmt_shape(r.output_shape), f"{r.params:,}", f"{r.macs:,}" + ("*" if r.estimated else ""),
+             f"{r.other_ops:,}", f"{r.activations:,}" if r.stored else f"({r.activations:,})",
+             _fmt_rf(r.receptive_field)) for r in p.rows]
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
+    right = {3, 4, 5, 6}
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    out = [f"{p.model_name}", line(header), line(tuple("-" * w for w in widths))]
+    out += [line(b) for b in body]
+    out.append("")
+    out += [f"{k}: {v}" for k, v in p.totals_lines()]
+    return "\n".join(out) + "\n"
+
+
+def _rich_table(p):
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    from kerasarch.analysis.profile import _fmt_rf, _fmt_shape
+
+    console = Console(highlight=False)
+    table = Table(title=f"{p.model_name}", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
+    header = ("layer", "type", "output", "params", "MACs", "other ops", "activations", "RF")
+    cells = [(r.name, r.type, _fmt_shape(r.output_shape), f"{r.params:,}" if r.params else "",
+              (f"{r.macs:,}" + ("*" if r.estimated else "")) if r.macs else "",
+              f"{r.other_ops:,}" if r.other_ops else "",
+              f"{r.activations:,}" if r.stored else f"({r.activations:,})", _fmt_rf(r.receptive_field))
+             for r in p.rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
+    keep = list(range(len(header)))
+    # On a narrow terminal drop the least essential columns rather than cut numbers.
+    for drop in (5, 7, 1):
+        if sum(widths[i] + 2 for i in keep) <= console.width:
+            break
+        keep.remove(drop)
+    for i in keep:
+        table.add_column(header[i], justify="left" if i < 3 else "right", no_wrap=True,
+                         min_width=widths[i] if i >= 2 else None, overflow="ellipsis")
+    for c in cells:
+        styled = [c[i] if not (i == 6 and c[i].startswith("(")) else f"[dim]{c[i]}[/dim]" for i in keep]
+        table.add_row(*styled)
+    console.print(table)
+    for k, v in p.totals_lines():
+        console.print(f"[bold]{k}[/bold]: {v}")
+    console.print("[dim](activations) are in place or views and are not counted again; * = estimated count[/dim]")
+
+
+def run(args):
+    import keras
+
+    from kerasarch.analysis import profile
+
+    if args.dtype_policy:
+        keras.config.set_dtype_policy(args.dtype_policy)
+    p = profile(args.model, input_shape=parse_shape(args.input_shape), batch=args.batch)
+    if args.format == "table" and args.out is None and sys.stdout.isatty():
+        _rich_table(p)
+        return 0
+    text = {"table": _plain_table, "markdown": lambda q: q.to_markdown(), "csv": lambda q: q.to_csv(),
+            "json": lambda q: q.to_json() + "\n"}[args.format](p)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+        print(f"Wrote {args.out}")
+    else:
+        sys.stdout.write(text)
+    return 0
