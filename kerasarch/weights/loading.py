@@ -1,0 +1,262 @@
+"""Loading weights into a built kerasarch model: ``"imagenet"`` (the weights table) or a file.
+
+Every file format is first read into ``{layer name: [arrays in Keras order]}`` and then assigned by layer name, so
+all formats share one set of rules:
+
+* every layer of the model that has weights must find its counterpart with the same shapes, else the error names
+  the first layer that does not fit and both shapes;
+* the classifier is the exception: a *head* layer (a Dense or 1×1 Conv2D whose output reaches a model output
+  through weight-free layers only, with as many units as that output — ``predictions``, SqueezeNet's ``conv10``,
+  GoogLeNet's auxiliary classifiers) that is missing from the file or has another number of classes is left at its
+  initialisation, with a warning. That is how ``include_top=True`` with another ``classes`` loads everything but
+  the classifier;
+* layers in the file that the model does not have are ignored (a file with a top loads into ``include_top=False``).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+import zipfile
+
+import numpy as np
+from keras import layers
+
+from kerasarch.weights.download import get_file
+from kerasarch.weights.table import weights_for
+
+__all__ = ["load_weights", "read_layer_weights", "assign_layer_weights", "head_layers", "fetch_weights",
+           "WeightsMismatchError"]
+
+_SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5", ".pth", ".pt", ".safetensors")
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file does not fit the model."""
+
+
+def _decode(values):
+    return [v.decode("utf8") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_legacy_h5(f):
+    """keras.applications / Keras 2 / ``model.save("x.h5")``: groups per layer with a ``weight_names`` list."""
+    root = f["model_weights"] if "model_weights" in f else f
+    if "layer_names" not in root.attrs:
+        raise ValueError("not a Keras HDF5 weights file (no 'layer_names' attribute)")
+    out = {}
+    for name in _decode(root.attrs["layer_names"]):
+        group = root[name]
+        names = _decode(group.attrs.get("weight_names", []))
+        if names:
+            out[name] = [np.asarray(group[n]) for n in names]
+    return out
+
+
+def _collect_vars(group):
+    arrays = []
+    if "vars" in group:
+        v = group["vars"]
+        arrays += [np.asarray(v[k]) for k in sorted(v.keys(), key=int)]
+    for key in sorted(k for k in group.keys() if k != "vars"):
+        if hasattr(group[key], "keys"):
+            arrays += _collect_vars(group[key])
+    return arrays
+
+
+def _read_keras3_h5(f):
+    """Keras 3 ``.weights.h5`` (also inside ``.keras``): ``layers/<key>/vars/<i>``, the layer name in the
+    ``name`` attribute of ``vars`` (older Keras 3 files key the group by the layer name itself)."""
+    if "layers" not in f:
+        raise ValueError("not a Keras 3 weights file (no 'layers' group)")
+    out = {}
+    for key in f["layers"].keys():
+        group = f["layers"][key]
+        name = key
+        if "vars" in group and "name" in group["vars"].attrs:
+            name = _decode([group["vars"].attrs["name"]])[0]
+        arrays = _collect_vars(group)
+        if arrays:
+            out[name] = arrays
+    return out
+
+
+def _torch_modules_to_layers(state_dict, model, family):
+    from kerasarch.weights.torch_names import map_state_dict
+
+    return map_state_dict(state_dict, model, family)
+
+
+def read_layer_weights(path, model=None, family=None):
+    """Reads a weights file into ``{layer name: [numpy arrays in Keras order]}``.
+
+    Args:
+        path: ``.keras``, ``.weights.h5``, a legacy Keras ``.h5`` (keras.applications), a torchvision ``.pth`` or a
+            ``.safetensors`` holding a torchvision state dict.
+        model: the target model; needed for torch formats (layer types and flatten shapes drive the conversion).
+        family: the torchvision family for torch formats (``None``: detected from the keys).
+    """
+    import h5py
+
+    path = os.fspath(path)
+    lower = path.lower()
+    if lower.endswith(".keras"):
+        with zipfile.ZipFile(path) as zf:
+            data = zf.read("model.weights.h5")
+        with h5py.File(io.BytesIO(data), "r") as f:
+            return _read_keras3_h5(f)
+    if lower.endswith((".h5", ".hdf5")):
+        with h5py.File(path, "r") as f:
+            if "layers" in f and "layer_names" not in f.attrs and "model_weights" not in f:
+                return _read_keras3_h5(f)
+            return _read_legacy_h5(f)
+    if lower.endswith((".pth", ".pt")):
+        from kerasarch.weights.torch_format import load_torch_state_dict
+
+        return _torch_modules_to_layers(load_torch_state_dict(path), model, family)
+    if lower.endswith(".safetensors"):
+        from safetensors.numpy import load_file
+
+        return _torch_modules_to_layers(load_file(path), model, family)
+    raise ValueError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
+
+
+def _producer(tensor):
+    history = getattr(tensor, "_keras_history", None)
+    return history.operation if history is not None else None
+
+
+def head_layers(model):
+    """Names of the model's classifier layers: Dense or 1×1 Conv2D layers whose output reaches a model output
+    through weight-free layers only, with as many units as that output."""
+    heads = set()
+    for output in model.outputs:
+        units = output.shape[-1]
+        stack, seen = [_producer(output)], set()
+        while stack:
+            layer = stack.pop()
+            if layer is None or id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            if layer.weights:
+                is_head = isinstance(layer, layers.Dense) or (
+                    isinstance(layer, layers.Conv2D) and tuple(layer.kernel_size) == (1, 1))
+                if is_head and getattr(layer, "units", getattr(layer, "filters", None)) == units:
+                    heads.add(layer.name)
+                continue
+            for node in layer._inbound_nodes:
+                stack.extend(_producer(t) for t in node.input_tensors)
+    return heads
+
+
+def assign_layer_weights(model, weights, source="the weights file"):
+    """Sets ``model``'s weights from ``{layer name: [arrays]}`` by layer name (the rules in the module docstring).
+
+    Returns:
+        ``(loaded, skipped)``: layer names set, and head layers left at their initialisation.
+    """
+    heads = head_layers(model)
+    pending, skipped = [], []
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        want = [tuple(w.shape) for w in layer.weights]
+        if layer.name not in weights:
+            if layer.name in heads:
+                skipped.append((layer.name, f"not in {source}"))
+                continue
+            raise WeightsMismatchError(
+                f"Weights file does not fit: layer '{layer.name}' of {model.name} (shapes {want}) has no counterpart "
+                f"in {source}.")
+        got = [tuple(np.shape(a)) for a in weights[layer.name]]
+        if got != want:
+            if layer.name in heads and len(got) == len(want):
+                skipped.append((layer.name, f"the model expects shapes {want}, {source} holds {got}"))
+                continue
+            raise WeightsMismatchError(
+                f"Weights file does not fit at layer '{layer.name}': the model expects shapes {want}, {source} "
+                f"holds {got}.")
+        pending.append((layer, weights[layer.name]))
+    for layer, arrays in pending:
+        layer.set_weights(arrays)
+    if skipped:
+        details = "; ".join(f"'{n}' ({why})" for n, why in skipped)
+        warnings.warn(f"Classifier layers left at their initialisation: {details}.", stacklevel=3)
+    return [layer.name for layer, _ in pending], [n for n, _ in skipped]
+
+
+def _has_top(model):
+    return bool(head_layers(model))
+
+
+def fetch_weights(model_name, *, source=None, include_top=True, file_hash=None, cache_dir=None):
+    """Downloads (or finds in the cache) the ImageNet weights of ``model_name``.
+
+    Args:
+        model_name: a registry name with an entry in :data:`kerasarch.weights.WEIGHTS`.
+        source: ``"keras"`` or ``"torchvision"``; ``None`` for the model's default.
+        include_top: ``False`` picks the smaller headless file where one is published.
+        file_hash: a hash to check instead of the table's (e.g. the full SHA-256 you trust).
+        cache_dir: cache root (default ``$KERASARCH_HOME`` or ``~/.kerasarch``).
+
+    Returns:
+        ``(path, info)``: the local file and its :class:`~kerasarch.weights.WeightsInfo`.
+    """
+    info = weights_for(model_name, source)
+    if not include_top and info.notop is not None:
+        info = info.notop
+    path = get_file(info.file_name, info.origin, file_hash=file_hash or info.file_hash, cache_dir=cache_dir)
+    return path, info
+
+
+def _registry_name(model):
+    from kerasarch.registry import get_spec
+
+    try:
+        return get_spec(model.name).name
+    except ValueError:
+        return None
+
+
+def load_weights(model, weights, *, file_hash=None):
+    """Loads ``weights`` into ``model`` and returns the model.
+
+    Args:
+        model: a built kerasarch model.
+        weights: ``"imagenet"`` (the model's default published weights), ``"imagenet:keras"`` /
+            ``"imagenet:torchvision"`` (a given source), or the path of a ``.keras``, ``.weights.h5``,
+            keras.applications ``.h5``, torchvision ``.pth`` or ``.safetensors`` file.
+        file_hash: for ``"imagenet"``, a hash to check instead of the table's.
+    """
+    if isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet":
+        source = weights.split(":", 1)[1] if ":" in weights else None
+        name = _registry_name(model)
+        if name is None:
+            raise ValueError(f"weights='imagenet' finds the weights by the model's registry name, and "
+                             f"{model.name!r} is not one. Build it with its registry name or pass weights=<path>. "
+                             f"Received: weights={weights!r}")
+        path, info = fetch_weights(name, source=source, include_top=_has_top(model), file_hash=file_hash)
+        _load_path(model, path)
+        return model
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ValueError(f"`weights` must be None, 'imagenet' or the path to a weights file. "
+                         f"Received: weights={weights!r}")
+    path = os.fspath(weights)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"Weights file not found: {path!r}. `weights` must be None, 'imagenet' or an existing "
+                                f"{' / '.join(_SUFFIXES)} file.")
+    _load_path(model, path)
+    return model
+
+
+def _load_path(model, path):
+    if not path.lower().endswith(_SUFFIXES):
+        raise ValueError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
+    try:
+        arrays = read_layer_weights(path, model)
+    except WeightsMismatchError:
+        raise
+    except (OSError, KeyError) as e:
+        raise ValueError(f"Could not read weights file {path!r}: {e}") from e
+    assign_layer_weights(model, arrays, source=f"'{os.path.basename(path)}'")
