@@ -102,27 +102,29 @@ def prepare_model(name, weights=None, *, preprocessing=None, class_names=None, i
     ``input_size`` (an int) builds the model for ``input_size`` × ``input_size`` inputs instead of its default.
 
     Returns:
-        ``(model, preprocessing, class_names)``: preprocessing from the argument, else the weights table (for
-        ``"imagenet"`` and for a torchvision/keras.applications file of a model with table entries of that
-        format), else the model's spec; class names from the argument, else ImageNet's for 1,000-class ImageNet
-        weights, else ``None``.
+        ``(model, preprocessing, class_names)``. Preprocessing: the argument, else the weights table's entry for
+        ``"imagenet"`` or for a file named like a published checkpoint (``vgg16-397923af.pth``), else for another
+        ``.pth``/``.safetensors`` file the model's torchvision entry, else the model's spec. Class names: the
+        argument, else ImageNet's where the weights are a published 1,000-class checkpoint, else ``None``.
     """
     from kerasarch.registry import get_spec
     from kerasarch.weights import WEIGHTS, imagenet_class_names, weights_for
 
     spec = get_spec(name)
-    info = None
+    info, labelled = None, False
+    entries = WEIGHTS.get(spec.name, ())
     if isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet":
-        info = weights_for(spec.name, weights.split(":", 1)[1] if ":" in weights else None)
+        info, labelled = weights_for(spec.name, weights.split(":", 1)[1] if ":" in weights else None), True
     elif isinstance(weights, (str, os.PathLike)):
-        fmt = "torch_pth" if os.fspath(weights).lower().endswith((".pth", ".pt", ".safetensors")) else None
-        matches = [i for i in WEIGHTS.get(spec.name, ()) if i.format == fmt]
-        info = matches[0] if matches else None
+        base = os.path.basename(os.fspath(weights))
+        named = [i for i in entries for j in (i, i.notop) if j is not None and j.file_name == base]
+        torch_like = base.lower().endswith((".pth", ".pt", ".safetensors"))
+        torch_entries = [i for i in entries if i.format == "torch_pth"] if torch_like else []
+        info, labelled = (named[0], True) if named else ((torch_entries[0], False) if torch_entries else (None, False))
     kwargs = {"input_shape": (input_size, input_size, spec.input_shape[-1])} if input_size else {}
     model = spec.build(weights=weights, **kwargs)
     preprocessing = preprocessing or (info.preprocessing if info else spec.preprocessing)
-    if class_names is None and info is not None and info.class_names == "imagenet1k" and \
-            model.outputs[0].shape[-1] == 1000:
+    if class_names is None and labelled and info.class_names == "imagenet1k" and model.outputs[0].shape[-1] == 1000:
         class_names = imagenet_class_names()
     return model, preprocessing, class_names
 
@@ -183,6 +185,9 @@ class _Serving:
 
         self.model = model
         self.size = tuple(int(s) for s in model.input_shape[1:3]) if None not in model.input_shape[1:3] else None
+        self.channels = model.input_shape[-1]
+        if self.channels not in (1, 3):
+            raise ExportError(f"{model.name} takes {self.channels} channels; export serves RGB (3) or grey (1).")
         self.preprocessing = preprocessing
         self.softmax = not _ends_in_softmax(model)
         self.classes = int(model.outputs[0].shape[-1])
@@ -198,6 +203,8 @@ class _Serving:
         x = tf.cast(images, tf.float32)
         if self.size is not None:
             x = tf.image.resize(x, self.size, method="bilinear")
+        if self.channels == 1:  # grey-scale models (LeNet) take RGB and convert
+            x = tf.image.rgb_to_grayscale(x)
         return preprocess_images(x, self.preprocessing)
 
     def probabilities(self, images):
@@ -257,6 +264,7 @@ def _fixed_size(serving):
 
 
 def _export_tflite(serving, folder, quantize, calibration=None):
+    import keras
     import tensorflow as tf
 
     h, w = _fixed_size(serving)
@@ -272,8 +280,6 @@ def _export_tflite(serving, folder, quantize, calibration=None):
 
     # Converting from a SavedModel freezes the variables into the flatbuffer (a concrete function with a tracked
     # model keeps them as resource variables with no values).
-    import keras
-
     source = os.path.join(folder, "_saved_model_for_tflite")
     archive = keras.export.ExportArchive()
     archive.track(serving.model)

@@ -210,6 +210,27 @@ def test_export_arguments_are_checked():
     assert not os.path.exists("/tmp/never")
 
 
+def test_prepare_model_takes_preprocessing_and_labels_from_the_weights(tmp_path, monkeypatch):
+    from kerasarch.export import prepare_model
+    from kerasarch.weights import WEIGHTS, WeightsInfo
+
+    monkeypatch.setenv("KERASARCH_HOME", str(tmp_path / "home"))
+    src = tmp_path / "published_squeezenet.h5"
+    kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3)).save(src)
+    info = WeightsInfo(model="squeezenet1_1", source="keras", origin=src.as_uri(), file_name=src.name,
+                       format="keras_h5", md5="0" * 32, preprocessing="tf")
+    monkeypatch.setitem(WEIGHTS, "squeezenet1_1", (info,))
+    monkeypatch.setattr(WeightsInfo, "file_hash", property(lambda self: None))  # the test file has no known hash
+    _, preprocessing, names = prepare_model("squeezenet1_1", "imagenet", input_size=64)
+    assert preprocessing == "tf" and len(names) == 1000 and names[0] == "n01440764"
+    _, preprocessing, names = prepare_model("squeezenet1_1", str(src), input_size=64)  # named like the entry
+    assert preprocessing == "tf" and len(names) == 1000
+    renamed = tmp_path / "my_finetuned.h5"
+    renamed.write_bytes(src.read_bytes())
+    _, preprocessing, names = prepare_model("squeezenet1_1", str(renamed), input_size=64)
+    assert preprocessing == kerasarch.get_spec("squeezenet1_1").preprocessing and names is None
+
+
 # ------------------------------------------------------------------------------------------ the command
 
 

@@ -102,6 +102,7 @@ _ALLOWED = {
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
     ("collections", "OrderedDict"): collections.OrderedDict,
     **{("torch", name): _StorageType(name) for name in _STORAGE_DTYPES},
+    **{("torch.cuda", name): _StorageType(name) for name in _STORAGE_DTYPES},  # saved from a GPU (old files)
 }
 
 
