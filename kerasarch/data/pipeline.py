@@ -1,0 +1,195 @@
+"""From ``(image, label)`` datasets to the batches a model trains on: fit, cache, shuffle, augment, preprocess,
+batch, prefetch — reproducible for a seed, epoch by epoch."""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+from kerasarch.data.transforms import (
+    AUGMENTATIONS,
+    PREPROCESSING_MODES,
+    augment,
+    crops_from_raw,
+    eval_transform,
+    fit_image,
+    preprocess,
+)
+
+__all__ = ["InputPipeline", "prepare", "is_batched", "input_shape_of"]
+
+AUTOTUNE = tf.data.AUTOTUNE
+_CACHE_BUDGET = 2 << 30  # bytes of fitted float32 images an "auto" cache may hold in memory
+
+
+def is_batched(dataset):
+    """Whether ``dataset``'s elements are batches (images of rank 4) rather than single images (rank 3)."""
+    spec = dataset.element_spec
+    image = spec[0] if isinstance(spec, (tuple, list)) else spec
+    return image.shape.rank == 4
+
+
+def input_shape_of(model_or_shape):
+    """``(H, W, C)`` of a ``keras.Model``, a registry name or a shape tuple."""
+    if isinstance(model_or_shape, str):
+        from kerasarch.registry import get_spec
+
+        return tuple(get_spec(model_or_shape).input_shape)
+    if hasattr(model_or_shape, "input_shape"):
+        shape = model_or_shape.input_shape
+        if isinstance(shape, list):
+            shape = shape[0]
+        return tuple(shape[1:])
+    return tuple(model_or_shape)
+
+
+def _known_size(dataset):
+    """``(size, exact)``: the cardinality, else a hint the sources attach (files listed, TFDS split size)."""
+    n = int(dataset.cardinality())
+    if n >= 0:
+        return n, True
+    for attr in ("num_examples", "file_paths"):
+        value = getattr(dataset, attr, None)
+        if value is not None:
+            return (value if isinstance(value, int) else len(value)), False
+    return None, False
+
+
+class InputPipeline:
+    """A reproducible input pipeline over an unbatched ``(image, label)`` dataset of ``[0, 255]`` images.
+
+    Training: fit each image to the model's input (or keep it raw for the ImageNet crop presets), cache, then per
+    epoch: a seeded shuffle, per-worker sharding, the augmentation preset with a per-example seed derived from
+    ``(seed, epoch, example index)``, the model's preprocessing, batching and prefetching. Epoch ``e`` is the same
+    sequence of batches whenever it is built, which is what lets an interrupted run resume exactly.
+
+    Evaluation: the preset's evaluation transform (centre crop or fit), preprocessing, cache, batch, prefetch.
+
+    Args:
+        dataset: unbatched ``tf.data.Dataset`` of ``(image, label)``.
+        input_shape: the model's ``(H, W, C)``.
+        batch_size: the (global) batch size.
+        training: training pipeline (shuffle, augment) or evaluation pipeline.
+        augment: an augmentation preset (:data:`kerasarch.data.AUGMENTATIONS`).
+        preprocessing: the model's input convention (:data:`kerasarch.data.PREPROCESSING_MODES`).
+        seed: the seed of shuffling and augmentation.
+        cache: ``True`` (memory), ``False``, a file name prefix, or ``"auto"``: memory when the fitted images are
+            known to take under 2 GiB.
+        shuffle_buffer: default: the whole data set when its size is known and ≤ 100,000, else 10,000.
+        drop_remainder: drop the last partial batch (always done for several replicas, whose steps must match).
+        fit: how images are fitted to the input (``"auto"``, ``"pad"``, ``"resize"``).
+    """
+
+    def __init__(self, dataset, input_shape, *, batch_size, training, augment="none", preprocessing="none",
+                 seed=0, cache="auto", shuffle_buffer=None, drop_remainder=False, fit="auto"):
+        if is_batched(dataset):
+            raise ValueError("InputPipeline takes an unbatched dataset of (image, label); this one yields batches. "
+                             "Call .unbatch() first, or pass the batched dataset to training.train() as it is.")
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
+        if preprocessing not in PREPROCESSING_MODES:
+            raise ValueError(f"Unknown preprocessing {preprocessing!r}; choose one of {PREPROCESSING_MODES}.")
+        h, w, c = input_shape_of(input_shape)
+        if h is None or w is None:
+            raise ValueError(f"The model's input needs a fixed size to build batches. Received: {input_shape!r}")
+        self.size, self.channels = (int(h), int(w)), c
+        self.batch_size, self.training, self.augment = int(batch_size), training, augment
+        self.preprocessing, self.seed, self.drop_remainder = preprocessing, int(seed), drop_remainder
+        self.num_examples, self._exact = _known_size(dataset)
+        raw = crops_from_raw(augment)
+        size, channels = self.size, self.channels
+        if training:
+            base = dataset if raw else dataset.map(lambda x, y: (fit_image(x, size, channels, fit), y),
+                                                   num_parallel_calls=AUTOTUNE, deterministic=True)
+        else:
+            def finish(x, y):
+                x = eval_transform(x, augment, size, channels) if raw else fit_image(x, size, channels, fit)
+                return preprocess(x, preprocessing), y
+
+            base = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
+        fixed = training is False or not raw
+        per_image = size[0] * size[1] * (channels or 3) * 4
+        if cache == "auto":
+            cache = bool(fixed and self.num_examples is not None and self.num_examples * per_image <= _CACHE_BUDGET)
+        if cache:
+            base = base.cache(cache if isinstance(cache, str) else "")
+        self._base = base
+        if shuffle_buffer is None:
+            n = self.num_examples
+            shuffle_buffer = n if n is not None and 0 < n <= 100_000 else 10_000
+        self.shuffle_buffer = int(shuffle_buffer)
+
+    def count(self, exact=False):
+        """The number of examples: known, estimated from the source (``exact=False``), or counted in one pass over
+        the data (fills the cache)."""
+        if self.num_examples is None or (exact and not self._exact):
+            self.num_examples = int(self._base.reduce(tf.constant(0, tf.int64), lambda n, _: n + 1))
+            self._exact = True
+        return self.num_examples
+
+    def steps(self, global_batch=None, drop_remainder=None, exact=False):
+        """Batches per epoch for ``global_batch`` (default: the batch size)."""
+        b = global_batch or self.batch_size
+        drop = self.drop_remainder if drop_remainder is None else drop_remainder
+        n = self.count(exact)
+        return n // b if drop else -(-n // b)
+
+    def dataset(self, epoch=0, *, num_shards=1, shard_index=0, batch_size=None, skip=0, take=None):
+        """The batches of epoch ``epoch``.
+
+        Args:
+            epoch: the epoch (training pipelines shuffle and augment differently, reproducibly, per epoch).
+            num_shards, shard_index: examples are split across input pipelines (workers) after the shuffle,
+                which every worker does identically.
+            batch_size: the batch size of this pipeline (a per-replica batch under a distribution strategy);
+                default: the global batch size.
+            skip: batches to skip (a run resumed mid-epoch).
+            take: at most this many batches.
+        """
+        batch = int(batch_size or self.batch_size)
+        if not self.training:
+            ds = self._base
+            if num_shards > 1:
+                ds = ds.shard(num_shards, shard_index)
+            ds = ds.batch(batch, drop_remainder=self.drop_remainder)
+        else:
+            ds = self._base.enumerate()
+            if self.shuffle_buffer > 1:
+                ds = ds.shuffle(self.shuffle_buffer, seed=self._mix(epoch), reshuffle_each_iteration=False)
+            if num_shards > 1:
+                ds = ds.shard(num_shards, shard_index)
+            key = tf.constant([self.seed, int(epoch)], tf.int64)
+            size, channels, name, mode = self.size, self.channels, self.augment, self.preprocessing
+
+            def train_map(index, example):
+                x, y = example
+                x = augment(x, tf.random.experimental.stateless_fold_in(key, index), name, size, channels)
+                return preprocess(x, mode), y
+
+            ds = ds.map(train_map, num_parallel_calls=AUTOTUNE, deterministic=True)
+            ds = ds.batch(batch, drop_remainder=self.drop_remainder)
+        if skip:
+            ds = ds.skip(int(skip))
+        if take is not None:
+            ds = ds.take(int(take))
+        return ds.prefetch(AUTOTUNE)
+
+    def _mix(self, epoch):
+        return (self.seed * 1_000_003 + int(epoch) * 7_919 + 17) % (2 ** 31 - 1)
+
+
+def prepare(dataset, model, *, batch_size, training, augment="none", preprocessing=None, seed=0, epoch=0,
+            cache="auto", drop_remainder=False):
+    """A batched, prefetched dataset for ``model`` (a ``keras.Model``, a registry name or an input shape).
+
+    ``preprocessing`` defaults to the registry spec's (``"none"`` for anything else). See :class:`InputPipeline`.
+    """
+    if preprocessing is None:
+        preprocessing = "none"
+        if isinstance(model, str):
+            from kerasarch.registry import get_spec
+
+            preprocessing = get_spec(model).preprocessing
+    pipeline = InputPipeline(dataset, input_shape_of(model), batch_size=batch_size, training=training,
+                             augment=augment, preprocessing=preprocessing, seed=seed, cache=cache,
+                             drop_remainder=drop_remainder)
+    return pipeline.dataset(epoch)

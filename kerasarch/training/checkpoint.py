@@ -1,0 +1,115 @@
+"""Checkpoints that survive a kill at any moment: written to a temporary file beside the target, flushed to disk,
+then renamed over it (``os.replace`` is atomic), so the run directory always holds a complete checkpoint."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+
+import numpy as np
+
+__all__ = ["atomic_write", "atomic_write_text", "save_checkpoint", "load_checkpoint", "restore_variables",
+           "variable_values", "CHECKPOINT"]
+
+CHECKPOINT = "checkpoint.npz"
+
+
+def _fsync_dir(path):
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", suffix=""):
+    """Opens a temporary file beside ``path``; on success it replaces ``path`` in one rename, on error it is
+    removed and ``path`` is untouched. ``suffix`` keeps an extension some writers insist on."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    """Writes ``text`` to ``path`` atomically."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def atomic_save_model(model, path):
+    """``model.save(path)`` (a ``.keras`` file) through a temporary file and a rename."""
+    folder = os.path.dirname(os.path.abspath(path)) or "."
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.keras", dir=folder)
+    os.close(fd)
+    try:
+        model.save(tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(folder)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+
+
+def variable_values(variables):
+    """NumPy copies of ``variables`` (Keras or TF variables, distributed ones included)."""
+    return [np.array(v.numpy() if hasattr(v, "numpy") else v) for v in variables]
+
+
+def save_checkpoint(path, groups, state):
+    """Writes ``{group: [arrays]}`` and the JSON-serialisable ``state`` into one ``.npz`` file, atomically.
+
+    Args:
+        path: the ``.npz`` file.
+        groups: e.g. ``{"model": [...], "optimizer": [...]}``; each list of NumPy arrays (or variables).
+        state: the loop state (epoch, step, history ...).
+    """
+    arrays = {"__state__": np.array(json.dumps(state))}
+    for group, values in groups.items():
+        for i, v in enumerate(variable_values(values)):
+            arrays[f"{group}/{i:05d}"] = v
+    with atomic_write(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def load_checkpoint(path):
+    """Reads a checkpoint written by :func:`save_checkpoint`: ``({group: [arrays]}, state)``."""
+    with np.load(path, allow_pickle=False) as z:
+        state = json.loads(str(z["__state__"]))
+        groups = {}
+        for key in sorted(k for k in z.files if k != "__state__"):
+            group, _ = key.rsplit("/", 1)
+            groups.setdefault(group, []).append(z[key])
+    return groups, state
+
+
+def restore_variables(variables, values, what="model"):
+    """Assigns ``values`` to ``variables`` one by one, after checking that count and shapes agree."""
+    variables = list(variables)
+    if len(variables) != len(values):
+        raise ValueError(f"The checkpoint does not fit the {what}: it holds {len(values)} variables, the {what} has "
+                         f"{len(variables)}. Was the run directory made by another model or recipe?")
+    for v, value in zip(variables, values):
+        if tuple(v.shape) != tuple(value.shape):
+            name = getattr(v, "path", getattr(v, "name", "?"))
+            raise ValueError(f"The checkpoint does not fit the {what}: variable '{name}' has shape {tuple(v.shape)}, "
+                             f"the checkpoint {tuple(value.shape)}.")
+    for v, value in zip(variables, values):
+        v.assign(value)

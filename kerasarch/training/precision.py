@@ -1,0 +1,73 @@
+"""Choosing the numeric precision of a run: float32, mixed float16 or mixed bfloat16.
+
+Under a mixed policy the layers compute in 16 bits and keep float32 variables; kerasarch's classifiers
+(``builder.predictions_dense``) keep logits and softmax in float32. Float16 needs loss scaling (a Keras
+``LossScaleOptimizer``); bfloat16 has float32's exponent range and does not.
+"""
+
+from __future__ import annotations
+
+__all__ = ["PRECISIONS", "resolve_precision", "cpu_flags", "cpu_supports_bfloat16", "gpu_compute_capabilities"]
+
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+
+
+def cpu_flags(cpuinfo="/proc/cpuinfo"):
+    """The CPU feature flags listed in ``/proc/cpuinfo`` (an empty set where it cannot be read)."""
+    try:
+        with open(cpuinfo) as f:
+            for line in f:
+                if line.startswith("flags") and ":" in line:
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_supports_bfloat16(flags=None):
+    """Whether the CPU computes bfloat16 natively: AVX512-BF16 or AMX-BF16 (oneDNN then runs bfloat16 convolutions
+    and matrix products faster than float32)."""
+    flags = cpu_flags() if flags is None else flags
+    return bool({"avx512_bf16", "amx_bf16"} & set(flags))
+
+
+def gpu_compute_capabilities():
+    """``[(major, minor), ...]`` of the visible GPUs."""
+    import tensorflow as tf
+
+    caps = []
+    for gpu in tf.config.list_physical_devices("GPU"):
+        details = tf.config.experimental.get_device_details(gpu)
+        caps.append(tuple(details.get("compute_capability") or (0, 0)))
+    return caps
+
+
+def _has_tpu():
+    import tensorflow as tf
+
+    try:
+        return bool(tf.config.list_logical_devices("TPU"))
+    except Exception:  # no TPU runtime
+        return False
+
+
+def resolve_precision(precision="auto", *, gpus=None, tpu=None, cpu_flags_=None):
+    """The Keras dtype policy name for ``precision``.
+
+    ``"auto"``: ``"mixed_float16"`` when every visible GPU has compute capability ≥ 7.0 (tensor cores),
+    ``"mixed_bfloat16"`` on a TPU or on a CPU with AVX512-BF16/AMX (``/proc/cpuinfo``), ``"float32"`` otherwise.
+
+    Args:
+        precision: one of :data:`PRECISIONS`.
+        gpus, tpu, cpu_flags_: the hardware to decide for (default: this machine's), for tests.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"`precision` must be one of {PRECISIONS}. Received: precision={precision!r}")
+    if precision != "auto":
+        return precision
+    gpus = gpu_compute_capabilities() if gpus is None else list(gpus)
+    if gpus:
+        return "mixed_float16" if all(tuple(c) >= (7, 0) for c in gpus) else "float32"
+    if _has_tpu() if tpu is None else tpu:
+        return "mixed_bfloat16"
+    return "mixed_bfloat16" if cpu_supports_bfloat16(cpu_flags_) else "float32"

@@ -1,0 +1,398 @@
+"""kerasarch.training: recipes, precision, the run folder, NaN handling, kill-and-resume, the CLI."""
+
+import csv
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import kerasarch
+from kerasarch import data, training
+from kerasarch.training import recipes
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture(scope="module")
+def mnist():
+    return data.load_arrays("mnist5k")
+
+
+def subset(arrays, step, size=None):
+    x, y = arrays
+    x, y = x[::step].astype("float32"), y[::step]
+    if size is not None:
+        x = np.stack([tf.image.resize(i, size).numpy() for i in x])
+    return tf.data.Dataset.from_tensor_slices((x, y))
+
+
+def tiny(dropout=0.0, poison=False):
+    """A small convnet on 28×28×1 (its outputs are softmax probabilities, as kerasarch's classifiers)."""
+    inputs = keras.Input((28, 28, 1))
+    x = Poison(name="poison")(inputs) if poison else inputs
+    x = keras.layers.Conv2D(6, 5, strides=2, activation="relu", name="conv")(x)
+    x = keras.layers.Flatten()(x)
+    if dropout:
+        x = keras.layers.Dropout(dropout)(x)
+    outputs = keras.layers.Dense(10, activation="softmax", name="predictions", dtype="float32")(x)
+    return keras.Model(inputs, outputs, name="tiny")
+
+
+@keras.saving.register_keras_serializable(package="kerasarch_tests")
+class Poison(keras.layers.Layer):
+    """Passes its input through, or NaNs once ``flag`` is set: a NaN loss on demand."""
+
+    def build(self, shape):
+        self.flag = self.add_weight(shape=(), initializer="zeros", trainable=False, name="flag")
+
+    def call(self, x):
+        return tf.where(self.flag > 0, tf.fill(tf.shape(x), float("nan")), x)
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------
+
+def test_every_registered_model_has_a_json_recipe():
+    for name in kerasarch.list_models():
+        spec = kerasarch.get_spec(name)
+        r = training.get_recipe(spec)
+        assert r["source"] and json.loads(json.dumps(r)) == r, name
+        assert r["name"] != "generic", f"{name} ({spec.family}) falls back to the generic recipe"
+
+
+def test_paper_figures_in_recipes():
+    get = lambda n: training.get_recipe(kerasarch.get_spec(n))  # noqa: E731
+    r = get("resnet20")
+    assert (r["name"], r["lr"], r["batch_size"], r["weight_decay"], r["augment"]) == (
+        "resnet_cifar", 0.1, 128, 1e-4, "cifar")  # He et al. 2015 §4.2
+    assert get("resnet50")["name"] == "resnet_imagenet" and get("wrn28_10")["schedule"]["factor"] == 0.2
+    r = get("vgg16")
+    assert (r["lr"], r["batch_size"], r["weight_decay"], r["dropout"], r["augment"]) == (0.01, 256, 5e-4, 0.5, "vgg")
+    r = get("alexnet")
+    assert (r["lr"], r["momentum"], r["batch_size"], r["weight_decay"]) == (0.01, 0.9, 128, 5e-4)
+    if "googlenet" in kerasarch.list_models():
+        from kerasarch.applications.googlenet import AUX_LOSS_WEIGHT
+
+        r = get("googlenet")
+        assert r["aux_loss_weight"] == AUX_LOSS_WEIGHT == 0.3 and r["augment"] == "googlenet"
+    assert get("densenet_bc_100_12")["name"] == "densenet_cifar"
+    assert get("zfnet")["name"] == "zfnet" and get("lenet5")["name"] == "lenet"
+
+
+def test_recipe_overrides_and_linear_lr_scaling(tmp_path):
+    spec = kerasarch.get_spec("resnet50")
+    assert training.get_recipe(spec, batch_size=512)["lr"] == pytest.approx(0.2)  # Goyal et al.: linear
+    assert training.get_recipe(spec, {"batch_size": 512, "lr": 0.05})["lr"] == 0.05
+    assert training.get_recipe(spec, {"batch_size": 512, "lr_scaling": None})["lr"] == 0.1
+    assert training.get_recipe(spec, "resnet_cifar")["epochs"] == 164
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps({"base": "vgg", "epochs": 3}))
+    r = training.get_recipe(None, str(path))
+    assert (r["name"], r["epochs"], r["lr"]) == ("vgg", 3, 0.01)
+    with pytest.raises(ValueError, match="Unknown recipe keys"):
+        training.get_recipe(spec, {"learning_rate": 1})
+    with pytest.raises(ValueError, match="Unknown recipe"):
+        training.get_recipe(spec, "nonsense")
+
+
+def test_schedules():
+    r = training.get_recipe(kerasarch.get_spec("resnet20"))  # 164 epochs, /10 at 50% and 75%
+    assert [training.lr_at(r, e) for e in (0, 81, 82, 122, 123)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
+    g = training.get_recipe(None, "googlenet")  # 4% less every 8 epochs
+    assert training.lr_at(g, 7) == pytest.approx(0.01) and training.lr_at(g, 16) == pytest.approx(0.01 * 0.96 ** 2)
+    s = training.get_recipe(None, "squeezenet")  # linear decay to 0 over the run, per step
+    assert training.lr_at(s, 34, 0, 10) == pytest.approx(0.02)
+    w = training.get_recipe(None, {"base": "preact_cifar"})
+    assert training.lr_at(w, 0, 5, 10) == 0.01 and training.lr_at(w, 1) == 0.1
+    plateau = recipes.PlateauState({"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 2,
+                                    "max_reductions": 1})
+    reduced = [plateau.update({"val_accuracy": a}) for a in (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6)]
+    assert reduced == [False, False, False, True, False, False, False] and plateau.multiplier == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("aux_weight, decay", [(0.3, 0.0), (0.0, 0.01)])
+def test_auxiliary_losses_and_weight_decay_enter_the_objective(aux_weight, decay):
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Flatten()(inputs)
+    aux = keras.layers.Dense(10, activation="softmax", name="aux1")(h)
+    main = keras.layers.Dense(10, activation="softmax", name="predictions")(h)
+    model = keras.Model(inputs, {"aux1": aux, "predictions": main}, name="two_heads")
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (8, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 8).astype("int32")
+    want = [keras.losses.sparse_categorical_crossentropy(y, model(x)[k]).numpy().mean() for k in ("predictions",
+                                                                                                  "aux1")]
+    l2 = sum(float(np.sum(w.numpy() ** 2)) for w in model.trainable_weights if w.ndim >= 2)  # kernels only
+    batches = tf.data.Dataset.from_tensors((x, y))  # one ready batch, used as given
+    result = training.train(model, batches, recipe={"lr": 0.0, "schedule": {"type": "constant"}, "epochs": 1,
+                                                    "aux_loss_weight": aux_weight, "batch_size": 8,
+                                                    "weight_decay": decay}, precision="float32", verbose=0)
+    expected = want[0] + aux_weight * want[1] + 0.5 * decay * l2
+    assert result.history["loss"][0] == pytest.approx(expected, rel=1e-5)
+    assert training.loop._inference_model(model).output_shape == (None, 10)  # heads discarded at inference
+
+
+def test_googlenet_is_built_with_its_auxiliary_classifiers():
+    if "googlenet" not in kerasarch.list_models():
+        pytest.skip("googlenet is not registered")
+    spec = kerasarch.get_spec("googlenet")
+    recipe = training.get_recipe(spec)
+    model = training.loop._build_model("googlenet", spec, recipe, 10, None, None, "float32")
+    assert sorted(model.output_names if hasattr(model, "output_names") else model.output) == [
+        "aux1", "aux2", "predictions"]
+    assert len(training.loop._inference_model(model).outputs) == 1
+
+
+# -- precision -------------------------------------------------------------------------------------------------
+
+def test_precision_auto():
+    rp = training.resolve_precision
+    assert rp("auto", gpus=[(8, 0), (7, 0)]) == "mixed_float16"
+    assert rp("auto", gpus=[(6, 1)]) == "float32"
+    assert rp("auto", gpus=[], tpu=True) == "mixed_bfloat16"
+    assert rp("auto", gpus=[], tpu=False, cpu_flags_={"avx512f", "avx512_bf16"}) == "mixed_bfloat16"
+    assert rp("auto", gpus=[], tpu=False, cpu_flags_={"amx_bf16", "amx_tile"}) == "mixed_bfloat16"
+    assert rp("auto", gpus=[], tpu=False, cpu_flags_={"avx2", "avx512f"}) == "float32"
+    assert rp("float32") == "float32"
+    with pytest.raises(ValueError, match="precision"):
+        rp("half")
+    with open("/proc/cpuinfo") as f:
+        has = "avx512_bf16" in f.read() or False
+    assert training.cpu_supports_bfloat16() == (has or "amx_bf16" in open("/proc/cpuinfo").read())
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_training(precision, mnist):
+    (xtr, ytr), _ = mnist
+    previous = keras.config.dtype_policy().name
+    result = training.train(lambda: tiny(), subset((xtr, ytr), 20), recipe={"epochs": 2, "batch_size": 20, "lr": 0.1},
+                            precision=precision, verbose=0)
+    assert keras.config.dtype_policy().name == previous  # the global policy is restored
+    conv = result.model.get_layer("conv")
+    assert conv.compute_dtype == precision.split("_")[1] and conv.kernel.dtype == "float32"
+    assert result.model.get_layer("predictions").compute_dtype == "float32"
+    lso = isinstance(result.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert lso == (precision == "mixed_float16")  # float16 needs loss scaling, bfloat16 does not
+    loss = result.history["loss"]
+    assert np.isfinite(loss).all() and loss[1] < loss[0] and loss[1] < 2.0  # it learns
+
+
+def test_explicit_precision_must_match_a_given_model():
+    with pytest.raises(ValueError, match="built under"):
+        training.train(tiny(), tf.data.Dataset.from_tensor_slices((np.zeros((4, 28, 28, 1), "float32"),
+                                                                  np.zeros(4, "int32"))),
+                       precision="mixed_bfloat16", verbose=0)
+
+
+# -- the run folder --------------------------------------------------------------------------------------------
+
+def test_lenet5_run_folder(tmp_path, mnist, capsys):
+    (xtr, ytr), (xte, yte) = mnist
+    out = str(tmp_path / "run")
+    result = training.train("lenet5", subset((xtr, ytr), 8), subset((xte, yte), 4), epochs=2, out_dir=out,
+                            precision="float32", verbose="auto")
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert [line.split(" - ")[0] for line in printed] == ["epoch 1/2", "epoch 2/2"]  # not a terminal: a line each
+    assert result.stop_reason is None and result.history["epoch"] == [1, 2]
+    saved = json.load(open(os.path.join(out, "recipe.json")))
+    assert saved["name"] == "lenet" and saved["epochs"] == 2 and saved["run"]["precision"] == "float32"
+    assert saved["preprocessing"] == "lecun" and saved["run"]["global_batch_size"] == 16
+    rows = list(csv.DictReader(open(os.path.join(out, "log.csv"))))
+    assert [r["epoch"] for r in rows] == ["1", "2"] and float(rows[1]["val_accuracy"]) > 0.6
+    assert json.load(open(os.path.join(out, "status.json")))["state"] == "finished"
+    for sub in ("train", "validation"):
+        events = glob.glob(os.path.join(out, "tensorboard", sub, "events.out.tfevents.*"))
+        assert events
+        tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+        assert {"epoch_loss", "epoch_accuracy"} <= tags
+    assert not [f for f in os.listdir(out) if ".tmp" in f]  # no temporary file left behind
+    reloaded = keras.saving.load_model(os.path.join(out, "model.keras"))
+    x = data.preprocess(data.fit_image(xte[:4].astype("float32")[0], (32, 32), 1)[None], "lecun")
+    np.testing.assert_allclose(reloaded(x).numpy(), result.model(x).numpy(), rtol=1e-6)
+    # Evaluating through the run's transforms agrees with the last epoch's validation.
+    assert result.evaluate(subset((xte, yte), 4))["accuracy"] == pytest.approx(result.history["val_accuracy"][-1])
+
+
+def test_progress_bar_on_a_terminal(mnist, capsys):
+    from kerasarch.training.logs import ProgressReporter
+
+    class Terminal:
+        def isatty(self):
+            return True
+
+    assert ProgressReporter("auto", 1, stream=Terminal()).verbose == 1
+    (xtr, ytr), _ = mnist
+    training.train(lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20},
+                   precision="float32", verbose=1)
+    text = capsys.readouterr().out
+    assert "Epoch 1/1" in text and "5/5" in text and "loss" in text
+
+
+def test_finished_run_is_not_trained_again(tmp_path, mnist):
+    (xtr, ytr), _ = mnist
+    out = str(tmp_path / "run")
+    first = training.train(lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20},
+                           out_dir=out, precision="float32", verbose=0)
+    again = training.train(lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20},
+                           out_dir=out, precision="float32", verbose=0, seed=5)
+    for a, b in zip(first.model.weights, again.model.weights):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    assert again.history == first.history
+
+
+@pytest.mark.parametrize("with_folder", [True, False])
+def test_nan_loss_stops_and_keeps_last_good_weights(tmp_path, mnist, with_folder):
+    (xtr, ytr), _ = mnist
+    seen = {}
+
+    def on_epoch_end(epoch, logs):
+        seen[epoch] = [w.numpy().copy() for w in model_ref[0].weights]
+
+    def on_batch_begin(batch, logs=None):
+        if len(seen) == 1 and batch == 3:
+            model_ref[0].get_layer("poison").flag.assign(1.0)
+
+    model_ref = []
+
+    def build():
+        model_ref.append(tiny(poison=True))
+        return model_ref[0]
+
+    cb = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end, on_train_batch_begin=on_batch_begin)
+    out = str(tmp_path / "run") if with_folder else None
+    result = training.train(build, subset((xtr, ytr), 20), recipe={"epochs": 4, "batch_size": 25}, out_dir=out,
+                            precision="float32", callbacks=[cb], verbose=0)
+    assert result.stop_reason == "nan_loss" and result.history["epoch"] == [1]
+    for w, good in zip(result.model.weights, seen[0]):  # the weights at the end of epoch 1 (poison flag off)
+        np.testing.assert_array_equal(w.numpy(), good)
+    assert all(np.isfinite(w.numpy()).all() for w in result.model.weights)
+    if with_folder:
+        assert json.load(open(os.path.join(out, "status.json")))["state"] == "nan_loss"
+        reloaded = keras.saving.load_model(os.path.join(out, "model.keras"))
+        np.testing.assert_array_equal(reloaded.get_layer("conv").kernel.numpy(), seen[0][1])
+
+
+def test_sigterm_checkpoints_and_resumes(tmp_path, mnist):
+    (xtr, ytr), _ = mnist
+    out = str(tmp_path / "run")
+
+    def on_batch_end(batch, logs=None):
+        if batch == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stopped = training.train(lambda: tiny(), subset((xtr, ytr), 10), recipe={"epochs": 2, "batch_size": 50},
+                             out_dir=out, precision="float32", verbose=0,
+                             callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=on_batch_end)])
+    assert stopped.stop_reason == "interrupted"
+    status = json.load(open(os.path.join(out, "status.json")))
+    assert status["state"] == "interrupted"
+    _, state = training.checkpoint.load_checkpoint(os.path.join(out, "checkpoint.npz"))
+    assert (state["epoch"], state["step"]) == (0, 5)
+    done = training.train(lambda: tiny(), subset((xtr, ytr), 10), recipe={"epochs": 2, "batch_size": 50},
+                          out_dir=out, precision="float32", verbose=0)
+    assert done.stop_reason is None and done.history["epoch"] == [1, 2]
+
+
+_KILL_SCRIPT = r'''
+import os, signal, sys
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+import keras, numpy as np, tensorflow as tf
+from kerasarch import data, training
+
+out, result, kill_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+(x, y), _ = data.load_arrays("mnist5k")
+ds = tf.data.Dataset.from_tensor_slices((x[::8].astype("float32"), y[::8]))  # 500 images, all classes
+
+def build():
+    inputs = keras.Input((28, 28, 1))
+    h = keras.layers.Conv2D(8, 5, strides=2, name="conv")(inputs)
+    h = keras.layers.BatchNormalization(name="bn")(h)
+    h = keras.layers.Activation("relu")(h)
+    h = keras.layers.Flatten()(h)
+    h = keras.layers.Dropout(0.3, name="drop")(h)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax", name="predictions")(h), name="small")
+
+seen = {"epoch": 0}
+def on_epoch_begin(epoch, logs=None):
+    seen["epoch"] = epoch
+def on_batch_end(batch, logs=None):
+    if seen["epoch"] * 100 + batch == kill_at:
+        os.kill(os.getpid(), signal.SIGKILL)  # no cleanup of any kind
+
+cb = keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_train_batch_end=on_batch_end)
+res = training.train(build, ds, recipe={"epochs": 3, "batch_size": 25, "augment": "lenet"}, out_dir=out,
+                     precision="float32", deterministic=True, seed=7, checkpoint_steps=6, callbacks=[cb], verbose=0)
+np.savez(result, *[w.numpy() for w in res.model.weights])
+'''
+
+
+def _run(args, timeout=300):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    return subprocess.run([sys.executable, *args], env=env, timeout=timeout, capture_output=True, text=True)
+
+
+def test_resume_after_sigkill_reaches_the_uninterrupted_weights(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(_KILL_SCRIPT))
+    # Uninterrupted run and a run killed mid-epoch 2 (after step 16 of 20), side by side.
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / name), str(tmp_path / f"{name}.npz"),
+                               str(kill)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name, kill in (("plain", -1), ("killed", 115))]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert procs[0].returncode == 0, outs[0][1][-3000:]
+    assert procs[1].returncode == -signal.SIGKILL, outs[1][1][-3000:]
+    _, state = training.checkpoint.load_checkpoint(str(tmp_path / "killed" / "checkpoint.npz"))
+    assert (state["epoch"], state["step"]) == (1, 12)  # the last checkpoint: 12 of 20 steps into epoch 2
+    resumed = _run([str(script), str(tmp_path / "killed"), str(tmp_path / "killed.npz"), "-1"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    plain, killed = np.load(tmp_path / "plain.npz"), np.load(tmp_path / "killed.npz")
+    assert len(plain.files) == len(killed.files) > 0
+    for k in plain.files:  # bit-identical, BatchNorm statistics and dropout RNG state included
+        np.testing.assert_array_equal(plain[k], killed[k])
+    rows = list(csv.DictReader(open(tmp_path / "killed" / "log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+
+
+# -- training from a folder of images --------------------------------------------------------------------------
+
+def test_train_from_image_folder_with_bad_files(tmp_path, mnist):
+    from test_data import add_bad_files, write_mnist_folder
+
+    (xtr, ytr), (xte, yte) = mnist
+    write_mnist_folder(str(tmp_path / "train"), xtr, ytr, per_class=30)
+    write_mnist_folder(str(tmp_path / "test"), xte, yte, per_class=10)
+    add_bad_files(str(tmp_path / "train"))
+    with pytest.warns(UserWarning, match="skipped 3 of 303"):
+        train_ds = data.from_directory(str(tmp_path / "train"), channels=1)
+    test_ds = data.from_directory(str(tmp_path / "test"), channels=1)
+    result = training.train("lenet5", train_ds, test_ds, epochs=4, precision="float32", verbose=0)
+    assert result.model.output_shape == (None, 10)
+    assert result.history["val_accuracy"][-1] > 0.5  # 300 digits, 4 epochs; chance is 0.1
+
+
+# -- the command line ------------------------------------------------------------------------------------------
+
+def test_cli_train_prints_test_accuracy(tmp_path, capsys):
+    from kerasarch.cli import main
+
+    out = str(tmp_path / "cli")
+    assert main(["train", "lenet5_relu", "--data", "digits", "--epochs", "2", "--out", out,
+                 "--precision", "float32"]) == 0
+    text = capsys.readouterr().out
+    line = [row for row in text.splitlines() if row.startswith("test accuracy")][0]
+    acc = float(line.split()[2].rstrip("%")) / 100
+    assert 0.5 < acc <= 1.0
+    assert os.path.exists(os.path.join(out, "model.keras"))
+    result = json.load(open(os.path.join(out, "result.json")))
+    _, (_, y_test) = data.load_arrays("digits")
+    assert result["test_accuracy"] == pytest.approx(acc, abs=1e-4) and result["test_examples"] == len(y_test)
