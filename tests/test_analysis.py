@@ -202,6 +202,8 @@ def test_vgg16_forward_activations_against_the_lecture():
     assert p.activation_bytes(dtype="float32") == exact * 4 == 60_950_432  # ... 61 MB, not 93–96 MB
     assert 24e6 / p.total_activations > 1.5
     assert p.activation_count(every_output=True) == 28_818_408  # + ReLU outputs, Flatten, Dropout
+    # At inference only block1_conv1's output and block1_conv2's, alive together, have to fit: 2·224·224·64.
+    assert p.peak_activation_count() == 2 * 224 * 224 * 64
     # "~2× for backward": activations kept plus their gradients, still ≈ 122 MB, not 186.
     assert 2 * p.activation_bytes(dtype="float32") / 1e6 == pytest.approx(121.9, abs=0.1)
 
@@ -223,6 +225,19 @@ def test_training_memory_breakdown():
     assert p.training_memory_bytes(optimizer="sgd") == (16 * acts + params + trainable) * 4
     with pytest.raises(ValueError, match="Received: optimizer='adamx'"):
         p.training_memory_bytes(optimizer="adamx")
+
+
+def test_inference_working_set():
+    inputs = keras.Input((8, 8, 3))  # 192 values
+    x = keras.layers.Conv2D(4, 3, padding="same")(inputs)  # 256, read by both branches
+    x = keras.layers.ReLU()(x)  # in place
+    a = keras.layers.Conv2D(2, 1)(x)  # 128
+    b = keras.layers.Conv2D(2, 1)(x)  # 128: x, a and b alive together
+    y = keras.layers.Concatenate()([a, b])  # 256 with a and b
+    p = analysis.profile(keras.Model(inputs, y), batch=4)
+    assert p.peak_activation_count() == 512
+    assert p.peak_activation_bytes() == 4 * 512 * 4
+    assert p.total_activations == 192 + 256 + 128 + 128 + 256
 
 
 def test_mixed_precision_halves_activation_bytes():
@@ -393,3 +408,12 @@ def test_models_doc_generation():
     text = render(model_rows(["vgg11"], progress=False))
     assert "| `vgg11` | 224×224×3 | 132,863,336 | 132,863,336 | 7.609 | 7.609 | +0.00% |" in text
     assert math.isclose(float(text.split("| 7.609 | +0.00% | ")[1].split(" |")[0]), 9.12, abs_tol=0.01)
+
+
+def test_input_shape_of_a_size_agnostic_model():
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(4, 3, padding="same", name="c")(inputs))
+    with pytest.raises(ValueError, match="pass `input_shape`"):
+        analysis.profile(model)
+    p = analysis.profile(model, input_shape=(10, 12, 3))
+    assert p.row("c").output_shape == (10, 12, 4) and p.total_macs == 10 * 12 * 4 * 27

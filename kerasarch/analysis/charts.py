@@ -131,11 +131,12 @@ def speed_chart(results, path, machine=""):
 
 
 def memory_chart(results, path, batch=32):
-    """Grouped bars: weights (MB), estimated forward activations for ``batch`` images (MB), measured peak RSS
-    increase (MB)."""
+    """Grouped bars (MB): weights, the estimated inference working set of ``batch`` images, their sum, and the
+    measured peak RSS increase (which adds TensorFlow's runtime, kernels' workspaces and caches)."""
     names = [r["model"] for r in results]
     series = [("weights", [r["param_mb"] for r in results], "C1"),
-              (f"forward activations × {batch} (estimate)", [r["activation_mb"] * batch for r in results], "C4"),
+              (f"activation working set, batch {batch} (estimate)",
+               [r["working_set_mb"] * batch for r in results], "C4"),
               ("measured peak RSS increase", [r["peak_rss_mb"] for r in results], "C3")]
     fig = _figure(9, 1.8 + 0.75 * len(names))
     ax = fig.add_subplot(1, 1, 1)
@@ -150,7 +151,7 @@ def memory_chart(results, path, batch=32):
     ax.invert_yaxis()
     ax.set_xlim(0, top * 1.18 if top > 0 else 1)
     ax.set_xlabel("MB (10⁶ bytes)")
-    ax.set_title("Memory: weights, activations and measured peak", pad=24)
+    ax.set_title(f"Inference memory at batch {batch}: estimates and measured peak", pad=24)
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()

@@ -113,16 +113,18 @@ def write_report(results, out_dir, info, *, batch=32, isolate=True):
         f"timed call ({r0.get('memory_method', '-')}); weights, initialisers, TensorFlow caches and batch-{batch} "
         f"activations included; {'each model in a fresh process' if isolate else 'all models in one process'}.",
         "- Parameters, GMACs and activations are computed from the built layers by `kerasarch.analysis`; "
-        "activations = values per image for one forward pass (activation layers in place), at the compute dtype.",
+        "activations = values per image for one forward pass (activation layers in place), at the compute dtype; "
+        f"working set = the activations alive at once during inference, at batch {batch} (see docs/analysis.md).",
         "", f"| model | input | params | GMACs | ref. GMACs | top-1 % | activations / image (MB) | "
-            f"latency b1 (ms) | throughput b{batch} (img/s) | peak RSS Δ (MB) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+            f"working set b{batch} (MB) | latency b1 (ms) | throughput b{batch} (img/s) | peak RSS Δ (MB) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in results:
         lines.append(
             f"| {r['model']} | {'×'.join(map(str, r['input_shape']))} | {r['params'] / 1e6:.2f}M | {r['gmacs']:.3f} | "
             f"{r['ref_gmacs'] if r.get('ref_gmacs') is not None else '-'} | "
             f"{r['top1'] if r.get('top1') is not None else '-'} | {r['activation_mb']:.1f} | "
+            f"{r['working_set_mb'] * batch:.0f} | "
             f"{r['latency_ms']:.1f} | {r.get(key, float('nan')):.1f} | {r['peak_rss_mb']:.0f} |")
     lines += ["", f"![top-1 vs GMACs]({CHARTS['accuracy']})", "", f"![latency and throughput]({CHARTS['speed']})",
               "", f"![memory]({CHARTS['memory']})", ""]

@@ -30,7 +30,7 @@ _GLOBAL_POOL = (layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, la
                 layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D)
 # Element-wise layers with weights: their work is "other ops", never MACs.
 _NORM_COST = {"BatchNormalization": 2, "LayerNormalization": 5, "GroupNormalization": 5, "UnitNormalization": 3,
-              "RMSNormalization": 4, "Normalization": 2, "Rescaling": 2, "PReLU": 2}
+              "RMSNormalization": 4, "Normalization": 2, "Rescaling": 2}
 # Activation-like layers: computed in place (their output is not counted again as stored memory).
 _INPLACE_COST = {"Activation": 1, "ReLU": 1, "LeakyReLU": 1, "ELU": 1, "Softmax": 3, "PReLU": 2,
                  "ScaledTanh": 3}

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import keras
 import numpy as np
 
-from kerasarch.analysis.counting import OPTIMIZER_SLOTS, count_op, receptive_field_step
+from kerasarch.analysis.counting import OPTIMIZER_SLOTS, OpCount, count_op, receptive_field_step
 from kerasarch.analysis.graph import walk
 
 __all__ = ["LayerRow", "Profile", "ReceptiveField", "profile", "receptive_field", "resolve_model"]
@@ -104,6 +104,9 @@ class Profile:
     rows: list
     total_params: int
     trainable_params: int
+    # (first row, last row that reads it, values per example, dtype) of every activation buffer, for the
+    # inference working set; views and in-place layers share their input's buffer.
+    buffers: list = dataclasses.field(default_factory=list, repr=False)
 
     @property
     def non_trainable_params(self):
@@ -144,6 +147,31 @@ class Profile:
         if dtype is not None:
             return sum(r.activations for r in rows) * _itemsize(dtype) * batch_size
         return sum(r.activations * _itemsize(r.dtype) for r in rows) * batch_size
+
+    def peak_activation_count(self):
+        """Inference working set per example: the largest number of activation values alive at once when the
+        layers run one after the other in topological order, each tensor freed after its last reader (views and
+        activation layers share their input's memory; the model's outputs live to the end)."""
+        return self._peak(lambda size, dtype: size)
+
+    def peak_activation_bytes(self, dtype=None, batch_size=None):
+        """:meth:`peak_activation_count` in bytes for ``batch_size`` examples (default ``self.batch``), at each
+        tensor's dtype or at ``dtype``."""
+        batch_size = self.batch if batch_size is None else batch_size
+        return self._peak(lambda size, d: size * _itemsize(dtype or d)) * batch_size
+
+    def _peak(self, weigh):
+        events = {}
+        for first, last, size, dtype in self.buffers:
+            events.setdefault(first, []).append(weigh(size, dtype))
+            events.setdefault(last, []).append(-weigh(size, dtype))
+        live = peak = 0
+        for i in sorted(events):
+            # Allocations of step i happen while its inputs are still alive; frees come after.
+            live += sum(v for v in events[i] if v > 0)
+            peak = max(peak, live)
+            live += sum(v for v in events[i] if v < 0)
+        return peak
 
     def training_memory_breakdown(self, batch_size=None, optimizer="sgd_momentum"):
         """The parts of :meth:`training_memory_bytes`: ``activations``, ``params``, ``grads``, ``optimizer``
@@ -199,7 +227,8 @@ class Profile:
             "total_params": self.total_params, "trainable_params": self.trainable_params,
             "total_macs": self.total_macs, "gmacs": round(self.gmacs, 6), "total_other_ops": self.total_other_ops,
             "activations": self.total_activations, "activations_every_output": self.activation_count(True),
-            "activation_bytes": self.activation_bytes(),
+            "activation_bytes": self.activation_bytes(), "peak_activations": self.peak_activation_count(),
+            "peak_activation_bytes": self.peak_activation_bytes(),
             "training_memory_bytes_sgd_momentum": self.training_memory_bytes(optimizer="sgd_momentum"),
             "training_memory_bytes_adam": self.training_memory_bytes(optimizer="adam"),
         }
@@ -242,15 +271,16 @@ class Profile:
         tm_sgd = self.training_memory_bytes(optimizer="sgd_momentum")
         tm_adam = self.training_memory_bytes(optimizer="adam")
         return [
-            ("input", _fmt_shape(self.input_shape) if not isinstance(self.input_shape, list)
-             else _fmt_shape(self.input_shape)),
+            ("input", _fmt_shape(self.input_shape)),
             ("dtype policy", f"compute {self.compute_dtype}, variables {self.variable_dtype}"),
             ("parameters", f"{self.total_params:,} ({self.trainable_params:,} trainable)"),
             ("multiply-adds", f"{self.total_macs:,} ({self.gmacs:.3f} GMACs)"),
             ("other ops", f"{self.total_other_ops:,} ({self.total_other_ops / 1e9:.3f} G)"),
             ("activations / example", f"{self.total_activations:,} values, "
                                       f"{self.activation_bytes(batch_size=1) / mb:.1f} MB "
-                                      f"(every layer output: {self.activation_count(True):,})"),
+                                      f"(every layer output: {self.activation_count(True):,}); inference "
+                                      f"working set {self.peak_activation_count():,} values, "
+                                      f"{self.peak_activation_bytes(batch_size=1) / mb:.1f} MB"),
             (f"training memory, batch {self.batch}",
              f"{tm_sgd / mb:,.0f} MB with SGD+momentum, {tm_adam / mb:,.0f} MB with Adam (estimate)"),
         ]
@@ -327,6 +357,20 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
     specs, shapes = _input_specs(model, None if spec is not None else input_shape)
     rows, fields, seen = [], {}, set()
     names = {}
+    buffers, buffer_of, alive = [], {}, []  # alive: keeps the symbolic tensors (and so their ids) alive
+
+    def track(inputs, outputs, stored, dtype):
+        step = len(rows)
+        for t in inputs:
+            if id(t) in buffer_of:
+                buffers[buffer_of[id(t)]][1] = step
+        for t in outputs:
+            alive.append(t)
+            if not stored and inputs and id(inputs[0]) in buffer_of:
+                buffer_of[id(t)] = buffer_of[id(inputs[0])]
+            else:
+                buffer_of[id(t)] = len(buffers)
+                buffers.append([step, step, int(math.prod(t.shape[1:])), dtype])
 
     def add_row(name, type_name, outputs, params, trainable, count, dtype, field):
         key = name
@@ -340,13 +384,12 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
             activations=sum(int(math.prod(s)) for s in out_shapes), stored=count.stored, dtype=dtype,
             receptive_field=_as_rf(field), estimated=count.estimated))
 
-    from kerasarch.analysis.counting import OpCount
-
     for t, spec_t in zip(model.inputs, specs):
         rank = len(spec_t.shape) - 2
         field = tuple((1, 1) for _ in range(rank)) if rank >= 1 else None
         fields[id(spec_t)] = field
         layer = t._keras_history.operation if hasattr(t, "_keras_history") else None
+        track([], [spec_t], True, keras.backend.standardize_dtype(spec_t.dtype))
         add_row(layer.name if layer is not None else "input", "InputLayer", [spec_t], 0, 0, OpCount(0, 0),
                 keras.backend.standardize_dtype(spec_t.dtype), field)
 
@@ -363,16 +406,19 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
             params = sum(int(math.prod(w.shape)) for w in getattr(op, "weights", []))
             trainable = sum(int(math.prod(w.shape)) for w in getattr(op, "trainable_weights", []))
         dtype = keras.backend.standardize_dtype(outputs[0].dtype) if outputs else "float32"
+        track(inputs, outputs, count.stored, dtype)
         add_row("/".join((*path, op.name)), type(op).__name__, outputs, params, trainable, count, dtype, field)
 
-    walk(model, specs, visit)
+    for t in walk(model, specs, visit):
+        buffers[buffer_of[id(t)]][1] = len(rows)  # the outputs live to the end
     policy = getattr(model, "dtype_policy", None)
     return Profile(
         model_name=model.name, input_shape=shapes[0] if len(shapes) == 1 else shapes, batch=int(batch),
         compute_dtype=getattr(policy, "compute_dtype", "float32"),
         variable_dtype=getattr(policy, "variable_dtype", "float32"), rows=rows,
         total_params=int(sum(math.prod(w.shape) for w in _unique(model.weights))),
-        trainable_params=int(sum(math.prod(w.shape) for w in _unique(model.trainable_weights))))
+        trainable_params=int(sum(math.prod(w.shape) for w in _unique(model.trainable_weights))),
+        buffers=[tuple(b) for b in buffers])
 
 
 def _unique(weights):

@@ -17,6 +17,11 @@ def register(sub):
     p.set_defaults(func=run)
 
 
+def _fmt_small(v, decimals):
+    """``decimals`` places, or three significant digits for values too small to show that way."""
+    return f"{v:.{decimals}f}" if v == 0 or abs(v) >= 10 ** -(decimals - 1) else f"{v:.3g}"
+
+
 def _fmt_ref(computed, ref):
     if ref is None:
         return "-", ""
@@ -79,9 +84,9 @@ def render(rows):
         for r in (r for r in rows if r["family"] == fam):
             ref, diff = _fmt_ref(r["gmacs"], r["ref_gmacs"])
             top1 = "-" if r["top1"] is None else f"{r['top1']:g}"
-            lines.append(f"| `{r['name']}` | {r['input']} | {r['trainable']:,} | {r['total']:,} | {r['gmacs']:.3f} | "
-                         f"{ref} | {diff} | {r['activations'] / 1e6:.2f} | {r['activation_mb']:.1f} | {top1} | "
-                         f"{r['paper']} |")
+            lines.append(f"| `{r['name']}` | {r['input']} | {r['trainable']:,} | {r['total']:,} | "
+                         f"{_fmt_small(r['gmacs'], 3)} | {ref} | {diff} | {_fmt_small(r['activations'] / 1e6, 2)} | "
+                         f"{_fmt_small(r['activation_mb'], 1)} | {top1} | {r['paper']} |")
         lines.append("")
     return "\n".join(lines)
 
