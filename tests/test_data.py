@@ -136,6 +136,21 @@ def test_pipeline_reproducible_per_epoch_and_shards_cover_the_batch():
     assert pipe.steps() == 5
 
 
+@pytest.mark.parametrize("preset", ["alexnet", "vgg", "googlenet", "resnet"])
+def test_imagenet_presets_crop_raw_images_of_any_size(preset):
+    sizes = [(40, 60), (64, 48), (50, 50)]
+    images = tf.data.Dataset.from_generator(
+        lambda: ((np.full((h, w, 3), 100 + i, np.float32), i) for i, (h, w) in enumerate(sizes)),
+        output_signature=(tf.TensorSpec((None, None, 3), tf.float32), tf.TensorSpec((), tf.int32)))
+    train = data.InputPipeline(images, (32, 32, 3), batch_size=3, training=True, augment=preset, seed=0)
+    x, y = next(iter(train.dataset(0)))
+    assert x.shape == (3, 32, 32, 3) and sorted(y.numpy()) == [0, 1, 2]
+    evaluation = data.InputPipeline(images, (32, 32, 3), batch_size=3, training=False, augment=preset)
+    x, y = next(iter(evaluation.dataset()))
+    assert x.shape == (3, 32, 32, 3)
+    np.testing.assert_allclose(x.numpy()[:, 0, 0, 0], 100 + y.numpy(), atol=1e-3)  # centre crops, no jitter
+
+
 def test_pipeline_rejects_batched_data():
     ds = tf.data.Dataset.from_tensor_slices((np.zeros((4, 4, 4, 1), "float32"), np.zeros(4, "int32"))).batch(2)
     with pytest.raises(ValueError, match="unbatched"):

@@ -184,6 +184,13 @@ def test_mixed_precision_training(precision, mnist):
     assert np.isfinite(loss).all() and loss[1] < loss[0] and loss[1] < 2.0  # it learns
 
 
+def test_xla_step(mnist):
+    (xtr, ytr), _ = mnist
+    result = training.train(lambda: tiny(), subset((xtr, ytr), 20), recipe={"epochs": 2, "batch_size": 20, "lr": 0.1},
+                            precision="float32", jit_compile=True, verbose=0)
+    assert result.recipe["run"]["jit_compile"] is True and result.history["loss"][1] < result.history["loss"][0]
+
+
 def test_explicit_precision_must_match_a_given_model():
     with pytest.raises(ValueError, match="built under"):
         training.train(tiny(), tf.data.Dataset.from_tensor_slices((np.zeros((4, 28, 28, 1), "float32"),
