@@ -24,6 +24,7 @@ __all__ = [
     "load_weights_file",
     "make_inputs",
     "output_dtype",
+    "predictions_activation",
     "predictions_dense",
 ]
 
@@ -101,6 +102,12 @@ def output_dtype():
 def predictions_dense(classes, classifier_activation, name="predictions", **kwargs):
     """The final classifier layer, computing in float32 under mixed precision (see :func:`output_dtype`)."""
     return layers.Dense(classes, activation=classifier_activation, name=name, dtype=output_dtype(), **kwargs)
+
+
+def predictions_activation(classifier_activation, name="predictions"):
+    """The output layer of a convolutional classifier (NiN, SqueezeNet: class maps averaged, then softmax):
+    an Activation in float32 under mixed precision (see :func:`output_dtype`)."""
+    return layers.Activation(classifier_activation or "linear", name=name, dtype=output_dtype())
 
 
 def apply_classifier(x, include_top, pooling, classes, classifier_activation, *, dropout=None,

@@ -14,7 +14,7 @@ from keras import layers
 
 from kerasarch.blocks.mlpconv import apply_mlpconv
 from kerasarch.blocks.pooling import apply_ceil_pool
-from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, output_dtype
+from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, predictions_activation
 from kerasarch.registry import ModelSpec, register_model
 
 __all__ = ["NIN_CONFIGS", "nin"]
@@ -72,8 +72,7 @@ def nin(config="imagenet", *, dropout=0.5, include_top=True, weights=None, input
             x = layers.Dropout(dropout, name=f"drop{i}")(x)
     if include_top:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        x = layers.Activation(classifier_activation or "linear", name="predictions",
-                              dtype=output_dtype())(x)
+        x = predictions_activation(classifier_activation)(x)
     else:
         x = apply_pooling(x, pooling)
     return finish_model(inputs, x, name, weights, input_tensor)

@@ -16,7 +16,7 @@ from keras import layers
 from kerasarch.blocks.common import apply_conv_bn_act
 from kerasarch.blocks.fire import apply_fire_module
 from kerasarch.blocks.pooling import apply_ceil_pool
-from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, output_dtype
+from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, predictions_activation
 from kerasarch.registry import ModelSpec, register_model
 
 __all__ = ["BYPASSES", "SQUEEZENET_FIRES", "SQUEEZENET_VERSIONS", "squeezenet"]
@@ -77,8 +77,7 @@ def squeezenet(version="1_0", *, bypass=None, dropout=0.5, include_top=True, wei
                               use_bias=True, norm=False,
                               kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
         x = layers.GlobalAveragePooling2D(name="pool10")(x)
-        x = layers.Activation(classifier_activation or "linear", name="predictions",
-                              dtype=output_dtype())(x)
+        x = predictions_activation(classifier_activation)(x)
     else:
         x = apply_pooling(x, pooling)
     return finish_model(inputs, x, name, weights, input_tensor)
