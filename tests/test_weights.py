@@ -574,7 +574,9 @@ def test_torchvision_checkpoints_load_with_identical_outputs(name, builder, size
     with torch.no_grad():
         want = tv(torch.from_numpy(x.transpose(0, 3, 1, 2)))
     if builder == "googlenet":  # torchvision returns the main logits in eval mode; kerasarch lists all outputs
-        outputs = dict(zip(model.output_names, model(x, training=False)))
+        outputs = model(x, training=False)
+        if not isinstance(outputs, dict):
+            outputs = dict(zip(model.output_names, outputs))
         got = outputs["predictions"]
     else:
         got = model(x, training=False)
