@@ -113,11 +113,11 @@ def get_spec(name: str) -> ModelSpec:
     return _REGISTRY[key]
 
 
-def build_model(name: str, **kwargs):
-    """Builds the registered model ``name``.
+def build_model(model_name: str, /, **kwargs):
+    """Builds the registered model ``model_name``.
 
     Args:
-        name: a registry name (see :func:`list_models`).
+        model_name: a registry name (see :func:`list_models`); ``name=`` in ``kwargs`` names the model.
         **kwargs: the keras.applications arguments (``include_top``, ``weights``, ``input_tensor``,
             ``input_shape``, ``pooling``, ``classes``, ``classifier_activation``, ``name``) and the family's
             own options.
@@ -125,4 +125,4 @@ def build_model(name: str, **kwargs):
     Returns:
         A Functional ``keras.Model``.
     """
-    return get_spec(name).build(**kwargs)
+    return get_spec(model_name).build(**kwargs)

@@ -9,6 +9,9 @@ import kerasarch
 from tests.helpers import random_images, trainable_params
 
 MODELS = kerasarch.list_models()
+# 3,600-4,200 layers: their forward pass and .keras round trip take 30+ s each, so they run with `-m slow`.
+VERY_DEEP = {"resnet1202", "preact_resnet1001"}
+ROUND_TRIP = [pytest.param(n, marks=pytest.mark.slow) if n in VERY_DEEP else n for n in MODELS]
 
 
 def _rounds_to(value, approx):
@@ -46,7 +49,7 @@ def _small_shape(spec):
     return (size, size, spec.input_shape[-1])
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ROUND_TRIP)
 def test_forward_and_keras_round_trip(name, tmp_path):
     spec = kerasarch.get_spec(name)
     shape = _small_shape(spec)
