@@ -1,10 +1,10 @@
 """kerasarch.features: a tap's features are the tapped layer's output of the full model, paper tap names resolve
 to layers, and an unknown tap fails with the valid names."""
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import kerasarch
 from kerasarch import features
 from tests.helpers import random_images

@@ -11,10 +11,10 @@ import subprocess
 import sys
 import weakref
 
+import keras
 import numpy as np
 import pytest
 
-import keras
 import kerasarch
 from finetune import FinetuneError
 from finetune.cli import extract_main, main

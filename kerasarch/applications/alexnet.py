@@ -7,8 +7,9 @@
 - ``alexnet_owt``: torchvision's single tower, after Krizhevsky, "One weird trick for parallelizing
   convolutional neural networks", arXiv:1404.5997: 64/192/384/256/256 filters, no LRN, 224 input, padding 2 on
   conv1, ``avgpool`` to 6×6 before the classifier (torchvision's adaptive pooling, exact when pool5's side is a
-  multiple or a divisor of 6: 6 at 224, 1 at the 63-pixel minimum), dropout *before* fc6 and fc7. The paper's footnote gives 384 filters for conv4; torchvision follows
-  cuda-convnet2's one-GPU configuration (256), and so do its weights (pytorch/vision#463).
+  multiple or a divisor of 6: 6 at 224, 1 at the 63-pixel minimum), dropout *before* fc6 and fc7. The paper's
+  footnote gives 384 filters for conv4; torchvision follows cuda-convnet2's one-GPU configuration (256), and so
+  do its weights (pytorch/vision#463).
 - ``zfnet``, ``zfnet_large``: Zeiler & Fergus, "Visualizing and Understanding Convolutional Networks",
   arXiv:1311.2901, Fig. 3 and Table 2: conv1 96@7×7/2, conv2 256@5×5/2, dense (ungrouped) conv3–5 of 384/384/256
   (512/1024/512 in the larger model), 224 input. Fig. 3's "contrast normalisation" across feature maps comes
@@ -63,8 +64,8 @@ def _adaptive_avg_pool_6x6(x, name):
 
 def alexnet(*, filters=(96, 256, 384, 384, 256), conv1=(11, 4, 0), conv2=(5, 1, 2), groups=(1, 2, 1, 2, 2),
             lrn="before_pool", pool_padding=("valid", "valid", "valid"), adaptive_pool=False, dropout=0.5,
-            dropout_before_fc=False, default_size=227, include_top=True, weights=None, input_tensor=None, input_shape=None,
-            pooling=None, classes=1000, classifier_activation="softmax", name="alexnet"):
+            dropout_before_fc=False, default_size=227, include_top=True, weights=None, input_tensor=None,
+            input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", name="alexnet"):
     """Builds AlexNet (two towers as grouped convolutions, torchvision's single tower) or ZFNet by configuration.
 
     Every convolution is followed by a ReLU; conv3–conv5 are 3×3 with padding 1; the max-pools are 3×3 stride 2.

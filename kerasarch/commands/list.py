@@ -33,7 +33,9 @@ def run(args):
 
             model = spec.build()
             trainable = sum(int(w.numpy().size) for w in model.trainable_weights)
-            line += f" {trainable:>14,} {str(tuple(model.output_shape[1:]) if not isinstance(model.output_shape, list) else 'multi'):>12s}"
+            shape = model.output_shape
+            out = "multi" if isinstance(shape, (list, dict)) else str(tuple(shape[1:]))
+            line += f" {trainable:>14,} {out:>12s}"
             del model
             keras.backend.clear_session()
         print(line, flush=True)
