@@ -284,6 +284,7 @@ def _taps(config):
     taps = {f"conv{s}_x": f"conv{s}_block{n}_out" for s, n in enumerate(stages, start=2)}
     if config.get("preact"):
         taps["features"] = "post_relu"
+    taps["avg_pool"] = "avg_pool"  # the pooled features the classifier reads (with the top)
     return taps
 
 
