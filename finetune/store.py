@@ -62,13 +62,10 @@ def write_json(path, obj):
 
 
 def _atomic_write(path, data):
-    path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "wb") as f:
+    from kerasarch.training.checkpoint import atomic_write
+
+    with atomic_write(os.fspath(path)) as f:
         f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def file_sha256(path, chunk=1 << 20):
