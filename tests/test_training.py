@@ -403,3 +403,21 @@ def test_cli_train_prints_test_accuracy(tmp_path, capsys):
     result = json.load(open(os.path.join(out, "result.json")))
     _, (_, y_test) = data.load_arrays("digits")
     assert result["test_accuracy"] == pytest.approx(acc, abs=1e-4) and result["test_examples"] == len(y_test)
+
+
+def test_atomic_writes_leave_the_target_whole_on_failure(tmp_path):
+    from kerasarch.training.checkpoint import atomic_save_model, atomic_write, atomic_write_text
+
+    target = tmp_path / "sub" / "state.txt"
+    atomic_write_text(target, "first")
+    with pytest.raises(RuntimeError):
+        with atomic_write(target, "w") as f:
+            f.write("half")
+            raise RuntimeError("killed mid-write")
+    assert target.read_text() == "first"
+    assert os.listdir(target.parent) == ["state.txt"]  # no temporary file left behind
+
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, name="d")])
+    atomic_save_model(model, tmp_path / "m.keras")
+    loaded = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_array_equal(loaded.get_layer("d").get_weights()[0], model.get_layer("d").get_weights()[0])

@@ -10,8 +10,8 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atomic_write", "atomic_write_text", "save_checkpoint", "load_checkpoint", "restore_variables",
-           "variable_values", "CHECKPOINT"]
+__all__ = ["atomic_path", "atomic_write", "atomic_save_model", "atomic_write_text", "save_checkpoint",
+           "load_checkpoint", "restore_variables", "variable_values", "CHECKPOINT"]
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -26,16 +26,17 @@ def _fsync_dir(path):
 
 
 @contextlib.contextmanager
-def atomic_write(path, mode="wb", suffix=""):
-    """Opens a temporary file beside ``path``; on success it replaces ``path`` in one rename, on error it is
-    removed and ``path`` is untouched. ``suffix`` keeps an extension some writers insist on."""
+def atomic_path(path, suffix=""):
+    """Yields a temporary path beside ``path``; on success the file written there replaces ``path`` in one rename
+    (after an fsync), on error it is removed and ``path`` is untouched. ``suffix`` keeps an extension some writers
+    insist on (``.keras``)."""
     folder = os.path.dirname(os.path.abspath(path)) or "."
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".tmp{suffix}", dir=folder)
+    os.close(fd)
     try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
+        yield tmp
+        with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
         _fsync_dir(folder)
@@ -43,6 +44,13 @@ def atomic_write(path, mode="wb", suffix=""):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_write(path, mode="wb", suffix=""):
+    """Opens a file that replaces ``path`` atomically when the block ends without error (see :func:`atomic_path`)."""
+    with atomic_path(path, suffix) as tmp, open(tmp, mode) as f:
+        yield f
 
 
 def atomic_write_text(path, text):
@@ -53,19 +61,8 @@ def atomic_write_text(path, text):
 
 def atomic_save_model(model, path):
     """``model.save(path)`` (a ``.keras`` file) through a temporary file and a rename."""
-    folder = os.path.dirname(os.path.abspath(path)) or "."
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.keras", dir=folder)
-    os.close(fd)
-    try:
+    with atomic_path(path, ".keras") as tmp:
         model.save(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(folder)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
 
 
 def variable_values(variables):
