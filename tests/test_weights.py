@@ -132,8 +132,9 @@ def test_table_entries_are_consistent():
 
 
 def test_imagenet_class_names_offline():
-    names = imagenet_class_names()
-    assert len(names) == 1000 and names == sorted(names) and names[0] == "n01440764"
+    ids = imagenet_class_names("wnid")
+    assert len(ids) == 1000 and ids == sorted(ids) and ids[0] == "n01440764"
+    assert imagenet_class_names()[0] == "tench"  # human-readable by default (tests/test_transfer_checkpoints.py)
 
 
 def _table_entry(monkeypatch, model, src, fmt="keras_h5", notop=None, sha256=None):

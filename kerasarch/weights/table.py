@@ -16,7 +16,8 @@ model's spec); ``weights="imagenet:torchvision"`` or ``"imagenet:keras"`` picks 
 from __future__ import annotations
 
 import dataclasses
-import os
+
+from kerasarch.weights.classes import imagenet_class_names
 
 __all__ = ["WeightsInfo", "WEIGHTS", "weights_for", "imagenet_class_names", "PREPROCESSING"]
 
@@ -160,19 +161,3 @@ def weights_for(model_name: str, source: str | None = None) -> WeightsInfo:
     raise ValueError(f"'{model_name}' has no weights from source {source!r}; available: "
                      f"{', '.join(i.source for i in entries)}. Received: source={source!r}")
 
-
-def imagenet_class_names() -> list[str]:
-    """The 1,000 ImageNet-1k class ids (WordNet synsets, ``n01440764`` ...) in the order of every ImageNet
-    classifier here (sorted synset ids, as keras.applications and torchvision use).
-
-    Read from the label file tensorflow-datasets installs (no download). Human-readable names need keras'
-    ``imagenet_class_index.json`` (``keras.applications.imagenet_utils.decode_predictions`` downloads it).
-    """
-    import tensorflow_datasets
-
-    path = os.path.join(os.path.dirname(tensorflow_datasets.__file__), "datasets", "imagenet2012", "labels.txt")
-    with open(path) as f:
-        names = [line.strip() for line in f if line.strip()]
-    if len(names) != 1000:
-        raise RuntimeError(f"{path} lists {len(names)} classes, expected 1000.")
-    return names
