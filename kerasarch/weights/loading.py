@@ -10,6 +10,8 @@ all formats share one set of rules:
   GoogLeNet's auxiliary classifiers) that is missing from the file or has another number of classes is left at its
   initialisation, with a warning. That is how ``include_top=True`` with another ``classes`` loads everything but
   the classifier;
+* the first convolution of a model with another number of input channels (``input_shape=(H, W, 1)`` or
+  ``(H, W, 4)``) takes an RGB kernel adapted by :func:`adapt_input_kernel`, and says so on stderr;
 * layers in the file that the model does not have are ignored (a file with a top loads into ``include_top=False``).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 import warnings
 import zipfile
 
@@ -27,7 +30,7 @@ from kerasarch.weights.download import get_file
 from kerasarch.weights.table import weights_for
 
 __all__ = ["load_weights", "read_layer_weights", "assign_layer_weights", "head_layers", "fetch_weights",
-           "WeightsMismatchError"]
+           "adapt_input_kernel", "WeightsMismatchError"]
 
 _SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5", ".pth", ".pt", ".safetensors")
 
@@ -157,7 +160,7 @@ def assign_layer_weights(model, weights, source="the weights file"):
         ``(loaded, skipped)``: layer names set, and head layers left at their initialisation.
     """
     heads = head_layers(model)
-    pending, skipped = [], []
+    pending, skipped, adapted = [], [], []
     for layer in model.layers:
         if not layer.weights:
             continue
@@ -170,6 +173,11 @@ def assign_layer_weights(model, weights, source="the weights file"):
                 f"Weights file does not fit: layer '{layer.name}' of {model.name} (shapes {want}) has no counterpart "
                 f"in {source}.")
         got = [tuple(np.shape(a)) for a in weights[layer.name]]
+        if got != want and _input_channels_differ(layer, got, want):
+            arrays = [adapt_input_kernel(weights[layer.name][0], want[0][2]), *weights[layer.name][1:]]
+            adapted.append((layer.name, got[0][2], want[0][2]))
+            pending.append((layer, arrays))
+            continue
         if got != want:
             if layer.name in heads and len(got) == len(want):
                 skipped.append((layer.name, f"the model expects shapes {want}, {source} holds {got}"))
@@ -180,10 +188,61 @@ def assign_layer_weights(model, weights, source="the weights file"):
         pending.append((layer, weights[layer.name]))
     for layer, arrays in pending:
         layer.set_weights(arrays)
+    for name, had, has in adapted:
+        how = "summed over the RGB channels" if has == 1 else f"repeated and scaled by 3/{has}"
+        print(f"kerasarch: '{name}' takes {has} input channel(s); the {had}-channel kernel of {source} was {how}.",
+              file=sys.stderr, flush=True)
     if skipped:
         details = "; ".join(f"'{n}' ({why})" for n, why in skipped)
         warnings.warn(f"Classifier layers left at their initialisation: {details}.", stacklevel=3)
     return [layer.name for layer, _ in pending], [n for n, _ in skipped]
+
+
+def adapt_input_kernel(kernel: np.ndarray, channels: int) -> np.ndarray:
+    """A pretrained RGB kernel ``(kh, kw, 3, out)`` for an input of ``channels`` channels.
+
+    Grey (1 channel): the sum over R, G and B, so a grey image ``g`` gives the response the RGB kernel gives to
+    ``(g, g, g)``. Other counts: the RGB kernel repeated along the input axis and cut to ``channels``, scaled by
+    ``3 / channels`` so the response to a constant image keeps its size — timm's ``adapt_input_conv`` rule.
+    """
+    kernel = np.asarray(kernel)
+    if kernel.ndim != 4 or kernel.shape[2] != 3:
+        raise WeightsMismatchError(f"Only an RGB (3-channel) first convolution can be adapted to another channel "
+                                   f"count. Received: a kernel of shape {kernel.shape}")
+    if channels < 1:
+        raise ValueError(f"`channels` must be >= 1. Received: channels={channels!r}")
+    if channels == 3:
+        return kernel
+    if channels == 1:
+        return kernel.sum(axis=2, keepdims=True)
+    repeats = -(-channels // 3)
+    return np.tile(kernel, (1, 1, repeats, 1))[:, :, :channels] * (3.0 / channels)
+
+
+def _reads_model_input(layer):
+    """Whether ``layer`` reads a model input through weight-free layers only (it is a first convolution)."""
+    stack, seen = [node_input for node in layer._inbound_nodes for node_input in node.input_tensors], set()
+    while stack:
+        producer = _producer(stack.pop())
+        if producer is None or id(producer) in seen:
+            continue
+        seen.add(id(producer))
+        if isinstance(producer, layers.InputLayer):
+            return True
+        if producer.weights:
+            continue
+        for node in producer._inbound_nodes:
+            stack.extend(node.input_tensors)
+    return False
+
+
+def _input_channels_differ(layer, got, want):
+    """A first Conv2D whose kernel differs from the file's only in its input channels, the file's being RGB."""
+    if not isinstance(layer, layers.Conv2D) or len(got) != len(want) or len(want[0]) != 4:
+        return False
+    (gh, gw, gc, go), (wh, ww, wc, wo) = got[0], want[0]
+    return ((gh, gw, go) == (wh, ww, wo) and gc == 3 and wc != 3 and got[1:] == want[1:]
+            and getattr(layer, "groups", 1) == 1 and _reads_model_input(layer))
 
 
 def _has_top(model):
