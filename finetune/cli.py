@@ -12,34 +12,35 @@ Console entry points (setup.cfg ``[options.entry_points] console_scripts``)::
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import os
 import sys
 
-from finetune.errors import FinetuneError
+from kerasarch.cli import OneLineErrorParser
+from kerasarch.errors import add_debug_flag, run_command
 
 COMMANDS = ("extract", "linear", "train", "tune", "demo")
 
 
 def make_parser():
-    parser = argparse.ArgumentParser(prog="finetune", description="Transfer learning with kerasarch networks.")
+    parser = OneLineErrorParser(prog="finetune", description="Transfer learning with kerasarch networks.")
+    add_debug_flag(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMANDS:
         importlib.import_module(f"finetune.{name}").register(sub)
+    for p in sub.choices.values():
+        add_debug_flag(p)
     return parser
 
 
 def main(argv=None):
-    """Runs a command; bad input (a :class:`FinetuneError`) prints one ``error:`` line and exits with 2."""
+    """Runs a command; bad input (a :class:`~finetune.FinetuneError` or any library error, an unreadable file)
+    prints one ``error:`` line and exits with 2; ``--debug`` shows the traceback instead
+    (:func:`kerasarch.errors.run_command`)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     args = make_parser().parse_args(argv)
-    try:
-        return args.func(args) or 0
-    except FinetuneError as e:
-        print(f"finetune {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command("finetune", args)
 
 
 def _command_main(name):
