@@ -124,21 +124,21 @@ def _tidy(tuner_cls):
         def prune_checkpoints(self, final=False):
             """Deletes the checkpoints of finished trials outside the best ``keep_best``; during a Hyperband
             search also keeps those of unfinished brackets (a later round loads them). Returns the deleted ids."""
-            from keras_tuner.src.distribute import utils as dist_utils
+            from kerasarch.keras_compat import hyperband_brackets, tuner_has_chief_oracle
 
             oracle = self.oracle
-            distributed = dist_utils.has_chief_oracle()
+            distributed = tuner_has_chief_oracle()
             hyperband = isinstance(oracle, kt.oracles.HyperbandOracle) or (
                 distributed and not isinstance(oracle, kt.Oracle) and tuner_cls is kt.Hyperband)
-            if hyperband and not final and (distributed or not hasattr(oracle, "_brackets")):
+            if hyperband and not final and (distributed or hyperband_brackets(oracle) is None):
                 return []
             try:
                 keep = {t.trial_id for t in oracle.get_best_trials(self.keep_best)}
             except Exception:  # noqa: BLE001 - the chief may be gone at the end of a distributed search
                 return []
             if hyperband and not final:
-                keep |= {info[key] for bracket in oracle._brackets for rnd in bracket["rounds"] for info in rnd
-                         for key in ("id", "past_id") if info.get(key)}
+                keep |= {info[key] for bracket in hyperband_brackets(oracle) for rnd in bracket["rounds"]
+                         for info in rnd for key in ("id", "past_id") if info.get(key)}
             deleted = []
             for entry in sorted(os.listdir(self.project_dir)):
                 trial_id = entry[len("trial_"):]
@@ -196,20 +196,18 @@ def tune(model, data, out, *, weights=None, split="train", val=None, val_fractio
         distributed worker.
     """
     kt = _kt()
-    from keras_tuner.src.distribute import oracle_client
-    from keras_tuner.src.distribute import utils as dist_utils
-
     from finetune.train import open_splits
+    from kerasarch.keras_compat import set_tuner_oracle_timeout, tuner_has_chief_oracle, tuner_is_chief_oracle
     from kerasarch.training import resolve_precision
 
-    oracle_client.TIMEOUT = oracle_timeout  # keras-tuner waits an hour for an absent chief otherwise
+    set_tuner_oracle_timeout(oracle_timeout)  # keras-tuner waits an hour for an absent chief otherwise
     if algorithm not in ("hyperband", "bayesian"):
         raise FinetuneError(f"--algorithm must be hyperband or bayesian. Received: {algorithm!r}")
     try:
         policy = resolve_precision(precision)
     except ValueError as e:
         raise FinetuneError(str(e)) from e
-    chief = dist_utils.is_chief_oracle()
+    chief = tuner_is_chief_oracle()
     source, val_source, _ = open_splits(data, split=split, val=val, val_fraction=val_fraction, seed=seed,
                                         data_dir=data_dir)
     if val_source is None:
@@ -236,7 +234,7 @@ def tune(model, data, out, *, weights=None, split="train", val=None, val_fractio
     if algorithm == "bayesian":
         fit_kwargs["epochs"] = epochs
     tuner.search(train_ds, **fit_kwargs)
-    if dist_utils.has_chief_oracle() and not chief:
+    if tuner_has_chief_oracle() and not chief:
         return None
     tuner.prune_checkpoints(final=True)
     best = tuner.oracle.get_best_trials(1)

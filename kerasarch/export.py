@@ -31,8 +31,8 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["export_model", "prepare_model", "ExportError", "FORMATS", "QUANTIZATIONS", "preprocess_images",
-           "representative_images"]
+__all__ = ["export_model", "export_target", "prepare_model", "ExportError", "FORMATS", "QUANTIZATIONS", "SIGNATURES",
+           "preprocess_images", "representative_images", "warmup_images"]
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = (None, "float16", "int8")
@@ -65,15 +65,18 @@ def _ends_in_softmax(model):
     """Whether the model's (single) output already is a softmax: found walking back through weight-free layers."""
     import keras
 
+    from kerasarch.keras_compat import inbound_nodes, producer
+
     tensor = model.outputs[0]
     while True:
-        layer = tensor._keras_history.operation
+        layer = producer(tensor)
         activation = getattr(layer, "activation", None)
         if activation is not None:
             return getattr(activation, "__name__", "") == "softmax" or activation is keras.activations.softmax
-        if layer.weights or not layer._inbound_nodes or len(layer._inbound_nodes[0].input_tensors) != 1:
+        nodes = inbound_nodes(layer)
+        if layer.weights or not nodes or len(nodes[0].input_tensors) != 1:
             return False
-        tensor = layer._inbound_nodes[0].input_tensors[0]
+        tensor = nodes[0].input_tensors[0]
 
 
 def _resolve_tap(model, spec, tap):
@@ -139,23 +142,134 @@ def _single_output(model, spec):
     raise ExportError(f"{model.name} has {len(model.outputs)} outputs; export needs one classifier output.")
 
 
-@contextlib.contextmanager
-def _atomic_directory(out, overwrite):
+# What an export folder may hold: a TFLite/ONNX export (marked by its metadata file) or a SavedModel.
+_MARKER = "kerasarch_export.json"
+_EXPORT_ENTRIES = frozenset({_MARKER, "labels.txt", "model.tflite", "model.onnx"})
+_SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra",
+                                  "fingerprint.pb", "keras_metadata.pb"})
+_TMP = ".kerasarch-tmp-"  # prefix of this module's temporary folders (TF Serving ignores non-numeric names)
+
+
+def _is_export(path):
+    """Whether folder ``path`` is recognisably an earlier export: a TFLite/ONNX export (its marker file and nothing
+    but what export writes), a SavedModel (``saved_model.pb`` and nothing but SavedModel entries), or a model base
+    whose entries are all numbered versions that are themselves exports."""
+    if not os.path.isdir(path) or os.path.islink(path):
+        return False
+    entries = set(os.listdir(path))
+    if _MARKER in entries and entries <= _EXPORT_ENTRIES:
+        return True
+    if "saved_model.pb" in entries and entries <= _SAVED_MODEL_ENTRIES:
+        return True
+    return bool(entries) and all(e.isdigit() and _is_export(os.path.join(path, e)) for e in entries)
+
+
+def _versions(base):
+    """The numbered version folders under model base ``base`` (TF Serving's layout: ``base/<int>/``)."""
+    return sorted(int(e) for e in os.listdir(base) if e.isdigit() and os.path.isdir(os.path.join(base, e)))
+
+
+def _refuse_current_folder(out):
+    cwd = os.path.realpath(os.getcwd())
+    real = os.path.realpath(out)
+    if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
+        raise ExportError(f"Refusing to replace {out}: it is the current folder or contains it. Choose another "
+                          f"--out. Received: out={out!r}")
+
+
+def export_target(out, *, format="saved_model", version=None, overwrite=False):
+    """Where :func:`export_model` will write, after checking that nothing but an earlier export gets replaced.
+
+    SavedModel: the version folder ``out/<version>/`` (TensorFlow Serving's layout; ``out`` is the model base
+    path), ``version`` defaulting to one more than the highest present. An existing version is replaced only
+    with ``overwrite`` and only if it is an export. ``out`` may be new, empty, or a model base (numbered folders
+    only); an export in the flat layout (``saved_model.pb`` at the top) is replaced by the new layout with
+    ``overwrite``. TFLite and ONNX: ``out`` itself, replaced only with ``overwrite`` and only if it is an export.
+
+    Raises:
+        FileExistsError: the target exists and ``overwrite`` is false.
+        ExportError: the target holds something that is not an earlier export, or ``version`` is not a positive
+            integer.
+    """
     out = os.path.abspath(os.fspath(out))
-    if os.path.lexists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it.")
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.tmp-", dir=parent)
-    try:
-        yield tmp
-        old = None
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))
+                                or version < 1):
+        raise ExportError(f"`version` must be a positive integer (TF Serving's version folder). "
+                          f"Received: version={version!r}")
+    if version is not None and format != "saved_model":
+        raise ExportError(f"`version` applies to SavedModel exports only. Received: format={format!r}, "
+                          f"version={version!r}")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ExportError(f"{out} exists and is not a folder; choose another --out. Received: out={out!r}")
+    if format != "saved_model":
         if os.path.lexists(out):
+            if not overwrite:
+                raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace an earlier export.")
+            _refuse_current_folder(out)
+            if not _is_export(out):
+                raise ExportError(f"{out} is not an earlier export (no {_MARKER} or SavedModel layout); --overwrite "
+                                  f"replaces only exports. Nothing was changed; choose another --out.")
+        return out
+    if not os.path.lexists(out):
+        return os.path.join(out, str(int(version or 1)))
+    entries = [e for e in os.listdir(out) if not e.startswith(_TMP)]
+    if "saved_model.pb" in entries:  # an export in the flat layout (before version folders)
+        if not (overwrite and _is_export(out)):
+            raise FileExistsError(f"{out} holds a SavedModel at its top (the flat layout); TF Serving needs "
+                                  f"numbered version folders. Pass overwrite=True (--overwrite) to replace it with "
+                                  f"{os.path.join(out, str(int(version or 1)))}, or choose another --out.")
+        _refuse_current_folder(out)
+        return os.path.join(out, str(int(version or 1)))
+    other = sorted(e for e in entries if not (e.isdigit() and os.path.isdir(os.path.join(out, e))))
+    if other:
+        raise ExportError(f"{out} is not a model base folder: besides numbered version folders it holds "
+                          f"{', '.join(other[:5])}{', …' if len(other) > 5 else ''}. Choose a new or empty --out.")
+    present = _versions(out)
+    version = int(version) if version is not None else (present[-1] + 1 if present else 1)
+    target = os.path.join(out, str(version))
+    if version in present:
+        if not overwrite:
+            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it, or leave "
+                                  f"--version out to write version {present[-1] + 1}.")
+        if not _is_export(target):
+            raise ExportError(f"{target} is not an earlier export (no SavedModel layout); --overwrite replaces only "
+                              f"exports. Nothing was changed.")
+    return target
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def _atomic_directory(target, replace_parent=None):
+    """Yields a temporary folder that becomes ``target`` on success (renamed into place; an earlier export there
+    is replaced only after the new one is complete) and is removed on failure. Folders get the umask's mode
+    (``mkdtemp`` alone would make them 0700, unreadable to a serving container under another user).
+
+    ``replace_parent``: a flat-layout export at ``target``'s parent, replaced by a model base holding ``target``.
+    """
+    swap = replace_parent or target
+    parent = os.path.dirname(swap)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=_TMP, dir=parent)
+    os.chmod(tmp, 0o777 & ~_umask())
+    try:
+        if replace_parent:
+            build = os.path.join(tmp, os.path.basename(target))
+            os.mkdir(build)
+        else:
+            build = tmp
+        yield build
+        old = None
+        if os.path.lexists(swap):
             old = tmp + ".old"
-            os.rename(out, old)
-        os.rename(tmp, out)
+            os.rename(swap, old)
+        os.rename(tmp, swap)
         if old is not None:
-            shutil.rmtree(old) if os.path.isdir(old) and not os.path.islink(old) else os.remove(old)
+            shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -207,16 +321,62 @@ class _Serving:
             x = tf.image.rgb_to_grayscale(x)
         return preprocess_images(x, self.preprocessing)
 
-    def probabilities(self, images):
+    def checked(self, images):
+        """A batch of uint8 pixels with 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels as RGB; a clear
+        InvalidArgument error for a batch of 0 images, an image of 0 pixels or another channel count."""
         import tensorflow as tf
 
-        y = tf.cast(self.model(self.inputs(images), training=False), tf.float32)
+        shape = tf.shape(images)
+        checks = [
+            tf.debugging.Assert(shape[0] > 0, ["The request holds no images (a batch of 0); send at least one."]),
+            tf.debugging.Assert(shape[1] * shape[2] > 0, [tf.strings.format(
+                "Images must have at least one pixel. Received: images of shape {}", shape)]),
+            tf.debugging.Assert((shape[3] >= 1) & (shape[3] <= 4), [tf.strings.format(
+                "Images must have 1, 2, 3 or 4 channels (grey, grey + alpha, RGB, RGBA). Received: {} channels",
+                shape[3])])]
+        with tf.control_dependencies(checks):
+            images = tf.identity(images)
+        rgb = tf.cond(shape[3] >= 3, lambda: images[..., :3], lambda: tf.repeat(images[..., :1], 3, axis=-1))
+        return tf.ensure_shape(rgb, [None, None, None, 3])
+
+    def decode(self, image_bytes):
+        """A batch of encoded images (JPEG, PNG, GIF or BMP, any sizes) → the model's input batch: each image
+        decoded as RGB and fitted by :meth:`inputs` on its own, then stacked. Images that cannot be decoded give
+        one InvalidArgument error naming them (their positions in the request and their sizes in bytes)."""
+        import tensorflow as tf
+
+        n = tf.size(image_bytes)
+        tf.debugging.Assert(n > 0, ["The request holds no images (a batch of 0); send at least one."])
+        # Which images decode: a tf.data pass that drops failures (a graph cannot catch an error otherwise).
+        decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
+        decoded = decoded.map(lambda i, s: (i, tf.shape(_decode_rgb(s))[0])).ignore_errors()
+        ok = decoded.reduce(tf.zeros([n], tf.bool),
+                            lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True]))
+        bad = tf.where(~ok)[:, 0]
+        sizes = tf.strings.length(tf.gather(image_bytes, bad))
+        check = tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(
+            "Could not decode image(s) {} of the request (positions from 0; sizes in bytes {}): expected JPEG, PNG, "
+            "GIF or BMP files (over REST, base64-encoded in a b64 object).", (bad, sizes))])
+        with tf.control_dependencies([check]):
+            image_bytes = tf.identity(image_bytes)
+        shape = (*self.size, self.channels) if self.size is not None else (None, None, self.channels)
+        return tf.map_fn(lambda s: self.inputs(_decode_rgb(s)[None])[0], image_bytes,
+                         fn_output_signature=tf.TensorSpec(shape, tf.float32))
+
+    def predict(self, x):
+        """Probabilities (float32) for a batch of model inputs."""
+        import tensorflow as tf
+
+        y = tf.cast(self.model(x, training=False), tf.float32)
         return tf.nn.softmax(y, axis=-1) if self.softmax else y
 
-    def outputs(self, images, names=True):
+    def probabilities(self, images):
+        return self.predict(self.inputs(images))
+
+    def report(self, p, names=True):
+        """The outputs of a classification signature, from probabilities ``p``."""
         import tensorflow as tf
 
-        p = self.probabilities(images)
         top = tf.math.top_k(p, k=self.k)
         out = {"probabilities": p, "top5_indices": top.indices, "top5_probabilities": top.values}
         if names:
@@ -224,10 +384,29 @@ class _Serving:
             out["top5_classes"] = tf.gather(tf.constant(labels), top.indices)
         return out
 
+    def outputs(self, images, names=True):
+        return self.report(self.probabilities(images), names)
+
+    def serve_encoded(self, image_bytes):
+        return self.report(self.predict(self.decode(image_bytes)))
+
+    def serve_images(self, images):
+        return self.outputs(self.checked(images))
+
     def features(self, images):
         import tensorflow as tf
 
-        return {"features": tf.cast(self.tap_model(self.inputs(images), training=False), tf.float32)}
+        x = self.inputs(self.checked(images))
+        return {"features": tf.cast(self.tap_model(x, training=False), tf.float32)}
+
+
+def _decode_rgb(contents):
+    """One encoded image (JPEG, PNG, GIF: its first frame, BMP) as uint8 RGB ``[H, W, 3]``."""
+    import tensorflow as tf
+
+    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    image.set_shape((None, None, 3))
+    return image
 
 
 def _write_metadata(folder, serving, fmt, quantize, tap, tap_layer, extra=None):
@@ -243,17 +422,65 @@ def _write_metadata(folder, serving, fmt, quantize, tap, tap_layer, extra=None):
         f.write("\n".join(labels) + "\n")
 
 
+SIGNATURES = {"serving_default": "image_bytes", "predict_images": "images", "features": "images"}
+"""Each SavedModel signature and its input: ``serving_default`` takes encoded images, ``predict_images`` and the
+optional ``features`` (a feature tap) take uint8 pixels."""
+_WARMUP = os.path.join("assets.extra", "tf_serving_warmup_requests")
+
+
 def _export_saved_model(serving, folder):
     import keras
     import tensorflow as tf
 
     archive = keras.export.ExportArchive()
     archive.track(serving.model)
-    spec = [tf.TensorSpec([None, None, None, 3], tf.uint8, name="images")]
-    archive.add_endpoint(name="serving_default", fn=serving.outputs, input_signature=spec)
+    encoded = [tf.TensorSpec([None], tf.string, name=SIGNATURES["serving_default"])]
+    pixels = [tf.TensorSpec([None, None, None, None], tf.uint8, name=SIGNATURES["predict_images"])]
+    archive.add_endpoint(name="serving_default", fn=serving.serve_encoded, input_signature=encoded)
+    archive.add_endpoint(name="predict_images", fn=serving.serve_images, input_signature=pixels)
     if serving.tap_model is not None:
-        archive.add_endpoint(name="features", fn=serving.features, input_signature=spec)
+        archive.add_endpoint(name="features", fn=serving.features, input_signature=pixels)
     archive.write_out(folder, verbose=False)
+
+
+def warmup_images(size=None):
+    """A few real images, encoded as a client sends them: a photograph (scikit-learn's sample ``china.jpg``,
+    scaled to 240 pixels high) as JPEG, and two of scikit-learn's 8×8 digits (upscaled and tinted by
+    :func:`representative_images`) as PNG, grey and RGB. Returns a list of ``bytes``."""
+    import tensorflow as tf
+    from sklearn.datasets import load_sample_images
+
+    photo = load_sample_images().images[0]
+    photo = tf.cast(tf.round(tf.image.resize(photo, (240, 359), antialias=True)), tf.uint8)
+    digits = representative_images(size or 64, 2)
+    grey = tf.image.rgb_to_grayscale(digits[1])
+    return [tf.io.encode_jpeg(photo, quality=90).numpy(), tf.io.encode_png(digits[0]).numpy(),
+            tf.io.encode_png(grey).numpy()]
+
+
+def _write_warmup(folder, serving):
+    """TensorFlow Serving's warm-up file (``assets.extra/tf_serving_warmup_requests``): a TFRecord of
+    ``PredictionLog`` messages that the server replays when it loads the version, so that the first client
+    request does not pay for graph initialisation. Each signature gets requests of one and of several images."""
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2, prediction_log_pb2
+
+    encoded = warmup_images(max(serving.size) if serving.size else None)
+    pixels = representative_images(serving.size[0] if serving.size else 64, 2)
+    if serving.size is not None and serving.size[0] != serving.size[1]:
+        pixels = tf.cast(tf.round(tf.image.resize(pixels, serving.size)), tf.uint8).numpy()
+    requests = [("serving_default", encoded[:1]), ("serving_default", encoded), ("predict_images", pixels[:1]),
+                ("predict_images", pixels)]
+    if serving.tap_model is not None:
+        requests.append(("features", pixels[:1]))
+    os.makedirs(os.path.join(folder, "assets.extra"), exist_ok=True)
+    with tf.io.TFRecordWriter(os.path.join(folder, _WARMUP)) as writer:
+        for signature, value in requests:
+            request = predict_pb2.PredictRequest()
+            request.model_spec.signature_name = signature
+            request.inputs[SIGNATURES[signature]].CopyFrom(tf.make_tensor_proto(value))
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
 
 
 def _fixed_size(serving):
@@ -328,25 +555,29 @@ def _export_onnx(serving, folder, opset=17):
 
 
 def export_model(model, out, *, format="saved_model", tap=None, overwrite=False, quantize=None,
-                 preprocessing=None, class_names=None, calibration_images=None):
+                 preprocessing=None, class_names=None, calibration_images=None, version=None, warmup=True):
     """Exports a classifier for serving (see the module docstring for each format's inputs and outputs).
 
     Args:
         model: a kerasarch ``keras.Model`` (GoogLeNet auxiliary heads are stripped; mixed-precision models are fine,
             outputs are cast to float32).
-        out: the export directory (created; replaced only with ``overwrite``).
+        out: SavedModel: the model base folder, which receives the version folder ``out/<version>/`` (TensorFlow
+            Serving's layout); TFLite and ONNX: the export folder. See :func:`export_target` for what may be
+            replaced.
         format: ``"saved_model"``, ``"tflite"`` or ``"onnx"``.
         tap: a feature tap (paper name such as ``"fc7"``, or a layer name) exported as the SavedModel signature
             ``features``.
-        overwrite: replace an existing ``out``.
+        overwrite: replace an earlier export at the target (never anything else).
         quantize: TFLite only: ``None`` (float32), ``"float16"`` or ``"int8"`` (full-integer, calibrated on
             ``calibration_images``, default :func:`representative_images`).
         preprocessing: the input convention (default: the model's spec).
         class_names: labels of the classifier's outputs (default: indices).
         calibration_images: uint8 ``[N, H, W, 3]`` images for int8 calibration.
+        version: SavedModel only: the version folder's number (default: one more than the highest present).
+        warmup: SavedModel only: write TF Serving's warm-up requests (``assets.extra/tf_serving_warmup_requests``).
 
     Returns:
-        The absolute path of the export directory.
+        The absolute path of the export folder (for a SavedModel, the version folder).
     """
     if format not in FORMATS:
         raise ExportError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
@@ -357,8 +588,8 @@ def export_model(model, out, *, format="saved_model", tap=None, overwrite=False,
     if tap is not None and format != "saved_model":
         raise ExportError(f"`tap` adds a SavedModel signature; it does not apply to {format}. Received: tap={tap!r}")
     out = os.path.abspath(os.fspath(out))
-    if os.path.lexists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace it.")
+    target = export_target(out, format=format, version=version, overwrite=overwrite)
+    flat = os.path.dirname(target) if target != out and os.path.lexists(os.path.join(out, "saved_model.pb")) else None
     spec = _spec_of(model)
     model = _single_output(model, spec)
     preprocessing = preprocessing or (spec.preprocessing if spec is not None else "none")
@@ -367,15 +598,20 @@ def export_model(model, out, *, format="saved_model", tap=None, overwrite=False,
     if class_names is not None and len(class_names) != int(model.outputs[0].shape[-1]):
         raise ExportError(f"{len(class_names)} class names for {model.outputs[0].shape[-1]} outputs.")
     serving = _Serving(model, preprocessing, class_names, tap_layer)
-    with _atomic_directory(out, overwrite) as tmp:
+    with _atomic_directory(target, replace_parent=flat) as tmp:
         if format == "saved_model":
             _export_saved_model(serving, tmp)
+            signatures = {name: SIGNATURES[name] for name in ("serving_default", "predict_images")
+                          + (("features",) if tap else ())}
             _write_metadata(os.path.join(tmp, "assets.extra"), serving, format, quantize, tap, tap_layer,
-                            {"signatures": ["serving_default"] + (["features"] if tap else [])})
+                            {"signatures": signatures, "version": int(os.path.basename(target)),
+                             "warmup": warmup})
+            if warmup:
+                _write_warmup(tmp, serving)
         elif format == "tflite":
             _export_tflite(serving, tmp, quantize, calibration_images)
             _write_metadata(tmp, serving, format, quantize, tap, tap_layer)
         else:
             _export_onnx(serving, tmp)
             _write_metadata(tmp, serving, format, quantize, tap, tap_layer)
-    return out
+    return target

@@ -30,7 +30,7 @@ import time
 import keras
 import numpy as np
 
-from kerasarch.analysis.profile import _itemsize, profile, resolve_model
+from kerasarch.analysis.profile import dtype_itemsize, profile, resolve_model
 
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
@@ -212,7 +212,7 @@ def _measure(model_name, input_shape, batch_sizes, runs, warmup, jit_compile, ti
         "other_gops": round(p.total_other_ops / 1e9, 4),
         "activations": p.total_activations, "activation_mb": round(p.activation_bytes(batch_size=1) / 1e6, 2),
         "working_set_mb": round(p.peak_activation_bytes(batch_size=1) / 1e6, 3),
-        "param_mb": round(p.total_params * _itemsize(p.variable_dtype) / 1e6, 2),
+        "param_mb": round(p.total_params * dtype_itemsize(p.variable_dtype) / 1e6, 2),
         # Published figures hold at the spec's input size only.
         "ref_gmacs": getattr(spec, "gmacs", None) if at_spec_size else None,
         "top1": getattr(spec, "top1", None) if at_spec_size else None,

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import keras
 
+from kerasarch.keras_compat import fill_in_arguments, nodes_by_depth
+
 __all__ = ["walk", "is_graph_model"]
 
 
 def is_graph_model(op):
     """True for models whose layers can be walked: Functional models and Sequential models."""
-    return isinstance(op, keras.Model) and (isinstance(op, keras.Sequential) or hasattr(op, "_nodes_by_depth"))
+    return isinstance(op, keras.Model) and (isinstance(op, keras.Sequential) or nodes_by_depth(op) is not None)
 
 
 def _shape_tail(shape):
@@ -50,17 +52,18 @@ def walk(model, inputs, visit, path=()):
         for layer in model.layers:
             x = _call(layer, x, tuple(x), {}, None, visit, path)
         return x
-    if not hasattr(model, "_nodes_by_depth"):
+    by_depth = nodes_by_depth(model)
+    if by_depth is None:
         raise TypeError(f"Only Functional and Sequential models can be analysed layer by layer; "
                         f"{model.name} is a {type(model).__name__}.")
     tensors = {id(t): s for t, s in zip(model.inputs, inputs)}
-    for depth in sorted(model._nodes_by_depth, reverse=True):
-        for node in model._nodes_by_depth[depth]:
+    for depth in sorted(by_depth, reverse=True):
+        for node in by_depth[depth]:
             if node.operation is None or node.is_input:
                 continue
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
-            args, kwargs = node.arguments.fill_in(tensors)
+            args, kwargs = fill_in_arguments(node, tensors)
             outputs = _call(node.operation, [tensors[id(t)] for t in node.input_tensors], args, kwargs, node,
                             visit, path)
             for t, o in zip(node.outputs, outputs):

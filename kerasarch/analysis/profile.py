@@ -15,8 +15,12 @@ import numpy as np
 
 from kerasarch.analysis.counting import OPTIMIZER_SLOTS, OpCount, count_op, receptive_field_step
 from kerasarch.analysis.graph import walk
+from kerasarch.keras_compat import producer
 
-__all__ = ["LayerRow", "Profile", "ReceptiveField", "profile", "receptive_field", "resolve_model"]
+__all__ = [
+    "LayerRow", "Profile", "ReceptiveField", "profile", "receptive_field", "resolve_model", "dtype_itemsize",
+    "format_shape", "format_receptive_field",
+]
 
 
 class ReceptiveField(NamedTuple):
@@ -61,18 +65,21 @@ def _jsonable_shape(s):
     return [list(x) for x in s] if isinstance(s, list) else list(s)
 
 
-def _itemsize(dtype):
+def dtype_itemsize(dtype: str) -> int:
+    """Bytes per element of ``dtype`` (a Keras or numpy dtype name; ``bfloat16``, which numpy lacks, is 2)."""
     dtype = keras.backend.standardize_dtype(dtype)
     return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
 
 
-def _fmt_shape(s):
+def format_shape(s: tuple | list) -> str:
+    """A shape as ``224×224×3`` (``?`` for an unknown dimension); a list of shapes joined with ``, ``."""
     if isinstance(s, list):
-        return ", ".join(_fmt_shape(x) for x in s)
+        return ", ".join(format_shape(x) for x in s)
     return "×".join("?" if d is None else str(d) for d in s)
 
 
-def _fmt_rf(rf):
+def format_receptive_field(rf: ReceptiveField | None) -> str:
+    """A receptive field as ``"<size> /<jump>"`` (``"-"`` for none), e.g. ``"11 /4"`` for AlexNet's conv1."""
     if rf is None:
         return "-"
     size = "×".join(map(str, rf.size)) if isinstance(rf.size, tuple) else str(rf.size)
@@ -145,8 +152,8 @@ class Profile:
         batch_size = self.batch if batch_size is None else batch_size
         rows = [r for r in self.rows if every_output or r.stored]
         if dtype is not None:
-            return sum(r.activations for r in rows) * _itemsize(dtype) * batch_size
-        return sum(r.activations * _itemsize(r.dtype) for r in rows) * batch_size
+            return sum(r.activations for r in rows) * dtype_itemsize(dtype) * batch_size
+        return sum(r.activations * dtype_itemsize(r.dtype) for r in rows) * batch_size
 
     def peak_activation_count(self):
         """Inference working set per example: the largest number of activation values alive at once when the
@@ -158,7 +165,7 @@ class Profile:
         """:meth:`peak_activation_count` in bytes for ``batch_size`` examples (default ``self.batch``), at each
         tensor's dtype or at ``dtype``."""
         batch_size = self.batch if batch_size is None else batch_size
-        return self._peak(lambda size, d: size * _itemsize(dtype or d)) * batch_size
+        return self._peak(lambda size, d: size * dtype_itemsize(dtype or d)) * batch_size
 
     def _peak(self, weigh):
         events = {}
@@ -193,7 +200,7 @@ class Profile:
                 raise ValueError(f"Unknown optimizer {optimizer!r}: pass one of {sorted(OPTIMIZER_SLOTS)} or a "
                                  f"number of slots per parameter. Received: optimizer={optimizer!r}")
             slots = OPTIMIZER_SLOTS[key]
-        var = _itemsize(self.variable_dtype)
+        var = dtype_itemsize(self.variable_dtype)
         parts = {
             "activations": self.activation_bytes(batch_size=batch_size),
             "params": self.total_params * var,
@@ -255,10 +262,10 @@ class Profile:
         w.writerow(self._CSV_FIELDS)
         for r in self.rows:
             rf = r.receptive_field
-            w.writerow([r.name, r.type, _fmt_shape(r.output_shape), r.params, r.trainable_params, r.macs,
+            w.writerow([r.name, r.type, format_shape(r.output_shape), r.params, r.trainable_params, r.macs,
                         r.other_ops, r.activations, int(r.stored), r.dtype,
-                        "" if rf is None else _fmt_rf(rf).split(" /")[0],
-                        "" if rf is None else _fmt_rf(rf).split(" /")[1], int(r.estimated)])
+                        "" if rf is None else format_receptive_field(rf).split(" /")[0],
+                        "" if rf is None else format_receptive_field(rf).split(" /")[1], int(r.estimated)])
         if path is None:
             return buf.getvalue()
         with open(os.fspath(path), "w", newline="") as f:
@@ -271,7 +278,7 @@ class Profile:
         tm_sgd = self.training_memory_bytes(optimizer="sgd_momentum")
         tm_adam = self.training_memory_bytes(optimizer="adam")
         return [
-            ("input", _fmt_shape(self.input_shape)),
+            ("input", format_shape(self.input_shape)),
             ("dtype policy", f"compute {self.compute_dtype}, variables {self.variable_dtype}"),
             ("parameters", f"{self.total_params:,} ({self.trainable_params:,} trainable)"),
             ("multiply-adds", f"{self.total_macs:,} ({self.gmacs:.3f} GMACs)"),
@@ -295,8 +302,8 @@ class Profile:
         for r in rows:
             act = f"{r.activations:,}" if r.stored else f"({r.activations:,})"
             mark = "*" if r.estimated else ""
-            lines.append(f"| {r.name} | {r.type} | {_fmt_shape(r.output_shape)} | {r.params:,} | "
-                         f"{r.macs:,}{mark} | {r.other_ops:,} | {act} | {_fmt_rf(r.receptive_field)} |")
+            lines.append(f"| {r.name} | {r.type} | {format_shape(r.output_shape)} | {r.params:,} | "
+                         f"{r.macs:,}{mark} | {r.other_ops:,} | {act} | {format_receptive_field(r.receptive_field)} |")
         if max_rows is not None and len(self.rows) > max_rows:
             lines.append(f"| … {len(self.rows) - max_rows} more rows | | | | | | | |")
         lines.append(f"| **total** | | | **{self.total_params:,}** | **{self.total_macs:,}** | "
@@ -388,7 +395,7 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
         rank = len(spec_t.shape) - 2
         field = tuple((1, 1) for _ in range(rank)) if rank >= 1 else None
         fields[id(spec_t)] = field
-        layer = t._keras_history.operation if hasattr(t, "_keras_history") else None
+        layer = producer(t)
         track([], [spec_t], True, keras.backend.standardize_dtype(spec_t.dtype))
         add_row(layer.name if layer is not None else "input", "InputLayer", [spec_t], 0, 0, OpCount(0, 0),
                 keras.backend.standardize_dtype(spec_t.dtype), field)

@@ -31,12 +31,13 @@ def register(sub):
 
 
 def _plain_table(p):
-    from kerasarch.analysis.profile import _fmt_rf, _fmt_shape
+    from kerasarch.analysis.profile import format_receptive_field, format_shape
 
     header = ("layer", "type", "output", "params", "MACs", "other ops", "activations", "RF")
-    body = [(r.name, r.type, _fmt_shape(r.output_shape), f"{r.params:,}", f"{r.macs:,}" + ("*" if r.estimated else ""),
-             f"{r.other_ops:,}", f"{r.activations:,}" if r.stored else f"({r.activations:,})",
-             _fmt_rf(r.receptive_field)) for r in p.rows]
+    body = [(r.name, r.type, format_shape(r.output_shape), f"{r.params:,}",
+             f"{r.macs:,}" + ("*" if r.estimated else ""), f"{r.other_ops:,}",
+             f"{r.activations:,}" if r.stored else f"({r.activations:,})",
+             format_receptive_field(r.receptive_field)) for r in p.rows]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     right = {3, 4, 5, 6}
 
@@ -55,15 +56,15 @@ def _rich_table(p):
     from rich.console import Console
     from rich.table import Table
 
-    from kerasarch.analysis.profile import _fmt_rf, _fmt_shape
+    from kerasarch.analysis.profile import format_receptive_field, format_shape
 
     console = Console(highlight=False)
     table = Table(title=f"{p.model_name}", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     header = ("layer", "type", "output", "params", "MACs", "other ops", "activations", "RF")
-    cells = [(r.name, r.type, _fmt_shape(r.output_shape), f"{r.params:,}" if r.params else "",
+    cells = [(r.name, r.type, format_shape(r.output_shape), f"{r.params:,}" if r.params else "",
               (f"{r.macs:,}" + ("*" if r.estimated else "")) if r.macs else "",
               f"{r.other_ops:,}" if r.other_ops else "",
-              f"{r.activations:,}" if r.stored else f"({r.activations:,})", _fmt_rf(r.receptive_field))
+              f"{r.activations:,}" if r.stored else f"({r.activations:,})", format_receptive_field(r.receptive_field))
              for r in p.rows]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     keep = list(range(len(header)))

@@ -1,4 +1,4 @@
-"""Distribution strategies for :func:`kerasarch.training.train`.
+"""Distribution strategies for :func:`kerasarch.training.train` (TensorFlow backend only: ``tf.distribute``).
 
 - one device: TensorFlow's default strategy;
 - several devices of one machine: ``MirroredStrategy`` (all GPUs, or all logical CPU devices when there is no GPU);
@@ -63,9 +63,15 @@ def make_strategy(strategy="auto", devices=None):
             else the default strategy), ``"mirrored"``, ``"multi_worker"``, ``None``/``"default"`` (one device),
             or a ``tf.distribute.Strategy`` (returned as it is).
         devices: the devices of a mirrored strategy (default: every GPU, else every logical CPU device).
+
+    TensorFlow only: ``tf.distribute`` strategies drive TensorFlow's runtime, so this raises a ``RuntimeError`` on
+    another Keras backend.
     """
     import tensorflow as tf
 
+    from kerasarch.keras_compat import require_tensorflow
+
+    require_tensorflow("kerasarch.training.make_strategy (tf.distribute)")
     if isinstance(strategy, tf.distribute.Strategy):
         return strategy
     if strategy in (None, "default", "one_device"):
@@ -87,8 +93,13 @@ def make_strategy(strategy="auto", devices=None):
 
 
 def worker_count(strategy):
-    """The number of workers (input pipelines) of ``strategy``."""
-    return int(getattr(strategy.extended, "_num_workers", 1) or 1)
+    """The number of workers (input pipelines) of ``strategy``: the chief and the workers of its cluster, 1 for a
+    strategy without one (read from the public ``cluster_resolver``, as TensorFlow counts them)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None:
+        return 1
+    cluster = resolver.cluster_spec().as_dict()
+    return max(1, len(cluster.get("chief", ())) + len(cluster.get("worker", ())))
 
 
 def worker_index(strategy):

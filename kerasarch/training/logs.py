@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from kerasarch.keras_compat import progbar_position
 from kerasarch.training.checkpoint import atomic_write_text
 
 __all__ = ["ProgressReporter", "write_csv", "TensorBoardWriter"]
@@ -60,7 +61,7 @@ class ProgressReporter:
     def epoch_end(self, epoch, logs):
         seconds = time.monotonic() - self._start
         if self.verbose == 1 and self._bar is not None:
-            self._bar.update(self._bar.target or self._bar._seen_so_far, values=list(logs.items()), finalize=True)
+            self._bar.update(self._bar.target or progbar_position(self._bar), values=list(logs.items()), finalize=True)
             self._bar = None
         elif self.verbose == 2:
             self.print(f"epoch {epoch + 1}/{self.epochs} - {seconds:.1f}s - {_fmt(logs)}")

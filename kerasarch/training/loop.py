@@ -376,12 +376,17 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
 
     Returns:
         A :class:`TrainResult`.
+
+    TensorFlow backend only (``tf.data``, ``tf.distribute``, ``tf.GradientTape``): raises a ``RuntimeError`` under
+    another ``KERAS_BACKEND``.
     """
     import keras
     import tensorflow as tf
 
     from kerasarch.data.pipeline import InputPipeline, is_batched
+    from kerasarch.keras_compat import require_tensorflow
 
+    require_tensorflow("kerasarch.training.train()")
     strategy = make_strategy(strategy)
     spec = _spec_of(model)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment}

@@ -14,6 +14,8 @@ import re
 import numpy as np
 from keras import layers
 
+from kerasarch import keras_compat
+
 __all__ = ["MAPPERS", "detect_family", "group_modules", "map_state_dict", "torch_to_keras_arrays"]
 
 _PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
@@ -197,9 +199,9 @@ def detect_family(keys):
 def _dense_input_hwc(model, layer):
     """``(H, W, C)`` when ``layer`` (a Dense) reads a Flatten of a 4-D tensor (through Dropouts), else ``None``."""
     try:
-        producer = layer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+        producer = keras_compat.producer(keras_compat.inbound_nodes(layer)[0].input_tensors[0])
         while isinstance(producer, layers.Dropout):
-            producer = producer._inbound_nodes[0].input_tensors[0]._keras_history.operation
+            producer = keras_compat.producer(keras_compat.inbound_nodes(producer)[0].input_tensors[0])
     except (AttributeError, IndexError):
         return None
     if isinstance(producer, layers.Flatten):
