@@ -1,0 +1,456 @@
+"""``kerasarch predict MODEL_OR_FILE IMAGES_OR_DIR``: the top-k classes of each image, with class names.
+
+``MODEL_OR_FILE`` is a registry name (with ``--weights``, default ``imagenet``), a ``.keras`` file or a run folder
+(``kerasarch train --out`` / ``finetune train --out``). Each image goes through the model's evaluation transform —
+what its checkpoint was evaluated with (an ImageNet checkpoint: resize the shorter side, centre crop), or what its
+training run recorded — and its preprocessing. Corrupt or unreadable files are reported and skipped.
+
+A table on a terminal; CSV on standard output otherwise; ``--out FILE.csv`` or ``FILE.json`` writes a file::
+
+    kerasarch predict resnet50 --weights imagenet photos/ --top 5
+    kerasarch predict runs/flowers photos/ --out predictions.csv
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import sys
+from typing import Any, Callable
+
+__all__ = ["InferenceModel", "load_for_inference", "checkpoint_transform", "list_images", "read_image",
+           "predict_files", "register", "run"]
+
+_KERAS_STANDARD_RESIZE = 256  # the single-crop evaluation of AlexNet, VGG and ResNet: shorter side 256, crop 224
+
+
+@dataclasses.dataclass
+class InferenceModel:
+    """A model ready to classify images, with the transform its inputs need.
+
+    Attributes:
+        model: the Keras model (its first output is used).
+        preprocessing: the input convention (``kerasarch.data.PREPROCESSING_MODES``).
+        transform: maps one float32 ``(h, w, c)`` image in ``[0, 255]`` to the model's input, preprocessing
+            included.
+        class_names: one name per output, or ``None`` when unknown.
+        class_ids: alternative spellings of the same classes (e.g. WordNet ids) accepted when matching folders.
+        description: where the model, its weights and its transform came from, for the first printed line.
+    """
+
+    model: Any
+    preprocessing: str
+    transform: Callable
+    class_names: list[str] | None
+    class_ids: list[list[str]] = dataclasses.field(default_factory=list)
+    description: str = ""
+
+    @property
+    def input_shape(self):
+        shape = self.model.input_shape
+        shape = shape[0] if isinstance(shape, list) else shape
+        return tuple(shape[1:])
+
+    @property
+    def num_classes(self):
+        return int(self.model.outputs[0].shape[-1])
+
+    def predict(self, images):
+        """Probabilities ``(N, classes)`` for a batch of transformed images."""
+        import numpy as np
+
+        out = self.model(images, training=False)
+        if isinstance(out, dict):
+            out = out.get("predictions", next(iter(out.values())))
+        elif isinstance(out, (list, tuple)):
+            out = out[0]
+        probs = np.asarray(out, dtype="float32")
+        if probs.min() < 0 or not np.allclose(probs.sum(-1), 1.0, atol=1e-3):  # logits
+            probs = np.exp(probs - probs.max(-1, keepdims=True))
+            probs /= probs.sum(-1, keepdims=True)
+        return probs
+
+
+def checkpoint_transform(size, channels, preprocessing, *, resize_size=None, crop_size=224, interpolation="bilinear"):
+    """The single-crop evaluation transform of a published checkpoint: the shorter side resized to
+    ``resize_size`` (scaled by ``size / crop_size`` for a model built at another size; the longer side
+    truncated as torchvision's ``Resize`` does), antialiased, then the centre ``size`` crop, then preprocessing."""
+    import tensorflow as tf
+
+    from kerasarch.data import preprocess
+
+    h, w = int(size[0]), int(size[1])
+    resize_size = resize_size or _KERAS_STANDARD_RESIZE
+    shorter = int(round(min(h, w) * resize_size / crop_size))
+
+    def transform(image):
+        image = _fix_channels(tf.cast(image, tf.float32), channels)
+        ih, iw = int(image.shape[0]), int(image.shape[1])
+        if min(ih, iw) != shorter:
+            new = (shorter, int(shorter * iw / ih)) if ih <= iw else (int(shorter * ih / iw), shorter)
+            image = tf.image.resize(image, new, method=interpolation, antialias=True)
+            ih, iw = new
+        top, left = (ih - h) // 2, (iw - w) // 2
+        image = image[max(top, 0):max(top, 0) + h, max(left, 0):max(left, 0) + w]
+        if image.shape[0] != h or image.shape[1] != w:  # an image smaller than the crop
+            image = tf.image.resize_with_crop_or_pad(image, h, w)
+        return preprocess(image, preprocessing)
+
+    return transform
+
+
+def _fix_channels(image, channels):
+    import tensorflow as tf
+
+    have = image.shape[-1]
+    if channels is None or have == channels:
+        return image
+    if have == 4:
+        image, have = image[..., :3], 3
+    if channels == 1 and have == 3:
+        return tf.image.rgb_to_grayscale(image)
+    if channels == 3 and have == 1:
+        return tf.image.grayscale_to_rgb(image)
+    if have == 1:
+        return tf.repeat(image, channels, axis=-1)
+    raise ValueError(f"Cannot convert a {have}-channel image to the model's {channels} channels.")
+
+
+def _fit_transform(size, channels, preprocessing, augment=None):
+    from kerasarch.data import eval_transform, fit_image, preprocess
+
+    def transform(image):
+        if augment and augment != "none":
+            return preprocess(eval_transform(image, augment, size, channels), preprocessing)
+        return preprocess(fit_image(image, size, channels), preprocessing)
+
+    return transform
+
+
+def _read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def _imagenet_labels(num_classes):
+    if num_classes != 1000:
+        return None, []
+    from kerasarch.weights.classes import imagenet_class_names
+
+    return imagenet_class_names(), [imagenet_class_names("wnid"), imagenet_class_names("clean")]
+
+
+def _card(model):
+    try:
+        from kerasarch.card import card_of
+    except ImportError:
+        return None
+    try:
+        return card_of(model)
+    except (ValueError, KeyError, AttributeError):
+        return None
+
+
+def _from_card(model, card, description, preprocessing_override):
+    """An :class:`InferenceModel` from a model card (``kerasarch.card``)."""
+    spec = getattr(card, "input", None)
+    if spec is None:
+        return None
+    size, channels = model.input_shape[1:3], model.input_shape[3]
+    preprocessing = preprocessing_override or spec.preprocessing
+    fit = getattr(spec, "fit", "auto")
+    if fit in ("crop", "resize_crop", "center_crop", "resize-shorter-crop") and getattr(spec, "resize_size", None):
+        crop = getattr(spec, "size", None) or size
+        crop = crop[0] if isinstance(crop, (tuple, list)) else crop
+        transform = checkpoint_transform(size, channels, preprocessing, resize_size=spec.resize_size,
+                                         crop_size=int(crop), interpolation=getattr(spec, "interpolation", "bilinear"))
+    else:
+        from kerasarch.data import fit_image, preprocess
+
+        method = fit if fit in ("auto", "pad", "resize") else "auto"
+
+        def transform(image):
+            return preprocess(fit_image(image, size, channels, method), preprocessing)
+    names = list(card.class_names) if getattr(card, "class_names", None) else None
+    ids = []
+    if names is None or len(names) == 1000:
+        imagenet, ids = _imagenet_labels(int(model.outputs[0].shape[-1]))
+        names = names or imagenet
+    return InferenceModel(model, preprocessing, transform, names, ids, f"{description} (card)")
+
+
+def _load_keras_file(path):
+    import keras
+
+    import kerasarch  # noqa: F401  (registers kerasarch's layers and the card before loading)
+
+    try:
+        return keras.models.load_model(path, compile=False)
+    except (ValueError, OSError, KeyError, TypeError) as e:
+        raise ValueError(f"Could not load {path!r} as a Keras model: {e}") from e
+
+
+def load_for_inference(model_or_file: str, weights: str | None = "imagenet", *, preprocessing: str | None = None,
+                       input_size: int | None = None) -> InferenceModel:
+    """Loads a registry model with ``weights``, a ``.keras`` file or a run folder, with its evaluation transform
+    and class names.
+
+    What the transform and the class names are, in order: the model's card when it has one; for a run folder (or a
+    ``.keras`` file inside one) the ``recipe.json`` (``kerasarch train``) or ``result.json`` (``finetune train``)
+    beside it; for a registry name with ``weights="imagenet[:source]"`` the checkpoint's entry in the weights
+    table; otherwise the registry model's default preprocessing and a plain fit to the input size.
+
+    Args:
+        model_or_file: a registry name, a ``.keras`` file or a run folder holding ``model.keras``.
+        weights: for a registry name: what ``build_model`` takes (``imagenet``, ``imagenet:torchvision``, a
+            ``.h5``/``.pth``/``.safetensors``/``.keras`` file); ignored for files.
+        preprocessing: overrides the input convention.
+        input_size: for a registry name, build for ``input_size`` × ``input_size`` inputs.
+    """
+    from kerasarch.data import PREPROCESSING_MODES
+
+    if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
+        raise ValueError(f"`preprocessing` must be one of {PREPROCESSING_MODES}. Received: {preprocessing!r}")
+    path = os.fspath(model_or_file)
+    if os.path.isdir(path) or path.endswith(".keras"):
+        keras_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
+        if not os.path.isfile(keras_file):
+            raise FileNotFoundError(f"{keras_file!r} not found: MODEL_OR_FILE must be a registry name, a .keras file "
+                                    f"or a run folder holding model.keras. Received: {model_or_file!r}")
+        model = _load_keras_file(keras_file)
+        card = _card(model)
+        found = _from_card(model, card, keras_file, preprocessing) if card is not None else None
+        return found or _from_run_folder(model, keras_file, preprocessing)
+    return _from_registry(path, weights, preprocessing, input_size)
+
+
+def _from_run_folder(model, keras_file, preprocessing):
+    folder = os.path.dirname(os.path.abspath(keras_file))
+    recipe = _read_json(os.path.join(folder, "recipe.json")) or {}
+    result = _read_json(os.path.join(folder, "result.json")) or {}
+    mode = preprocessing or recipe.get("preprocessing") or result.get("preprocessing")
+    if mode is None:
+        raise ValueError(f"{keras_file!r} does not say how its inputs are prepared (no model card, no recipe.json or "
+                         f"result.json beside it): pass --preprocessing (caffe, torch, tf, unit, lecun or none).")
+    size, channels = model.input_shape[1:3], model.input_shape[3]
+    augment = recipe.get("augment") if isinstance(recipe.get("augment"), str) else result.get("augment")
+    transform = _fit_transform(size, channels, mode, augment)
+    names = result.get("class_names") or recipe.get("class_names")
+    ids = []
+    if names is None:
+        names, ids = _imagenet_labels(int(model.outputs[0].shape[-1])) if "imagenet" in str(
+            result.get("weights", "")) else (None, [])
+    return InferenceModel(model, mode, transform, names, ids, f"{keras_file} (preprocessing {mode})")
+
+
+def _from_registry(name, weights, preprocessing, input_size):
+    from kerasarch.registry import get_spec
+
+    spec = get_spec(name)
+    shape = (input_size, input_size, spec.input_shape[-1]) if input_size else None
+    model = spec.build(weights=weights, **({"input_shape": shape} if shape else {}))
+    card = _card(model)
+    if card is not None:
+        found = _from_card(model, card, f"{spec.name} with weights {weights}", preprocessing)
+        if found is not None:
+            return found
+    size, channels = model.input_shape[1:3], model.input_shape[3]
+    info = None
+    if isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet":
+        from kerasarch.weights import weights_for
+
+        info = weights_for(spec.name, weights.split(":", 1)[1] if ":" in weights else None)
+    if info is not None:
+        mode = preprocessing or info.preprocessing
+        resize = getattr(info, "resize_size", None) or _KERAS_STANDARD_RESIZE
+        crop = getattr(info, "crop_size", None) or 224
+        transform = checkpoint_transform(size, channels, mode, resize_size=resize, crop_size=crop,
+                                         interpolation=getattr(info, "interpolation", None) or "bilinear")
+        names, ids = _imagenet_labels(int(model.outputs[0].shape[-1]))
+        what = f"{spec.name}, {info.source} checkpoint {info.file_name}, resize {resize} crop {crop}, {mode}"
+        return InferenceModel(model, mode, transform, names, ids, what)
+    from kerasarch.training import get_recipe
+
+    mode = preprocessing or get_recipe(spec)["preprocessing"] or (
+        spec.preprocessing if spec.preprocessing != "none" else "unit")
+    names, ids = _imagenet_labels(int(model.outputs[0].shape[-1])) if weights else (None, [])
+    return InferenceModel(model, mode, _fit_transform(size, channels, mode), names, ids,
+                          f"{spec.name} with weights {weights}, preprocessing {mode}")
+
+
+def list_images(target: str) -> list[str]:
+    """The image files of ``target``: the file itself, or every image under the folder (sorted, recursive)."""
+    from kerasarch.data import IMAGE_EXTENSIONS
+
+    if os.path.isfile(target):
+        return [target]
+    if not os.path.isdir(target):
+        raise FileNotFoundError(f"No such image file or folder: {target!r}")
+    found = []
+    for dirpath, dirnames, filenames in os.walk(target):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
+                     if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+    return found
+
+
+def read_image(path: str, channels: int):
+    """``(image, None)``: a float32 ``(h, w, c)`` array in [0, 255], or ``(None, reason)`` when the file is not a
+    usable image (the cheap signature check of :func:`kerasarch.data.check_image_file`, then a full decode)."""
+    import tensorflow as tf
+
+    from kerasarch.data import check_image_file
+
+    reason = check_image_file(path)
+    if reason is not None:
+        return None, reason
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        image = tf.io.decode_image(data, channels=3 if channels not in (1, 3) else channels,
+                                   expand_animations=False)
+    except (tf.errors.OpError, OSError, ValueError) as e:
+        return None, f"cannot be decoded ({' '.join(str(getattr(e, 'message', e)).split())[:120]})"
+    return tf.cast(image, tf.float32), None
+
+
+def _progress(total, label):
+    """A rich progress bar on standard error when it is a terminal; otherwise nothing."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console(stderr=True)
+    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                    transient=True, disable=not console.is_terminal)
+
+
+def predict_files(net: InferenceModel, paths: list[str], *, top: int = 5, batch_size: int = 32):
+    """``(rows, skipped)``: per usable image ``{"file", "top": [(index, name, probability), ...]}``, and
+    ``(path, reason)`` for each file that is not a usable image."""
+    import numpy as np
+
+    channels = net.input_shape[-1]
+    k = max(1, min(int(top), net.num_classes))
+    rows, skipped, batch, batch_paths = [], [], [], []
+
+    def flush():
+        if not batch:
+            return
+        probs = net.predict(np.stack(batch))
+        for path, p in zip(batch_paths, probs):
+            best = np.argsort(-p, kind="stable")[:k]
+            rows.append({"file": path, "top": [(int(i), _name(net, int(i)), float(p[i])) for i in best]})
+        batch.clear()
+        batch_paths.clear()
+
+    with _progress(len(paths), "predict") as bar:
+        task = bar.add_task("images", total=len(paths))
+        for path in paths:
+            image, reason = read_image(path, channels)
+            if image is None:
+                skipped.append((path, reason))
+            else:
+                batch.append(np.asarray(net.transform(image), dtype="float32"))
+                batch_paths.append(path)
+                if len(batch) >= batch_size:
+                    flush()
+            bar.advance(task)
+        flush()
+    return rows, skipped
+
+
+def _name(net, index):
+    return net.class_names[index] if net.class_names and index < len(net.class_names) else f"class_{index}"
+
+
+def register(sub):
+    p = sub.add_parser("predict", help="top-k classes of images with a registry model, a .keras file or a run folder",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("model", metavar="MODEL_OR_FILE", help="registry name, .keras file or run folder")
+    p.add_argument("images", metavar="IMAGES_OR_DIR", help="an image file or a folder (searched recursively)")
+    p.add_argument("--weights", default="imagenet",
+                   help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a "
+                        ".h5/.pth/.safetensors/.keras/.weights.h5 file")
+    p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--out", default=None, help="write the predictions to FILE.csv or FILE.json")
+    p.add_argument("--preprocessing", default=None, help="override the model's input convention")
+    p.add_argument("--input-size", type=int, default=None, help="for a registry name: build for SIZE x SIZE inputs")
+    p.set_defaults(func=run)
+
+
+def _csv_text(rows, top):
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    header = ["file"]
+    for r in range(1, top + 1):
+        header += [f"top{r}_index", f"top{r}_class", f"top{r}_probability"]
+    writer.writerow(header)
+    for row in rows:
+        cells = [row["file"]]
+        for index, name, prob in row["top"]:
+            cells += [index, name, f"{prob:.6f}"]
+        writer.writerow(cells)
+    return out.getvalue()
+
+
+def _table(rows, top):
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD)
+    table.add_column("file", overflow="fold")
+    for r in range(1, top + 1):
+        table.add_column(f"top-{r}")
+    for row in rows:
+        table.add_row(os.path.basename(row["file"]), *[f"{name} {prob:.1%}" for _, name, prob in row["top"]])
+    Console().print(table)
+
+
+def run(args):
+    if args.top < 1:
+        raise ValueError(f"--top must be at least 1. Received: --top {args.top}")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1. Received: --batch-size {args.batch_size}")
+    if args.out and not args.out.lower().endswith((".csv", ".json")):
+        raise ValueError(f"--out must name a .csv or .json file. Received: --out {args.out}")
+    paths = list_images(args.images)
+    if not paths:
+        raise ValueError(f"No image files ({', '.join(_extensions())}) under {args.images!r}.")
+    net = load_for_inference(args.model, args.weights, preprocessing=args.preprocessing, input_size=args.input_size)
+    print(f"kerasarch predict: {net.description}; {len(paths)} file(s)", file=sys.stderr)
+    rows, skipped = predict_files(net, paths, top=args.top, batch_size=args.batch_size)
+    for path, reason in skipped:
+        print(f"kerasarch predict: skipped {path}: {reason}", file=sys.stderr)
+    top = max(1, min(args.top, net.num_classes))
+    if args.out:
+        from kerasarch.training.checkpoint import atomic_write_text
+
+        if args.out.lower().endswith(".json"):
+            text = json.dumps({"model": args.model, "weights": args.weights, "description": net.description,
+                               "predictions": [{"file": r["file"], "top": [
+                                   {"index": i, "class": n, "probability": p} for i, n, p in r["top"]]}
+                                   for r in rows],
+                               "skipped": [{"file": f, "reason": why} for f, why in skipped]}, indent=2)
+        else:
+            text = _csv_text(rows, top)
+        atomic_write_text(args.out, text)
+        print(f"kerasarch predict: {len(rows)} image(s) -> {args.out}; {len(skipped)} skipped", file=sys.stderr)
+    elif sys.stdout.isatty():
+        _table(rows, top)
+    else:
+        sys.stdout.write(_csv_text(rows, top))
+    return 0 if rows else 1
+
+
+def _extensions():
+    from kerasarch.data import IMAGE_EXTENSIONS
+
+    return IMAGE_EXTENSIONS
