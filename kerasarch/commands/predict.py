@@ -19,31 +19,26 @@ import io
 import json
 import os
 import sys
-from typing import Any, Callable
+from typing import Any
 
-__all__ = ["InferenceModel", "load_for_inference", "checkpoint_transform", "list_images", "read_image",
-           "predict_files", "register", "run"]
-
-_KERAS_STANDARD_RESIZE = 256  # the single-crop evaluation of AlexNet, VGG and ResNet: shorter side 256, crop 224
+__all__ = ["InferenceModel", "load_for_inference", "list_images", "read_image", "predict_files", "register", "run"]
 
 
 @dataclasses.dataclass
 class InferenceModel:
-    """A model ready to classify images, with the transform its inputs need.
+    """A model ready to classify images, with the input preparation its card prescribes.
 
     Attributes:
         model: the Keras model (its first output is used).
-        preprocessing: the input convention (``kerasarch.data.PREPROCESSING_MODES``).
-        transform: maps one float32 ``(h, w, c)`` image in ``[0, 255]`` to the model's input, preprocessing
-            included.
+        input: the :class:`~kerasarch.card.InputConfig` images are prepared with (fit, then pixel convention).
         class_names: one name per output, or ``None`` when unknown.
-        class_ids: alternative spellings of the same classes (e.g. WordNet ids) accepted when matching folders.
-        description: where the model, its weights and its transform came from, for the first printed line.
+        class_ids: other spellings of the same classes (ImageNet: WordNet ids, curated names) accepted when
+            matching class folders.
+        description: where the model, its weights and its input convention came from.
     """
 
     model: Any
-    preprocessing: str
-    transform: Callable
+    input: Any
     class_names: list[str] | None
     class_ids: list[list[str]] = dataclasses.field(default_factory=list)
     description: str = ""
@@ -58,8 +53,15 @@ class InferenceModel:
     def num_classes(self):
         return int(self.model.outputs[0].shape[-1])
 
+    def transform(self, image):
+        """One ``(h, w, c)`` image in ``[0, 255]`` -> the model's input
+        (:func:`kerasarch.preprocessing.prepare_images`)."""
+        from kerasarch.preprocessing import prepare_images
+
+        return prepare_images(image, self.input)
+
     def predict(self, images):
-        """Probabilities ``(N, classes)`` for a batch of transformed images."""
+        """Probabilities ``(N, classes)`` for a batch of prepared images."""
         import numpy as np
 
         out = self.model(images, training=False)
@@ -74,62 +76,6 @@ class InferenceModel:
         return probs
 
 
-def checkpoint_transform(size, channels, preprocessing, *, resize_size=None, crop_size=224, interpolation="bilinear"):
-    """The single-crop evaluation transform of a published checkpoint: the shorter side resized to
-    ``resize_size`` (scaled by ``size / crop_size`` for a model built at another size; the longer side
-    truncated as torchvision's ``Resize`` does), antialiased, then the centre ``size`` crop, then preprocessing."""
-    import tensorflow as tf
-
-    from kerasarch.data import preprocess
-
-    h, w = int(size[0]), int(size[1])
-    resize_size = resize_size or _KERAS_STANDARD_RESIZE
-    shorter = int(round(min(h, w) * resize_size / crop_size))
-
-    def transform(image):
-        image = _fix_channels(tf.cast(image, tf.float32), channels)
-        ih, iw = int(image.shape[0]), int(image.shape[1])
-        if min(ih, iw) != shorter:
-            new = (shorter, int(shorter * iw / ih)) if ih <= iw else (int(shorter * ih / iw), shorter)
-            image = tf.image.resize(image, new, method=interpolation, antialias=True)
-            ih, iw = new
-        top, left = (ih - h) // 2, (iw - w) // 2
-        image = image[max(top, 0):max(top, 0) + h, max(left, 0):max(left, 0) + w]
-        if image.shape[0] != h or image.shape[1] != w:  # an image smaller than the crop
-            image = tf.image.resize_with_crop_or_pad(image, h, w)
-        return preprocess(image, preprocessing)
-
-    return transform
-
-
-def _fix_channels(image, channels):
-    import tensorflow as tf
-
-    have = image.shape[-1]
-    if channels is None or have == channels:
-        return image
-    if have == 4:
-        image, have = image[..., :3], 3
-    if channels == 1 and have == 3:
-        return tf.image.rgb_to_grayscale(image)
-    if channels == 3 and have == 1:
-        return tf.image.grayscale_to_rgb(image)
-    if have == 1:
-        return tf.repeat(image, channels, axis=-1)
-    raise ValueError(f"Cannot convert a {have}-channel image to the model's {channels} channels.")
-
-
-def _fit_transform(size, channels, preprocessing, augment=None):
-    from kerasarch.data import eval_transform, fit_image, preprocess
-
-    def transform(image):
-        if augment and augment != "none":
-            return preprocess(eval_transform(image, augment, size, channels), preprocessing)
-        return preprocess(fit_image(image, size, channels), preprocessing)
-
-    return transform
-
-
 def _read_json(path):
     try:
         with open(path) as f:
@@ -139,6 +85,7 @@ def _read_json(path):
 
 
 def _imagenet_labels(num_classes):
+    """ImageNet's names and other spellings for a 1,000-class output, else ``(None, [])``."""
     if num_classes != 1000:
         return None, []
     from kerasarch.weights.classes import imagenet_class_names
@@ -146,43 +93,24 @@ def _imagenet_labels(num_classes):
     return imagenet_class_names(), [imagenet_class_names("wnid"), imagenet_class_names("clean")]
 
 
-def _card(model):
-    try:
-        from kerasarch.card import card_of
-    except ImportError:
-        return None
-    try:
-        return card_of(model)
-    except (ValueError, KeyError, AttributeError):
-        return None
+def _labels(model, card, pretrained):
+    outputs = int(model.outputs[0].shape[-1])
+    names = list(card.class_names) if card is not None and card.class_names else None
+    if names is not None and len(names) != outputs:
+        names = None
+    if names is None and not pretrained:
+        return None, []
+    imagenet, ids = _imagenet_labels(outputs)
+    if names is None:
+        return imagenet, ids
+    return names, ids if imagenet is not None and names == imagenet else []
 
 
-def _from_card(model, card, description, preprocessing_override):
-    """An :class:`InferenceModel` from a model card (``kerasarch.card``)."""
-    spec = getattr(card, "input", None)
-    if spec is None:
-        return None
-    size, channels = model.input_shape[1:3], model.input_shape[3]
-    preprocessing = preprocessing_override or spec.preprocessing
-    fit = getattr(spec, "fit", "auto")
-    if fit in ("crop", "resize_crop", "center_crop", "resize-shorter-crop") and getattr(spec, "resize_size", None):
-        crop = getattr(spec, "size", None) or size
-        crop = crop[0] if isinstance(crop, (tuple, list)) else crop
-        transform = checkpoint_transform(size, channels, preprocessing, resize_size=spec.resize_size,
-                                         crop_size=int(crop), interpolation=getattr(spec, "interpolation", "bilinear"))
-    else:
-        from kerasarch.data import fit_image, preprocess
-
-        method = fit if fit in ("auto", "pad", "resize") else "auto"
-
-        def transform(image):
-            return preprocess(fit_image(image, size, channels, method), preprocessing)
-    names = list(card.class_names) if getattr(card, "class_names", None) else None
-    ids = []
-    if names is None or len(names) == 1000:
-        imagenet, ids = _imagenet_labels(int(model.outputs[0].shape[-1]))
-        names = names or imagenet
-    return InferenceModel(model, preprocessing, transform, names, ids, f"{description} (card)")
+def _override(config, preprocessing, where):
+    if preprocessing is None or preprocessing == config.preprocessing:
+        return config
+    print(f"kerasarch: --preprocessing {preprocessing} overrides {where}'s {config.preprocessing}", file=sys.stderr)
+    return config.replace(preprocessing=preprocessing)
 
 
 def _load_keras_file(path):
@@ -198,25 +126,25 @@ def _load_keras_file(path):
 
 def load_for_inference(model_or_file: str, weights: str | None = "imagenet", *, preprocessing: str | None = None,
                        input_size: int | None = None) -> InferenceModel:
-    """Loads a registry model with ``weights``, a ``.keras`` file or a run folder, with its evaluation transform
-    and class names.
+    """Loads a registry model with ``weights``, a ``.keras`` file or a run folder, with the input preparation and
+    class names its card gives.
 
-    What the transform and the class names are, in order: the model's card when it has one; for a run folder (or a
-    ``.keras`` file inside one) the ``recipe.json`` (``kerasarch train``) or ``result.json`` (``finetune train``)
-    beside it; for a registry name with ``weights="imagenet[:source]"`` the checkpoint's entry in the weights
-    table; otherwise the registry model's default preprocessing and a plain fit to the input size.
+    A model built by kerasarch (or saved from one) carries its card: the checkpoint's evaluation transform and
+    pixel convention, its class names. A ``.keras`` file without a card falls back on the ``recipe.json``
+    (``kerasarch train``) or ``result.json`` (``finetune train``) beside it, else needs ``preprocessing``.
 
     Args:
         model_or_file: a registry name, a ``.keras`` file or a run folder holding ``model.keras``.
-        weights: for a registry name: what ``build_model`` takes (``imagenet``, ``imagenet:torchvision``, a
+        weights: for a registry name, what ``build_model`` takes (``imagenet``, ``imagenet:torchvision``, a
             ``.h5``/``.pth``/``.safetensors``/``.keras`` file); ignored for files.
-        preprocessing: overrides the input convention.
+        preprocessing: overrides the card's pixel convention (said on stderr).
         input_size: for a registry name, build for ``input_size`` × ``input_size`` inputs.
     """
-    from kerasarch.data import PREPROCESSING_MODES
+    from kerasarch.card import PREPROCESSING_MODES, card_of, has_card
 
     if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
-        raise ValueError(f"`preprocessing` must be one of {PREPROCESSING_MODES}. Received: {preprocessing!r}")
+        raise ValueError(f"--preprocessing must be one of {', '.join(PREPROCESSING_MODES)}. "
+                         f"Received: {preprocessing!r}")
     path = os.fspath(model_or_file)
     if os.path.isdir(path) or path.endswith(".keras"):
         keras_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
@@ -224,64 +152,48 @@ def load_for_inference(model_or_file: str, weights: str | None = "imagenet", *, 
             raise FileNotFoundError(f"{keras_file!r} not found: MODEL_OR_FILE must be a registry name, a .keras file "
                                     f"or a run folder holding model.keras. Received: {model_or_file!r}")
         model = _load_keras_file(keras_file)
-        card = _card(model)
-        found = _from_card(model, card, keras_file, preprocessing) if card is not None else None
-        return found or _from_run_folder(model, keras_file, preprocessing)
-    return _from_registry(path, weights, preprocessing, input_size)
+        if has_card(model):
+            card = card_of(model)
+            names, ids = _labels(model, card, pretrained=bool(card.weights))
+            config = _override(card.input, preprocessing, "the card")
+            return InferenceModel(model, config, names, ids, f"{keras_file} ({_describe(config)})")
+        return _from_run_folder(model, keras_file, preprocessing)
+    from kerasarch.registry import get_spec
+
+    spec = get_spec(path)
+    kwargs = {"input_shape": (input_size, input_size, spec.input_shape[-1])} if input_size else {}
+    model = spec.build(weights=weights, **kwargs)
+    card = card_of(model)
+    names, ids = _labels(model, card, pretrained=weights is not None)
+    config = _override(card.input, preprocessing, "the card")
+    source = ""
+    if card.weights:
+        source = ", ".join(str(card.weights[k]) for k in ("source", "checkpoint", "file") if card.weights.get(k))
+    what = f"{spec.name} with weights {weights}" + (f" ({source})" if source else "")
+    return InferenceModel(model, config, names, ids, f"{what}; {_describe(config)}")
+
+
+def _describe(config):
+    fit = config.fit + (f" {config.resize_size}" if config.fit == "resize_crop" else "")
+    size = "x".join(str(s) for s in config.size) if config.size else "any"
+    return f"input {size}x{config.channels}, fit {fit}, preprocessing {config.preprocessing}"
 
 
 def _from_run_folder(model, keras_file, preprocessing):
+    from kerasarch.card import InputConfig
+
     folder = os.path.dirname(os.path.abspath(keras_file))
     recipe = _read_json(os.path.join(folder, "recipe.json")) or {}
     result = _read_json(os.path.join(folder, "result.json")) or {}
     mode = preprocessing or recipe.get("preprocessing") or result.get("preprocessing")
     if mode is None:
-        raise ValueError(f"{keras_file!r} does not say how its inputs are prepared (no model card, no recipe.json or "
-                         f"result.json beside it): pass --preprocessing (caffe, torch, tf, unit, lecun or none).")
-    size, channels = model.input_shape[1:3], model.input_shape[3]
-    augment = recipe.get("augment") if isinstance(recipe.get("augment"), str) else result.get("augment")
-    transform = _fit_transform(size, channels, mode, augment)
-    names = result.get("class_names") or recipe.get("class_names")
-    ids = []
-    if names is None:
-        names, ids = _imagenet_labels(int(model.outputs[0].shape[-1])) if "imagenet" in str(
-            result.get("weights", "")) else (None, [])
-    return InferenceModel(model, mode, transform, names, ids, f"{keras_file} (preprocessing {mode})")
-
-
-def _from_registry(name, weights, preprocessing, input_size):
-    from kerasarch.registry import get_spec
-
-    spec = get_spec(name)
-    shape = (input_size, input_size, spec.input_shape[-1]) if input_size else None
-    model = spec.build(weights=weights, **({"input_shape": shape} if shape else {}))
-    card = _card(model)
-    if card is not None:
-        found = _from_card(model, card, f"{spec.name} with weights {weights}", preprocessing)
-        if found is not None:
-            return found
-    size, channels = model.input_shape[1:3], model.input_shape[3]
-    info = None
-    if isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet":
-        from kerasarch.weights import weights_for
-
-        info = weights_for(spec.name, weights.split(":", 1)[1] if ":" in weights else None)
-    if info is not None:
-        mode = preprocessing or info.preprocessing
-        resize = getattr(info, "resize_size", None) or _KERAS_STANDARD_RESIZE
-        crop = getattr(info, "crop_size", None) or 224
-        transform = checkpoint_transform(size, channels, mode, resize_size=resize, crop_size=crop,
-                                         interpolation=getattr(info, "interpolation", None) or "bilinear")
-        names, ids = _imagenet_labels(int(model.outputs[0].shape[-1]))
-        what = f"{spec.name}, {info.source} checkpoint {info.file_name}, resize {resize} crop {crop}, {mode}"
-        return InferenceModel(model, mode, transform, names, ids, what)
-    from kerasarch.training import get_recipe
-
-    mode = preprocessing or get_recipe(spec)["preprocessing"] or (
-        spec.preprocessing if spec.preprocessing != "none" else "unit")
-    names, ids = _imagenet_labels(int(model.outputs[0].shape[-1])) if weights else (None, [])
-    return InferenceModel(model, mode, _fit_transform(size, channels, mode), names, ids,
-                          f"{spec.name} with weights {weights}, preprocessing {mode}")
+        raise ValueError(f"{keras_file!r} has no kerasarch model card and no recipe.json or result.json beside it "
+                         f"saying how its inputs are prepared: pass --preprocessing (caffe, torch, tf, unit, lecun or "
+                         f"none).")
+    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    config = InputConfig(preprocessing=mode, size=tuple(shape[1:3]), channels=int(shape[3]), fit="auto")
+    names = result.get("class_names")
+    return InferenceModel(model, config, names, [], f"{keras_file} (no card; {_describe(config)})")
 
 
 def list_images(target: str) -> list[str]:
