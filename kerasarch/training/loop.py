@@ -29,8 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from kerasarch.errors import KerasarchError
 from kerasarch.training import checkpoint as ckpt
 from kerasarch.training.distribute import is_chief, make_strategy
+from kerasarch.training.guard import check_recipe, guarded_train
 from kerasarch.training.logs import ProgressReporter, TensorBoardWriter, write_csv
 from kerasarch.training.precision import resolve_precision
 from kerasarch.training.recipes import PlateauState, get_recipe, lr_at
@@ -339,6 +341,7 @@ def _finite(arrays):
     return all(np.isfinite(a).all() for a in arrays if np.issubdtype(a.dtype, np.floating))
 
 
+@guarded_train
 def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_size=None, lr=None, augment=None,
           precision="auto", strategy="auto", jit_compile="auto", out_dir=None, resume="auto", seed=0,
           deterministic=False, classes=None, input_shape=None, build_kwargs=None, callbacks=None, verbose="auto",
@@ -391,6 +394,7 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     spec = _spec_of(model)
     overrides = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "augment": augment}
     recipe = get_recipe(spec, recipe, **overrides)
+    check_recipe(recipe)
     replicas = strategy.num_replicas_in_sync
     global_batch = int(recipe["batch_size"])
     if global_batch % replicas:
@@ -513,11 +517,11 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
                                                ckpt.variable_values(optimizer.variables))
 
     def save(epoch, step, partial, status):
+        values = ckpt.variable_values(model.variables)
+        if not _finite(values):  # checked with or without a run folder: the in-memory snapshot must stay good
+            return False
         if not (path and chief):
             return True
-        values = ckpt.variable_values(model.variables)
-        if not _finite(values):
-            return False
         st = {"epoch": epoch, "step": step, "partial": partial, "history": history, "plateau": plateau.state(),
               "elapsed": elapsed(), "recipe": recipe, "run": run_info}
         ckpt.save_checkpoint(path, {"model": values, "optimizer": optimizer.variables}, st)
@@ -587,6 +591,9 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
                     break
             if stop_reason:
                 break
+            if not partial["count"] and not model.stop_training:
+                raise KerasarchError(f"The training data yielded no example in epoch {epoch + 1}: every image failed "
+                                     "to decode, or the set is smaller than one global batch. Nothing was trained.")
             epoch_logs = {"loss": partial["loss"] / max(partial["count"], 1.0),
                           "accuracy": partial["correct"] / max(partial["count"], 1.0)}
             batches = val_batches()

@@ -26,17 +26,44 @@ import zipfile
 import numpy as np
 from keras import layers
 
+from kerasarch.errors import KerasarchError
 from kerasarch.weights.download import get_file
 from kerasarch.weights.table import weights_for
 
 __all__ = ["load_weights", "read_layer_weights", "assign_layer_weights", "head_layers", "fetch_weights",
-           "adapt_input_kernel", "WeightsMismatchError"]
+           "adapt_input_kernel", "WeightsMismatchError", "WeightsFileError"]
 
 _SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5", ".pth", ".pt", ".safetensors")
 
 
-class WeightsMismatchError(ValueError):
+class WeightsMismatchError(KerasarchError):
     """A weights file does not fit the model."""
+
+
+class WeightsFileError(KerasarchError):
+    """A weights file cannot be read: truncated, corrupt, or declaring more data than it holds."""
+
+
+# An HDF5 dataset may declare at most this many times its stored bytes (compression) plus 1 MiB: a file that
+# declares a 20,000×20,000×1,000 kernel held in a few bytes is refused before anything is allocated.
+_MAX_H5_EXPANSION = 1100
+
+
+def _h5_array(obj):
+    """``np.asarray`` of an HDF5 dataset, after checking that it is a numeric dataset whose declared size its
+    storage can hold."""
+    import h5py
+
+    if not isinstance(obj, h5py.Dataset):
+        raise WeightsFileError(f"'{obj.name}' is a {type(obj).__name__}, not a weights array")
+    if obj.dtype.kind not in "biufcV":
+        raise WeightsFileError(f"'{obj.name}' holds {obj.dtype} values, not numbers")
+    declared = int(np.prod(obj.shape, dtype=object)) * obj.dtype.itemsize
+    stored = obj.id.get_storage_size()
+    if declared > _MAX_H5_EXPANSION * stored + (1 << 20):
+        raise WeightsFileError(f"'{obj.name}' declares shape {obj.shape} ({declared:,} bytes) but stores "
+                               f"{stored:,} bytes")
+    return np.asarray(obj)
 
 
 def _decode(values):
@@ -53,7 +80,7 @@ def _read_legacy_h5(f):
         group = root[name]
         names = _decode(group.attrs.get("weight_names", []))
         if names:
-            out[name] = [np.asarray(group[n]) for n in names]
+            out[name] = [_h5_array(group[n]) for n in names]
     return out
 
 
@@ -61,7 +88,7 @@ def _collect_vars(group):
     arrays = []
     if "vars" in group:
         v = group["vars"]
-        arrays += [np.asarray(v[k]) for k in sorted(v.keys(), key=int)]
+        arrays += [_h5_array(v[k]) for k in sorted(v.keys(), key=int)]
     for key in sorted(k for k in group.keys() if k != "vars"):
         if hasattr(group[key], "keys"):
             arrays += _collect_vars(group[key])
@@ -85,10 +112,18 @@ def _read_keras3_h5(f):
     return out
 
 
-def _torch_modules_to_layers(state_dict, model, family):
+def _torch_modules_to_layers(state_dict, model, family, path=None):
     from kerasarch.weights.torch_names import map_state_dict
 
-    return map_state_dict(state_dict, model, family)
+    if model is None:
+        raise KerasarchError(f"Reading torch weights {path!r} needs the target model (`model=`): its layer types "
+                             "and flatten shapes drive the conversion.")
+    try:
+        return map_state_dict(state_dict, model, family)
+    except KerasarchError:
+        raise
+    except (ValueError, KeyError, IndexError, TypeError) as e:
+        raise WeightsMismatchError(f"Weights file {path!r} does not fit {model.name}: {e}") from e
 
 
 def read_layer_weights(path, model=None, family=None):
@@ -99,14 +134,46 @@ def read_layer_weights(path, model=None, family=None):
             ``.safetensors`` holding a torchvision state dict.
         model: the target model; needed for torch formats (layer types and flatten shapes drive the conversion).
         family: the torchvision family for torch formats (``None``: detected from the keys).
-    """
-    import h5py
 
+    Raises:
+        WeightsFileError: the file is truncated, corrupt or declares more data than it holds (the message names
+            the file); a ``.pth`` file's :class:`~kerasarch.weights.torch_format.TorchFormatError`.
+        FileNotFoundError: there is no such file.
+    """
     path = os.fspath(path)
     lower = path.lower()
+    if not lower.endswith(_SUFFIXES):
+        raise WeightsFileError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
+    if lower.endswith((".pth", ".pt")):
+        from kerasarch.weights.torch_format import load_torch_state_dict
+
+        return _torch_modules_to_layers(load_torch_state_dict(path), model, family, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(2, "Weights file not found", path)
+    try:
+        arrays = _read_keras_or_safetensors(path, lower)
+    except KerasarchError as e:
+        raise WeightsFileError(f"Cannot read weights file {path!r}: {e}.") from None
+    except MemoryError as e:
+        raise WeightsFileError(f"Cannot read weights file {path!r}: it declares more data than fits in memory.") from e
+    except Exception as e:  # noqa: BLE001 - h5py, zipfile and safetensors raise many types for corrupt files
+        raise WeightsFileError(f"Cannot read weights file {path!r} (truncated or corrupt): {type(e).__name__}: "
+                               f"{' '.join(str(e).split())[:300]}") from e
+    if lower.endswith(".safetensors"):
+        return _torch_modules_to_layers(arrays, model, family, path)
+    return arrays
+
+
+def _read_keras_or_safetensors(path, lower):
+    import h5py
+
     if lower.endswith(".keras"):
         with zipfile.ZipFile(path) as zf:
-            data = zf.read("model.weights.h5")
+            info = zf.getinfo("model.weights.h5")
+            if info.file_size > _MAX_H5_EXPANSION * info.compress_size + (1 << 20):
+                raise WeightsFileError(f"'model.weights.h5' declares {info.file_size:,} bytes compressed into "
+                                       f"{info.compress_size:,}")
+            data = zf.read(info)
         with h5py.File(io.BytesIO(data), "r") as f:
             return _read_keras3_h5(f)
     if lower.endswith((".h5", ".hdf5")):
@@ -114,15 +181,9 @@ def read_layer_weights(path, model=None, family=None):
             if "layers" in f and "layer_names" not in f.attrs and "model_weights" not in f:
                 return _read_keras3_h5(f)
             return _read_legacy_h5(f)
-    if lower.endswith((".pth", ".pt")):
-        from kerasarch.weights.torch_format import load_torch_state_dict
+    from safetensors.numpy import load_file
 
-        return _torch_modules_to_layers(load_torch_state_dict(path), model, family)
-    if lower.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        return _torch_modules_to_layers(load_file(path), model, family)
-    raise ValueError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
+    return load_file(path)
 
 
 def _producer(tensor):
@@ -311,11 +372,6 @@ def load_weights(model, weights, *, file_hash=None):
 
 def _load_path(model, path):
     if not path.lower().endswith(_SUFFIXES):
-        raise ValueError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
-    try:
-        arrays = read_layer_weights(path, model)
-    except WeightsMismatchError:
-        raise
-    except (OSError, KeyError) as e:
-        raise ValueError(f"Could not read weights file {path!r}: {e}") from e
+        raise WeightsFileError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
+    arrays = read_layer_weights(path, model)
     assign_layer_weights(model, arrays, source=f"'{os.path.basename(path)}'")
