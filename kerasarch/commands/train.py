@@ -27,6 +27,9 @@ def register(sub):
     p.add_argument("--data", required=True, help="mnist5k, digits, an image folder, or tfds:NAME")
     p.add_argument("--out", default=None, help="run folder (checkpoints, logs, recipe.json, model.keras); "
                                                "an existing one is resumed")
+    p.add_argument("--weights", default=None,
+                   help="start from these weights: imagenet, imagenet:torchvision, imagenet:keras, or a .h5, .pth, "
+                        ".safetensors, .keras or .weights.h5 file (a new classifier when the class count differs)")
     p.add_argument("--epochs", type=int, default=None, help="override the recipe's epochs")
     p.add_argument("--recipe", default="paper",
                    help="'paper' (default), a recipe name, a JSON file, or a JSON object of overrides")
@@ -101,7 +104,8 @@ def run(args):
                             batch_size=args.batch_size, lr=args.lr, augment=args.augment, precision=args.precision,
                             strategy=strategy, jit_compile=jit, out_dir=args.out,
                             resume=False if args.fresh else "auto", seed=args.seed,
-                            deterministic=args.deterministic, verbose=verbose)
+                            deterministic=args.deterministic, verbose=verbose,
+                            build_kwargs={"weights": args.weights} if args.weights else None)
     seconds = time.monotonic() - start
     if result.stop_reason == "interrupted":
         print("Interrupted: the run folder holds a checkpoint; run the same command again to resume.")
