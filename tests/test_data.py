@@ -235,8 +235,9 @@ def test_corrupt_file_past_the_quick_check_is_dropped_not_fatal(tmp_path):
     for c in ("a", "b"):
         (tmp_path / c).mkdir()
         (tmp_path / c / "ok.png").write_bytes(tf.io.encode_png(tf.zeros((8, 8, 3), tf.uint8)).numpy())
-    # JPEG signature and end marker, garbage between: passes the cheap check, fails to decode.
-    (tmp_path / "a" / "garbage.jpg").write_bytes(b"\xff\xd8\xff\xe0" + os.urandom(300) + b"\xff\xd9")
+    # JPEG signature, an 8×8 frame header and end marker, garbage between: passes the cheap check, fails to decode.
+    sof = b"\xff\xc0\x00\x0b\x08\x00\x08\x00\x08\x01\x01\x11\x00"
+    (tmp_path / "a" / "garbage.jpg").write_bytes(b"\xff\xd8" + sof + os.urandom(300) + b"\xff\xd9")
     ds = data.from_directory(str(tmp_path), image_size=8)
     assert len(list(ds)) == 2 and len(ds.file_paths) == 3
     with pytest.warns(UserWarning, match="skipped 1 of 3"):
