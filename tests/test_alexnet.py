@@ -150,7 +150,7 @@ def macs(model):
     """Multiply-adds of the convolutions and dense layers (torchvision's convention: no bias, pool or norm)."""
     total = 0
     for layer in model.layers:
-        if layer.__class__.__name__ == "Conv2D":
+        if isinstance(layer, keras.layers.Conv2D):  # GroupedConv2D (conv2, conv4, conv5) included
             kh, kw, c_in, c_out = layer.kernel.shape
             total += math.prod(layer.output.shape[1:3]) * c_out * kh * kw * c_in
         elif layer.__class__.__name__ == "Dense":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from keras import layers
 
+from kerasarch.layers.grouped import GroupedConv2D
+
 __all__ = ["apply_conv", "apply_conv_bn_act", "apply_bn_act", "apply_bn_act_conv", "BN_EPS_KERAS", "BN_EPS_TORCH"]
 
 # keras.applications' ResNet/DenseNet use 1.001e-5 (the Caffe ports); torchvision uses 1e-5.
@@ -23,9 +25,11 @@ def apply_conv(x, filters, kernel_size, *, name, strides=1, padding="same", grou
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
         padding = "valid"
-    return layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, groups=groups,
-                         use_bias=use_bias, dilation_rate=dilation_rate, kernel_initializer=kernel_initializer,
-                         kernel_regularizer=kernel_regularizer, name=name)(x)
+    # groups > 1: Conv2D's weights and layout, computed the way that is fast on this backend and device.
+    conv = GroupedConv2D if groups > 1 else layers.Conv2D
+    return conv(filters, kernel_size, strides=strides, padding=padding, groups=groups,
+                use_bias=use_bias, dilation_rate=dilation_rate, kernel_initializer=kernel_initializer,
+                kernel_regularizer=kernel_regularizer, name=name)(x)
 
 
 def apply_bn_act(x, *, name, activation="relu", bn_epsilon=BN_EPS_KERAS, bn_momentum=0.99, bn_name=None,
