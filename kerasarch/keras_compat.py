@@ -1,10 +1,10 @@
 """The Keras and keras-tuner internals kerasarch relies on, gathered in one place.
 
 Keras has no public API for walking a built model's graph backwards (which operation produced a tensor, which
-calls an operation received, the nodes of a Functional model by depth) or for a progress bar's position;
-keras-tuner has none for its distributed-search state. kerasarch needs each of these and reads them here only,
-so that a release that renames one breaks one module and one test (``tests/test_keras_compat.py``) instead of
-the call sites spread over the package.
+calls an operation received, the nodes of a Functional model by depth), for a progress bar's position or for
+computing with a backend other than the running one; keras-tuner has none for its distributed-search state.
+kerasarch needs each of these and reads them here only, so that a release that renames one breaks one module and
+one test (``tests/test_keras_compat.py``) instead of the call sites spread over the package.
 
 Tested against Keras 3.15 and keras-tuner 1.4; ``setup.cfg`` pins ``keras<3.16`` and ``keras-tuner<1.5``, the
 first releases not yet tested. To support a newer release, run ``pytest tests/test_keras_compat.py`` under it,
@@ -28,6 +28,7 @@ __all__ = [
     "nodes_by_depth",
     "fill_in_arguments",
     "progbar_position",
+    "backend_module",
     "tuner_has_chief_oracle",
     "tuner_is_chief_oracle",
     "set_tuner_oracle_timeout",
@@ -70,6 +71,14 @@ def fill_in_arguments(node: Any, tensors: dict[int, Any]) -> tuple[tuple, dict]:
 def progbar_position(bar: keras.utils.Progbar) -> int:
     """The step a ``keras.utils.Progbar`` was last updated to."""
     return bar._seen_so_far
+
+
+def backend_module(name: str) -> Any:
+    """The operations of Keras backend ``name`` (``"tensorflow"``, ``"jax"``, ``"torch"``, ``"numpy"``) as a module
+    with ``core``, ``numpy``, ``image`` … submodules, whichever backend Keras itself runs on."""
+    from keras.src.utils.backend_utils import DynamicBackend
+
+    return DynamicBackend(name)
 
 
 # --- keras-tuner: distributed search ---------------------------------------------------------------------------

@@ -26,15 +26,15 @@ _LUMA = (0.2989, 0.5870, 0.1140)
 
 def _backend(x):
     """The backend modules to compute on: TensorFlow's for TensorFlow tensors (tf.data, tf.function, export
-    graphs), else the Keras backend's. Keras has no public switch for this; this is the one internal it uses."""
-    from keras.src.utils.backend_utils import DynamicBackend
+    graphs), else the Keras backend's. Keras has no public switch for this (see :mod:`kerasarch.keras_compat`)."""
+    from kerasarch.keras_compat import backend_module
 
     if keras.backend.backend() != "tensorflow" and "tensorflow" in sys.modules:
         import tensorflow as tf
 
         if tf.is_tensor(x):
-            return DynamicBackend("tensorflow")
-    return DynamicBackend(keras.backend.backend())
+            return backend_module("tensorflow")
+    return backend_module(keras.backend.backend())
 
 
 def _float(x, B):

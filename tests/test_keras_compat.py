@@ -153,3 +153,13 @@ def test_require_tensorflow_names_the_backend(monkeypatch):
     monkeypatch.setattr(keras.backend, "backend", lambda: "jax")
     with pytest.raises(RuntimeError, match=r"kerasarch.training.train\(\) needs the TensorFlow backend.*'jax'"):
         keras_compat.require_tensorflow("kerasarch.training.train()")
+
+
+def test_backend_module_computes_on_the_named_backend():
+    import tensorflow as tf
+
+    B = keras_compat.backend_module("tensorflow")
+    y = B.numpy.add(B.core.convert_to_tensor(np.ones(3, "float32")), 1.0)
+    assert tf.is_tensor(y) and np.asarray(y).tolist() == [2.0, 2.0, 2.0]
+    j = keras_compat.backend_module("jax").numpy.multiply(np.arange(3.0, dtype="float32"), 2.0)
+    assert not tf.is_tensor(j) and type(j).__module__.startswith("jax") and np.asarray(j).tolist() == [0, 2, 4]
