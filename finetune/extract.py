@@ -2,20 +2,33 @@
 
 The features go to ``OUT/shard-NNNNN.npz`` (``features``, ``labels``, ``index``) with ``OUT/metadata.json``.
 Everything is checked before the first image is read (the data has images, the weights fit the model, the tap
-exists, ``OUT`` holds nothing from another extraction). Shards are written atomically; a rerun of the same
-command skips the finished ones, and the files it leaves are byte-identical to an uninterrupted run's.
+exists, ``OUT`` is empty or a features directory and holds nothing from another extraction). Shards are written
+atomically through ``OUT/.extract-tmp/``; a rerun of the same command removes only its own leftovers there, skips
+the finished shards, and the files it leaves are byte-identical to an uninterrupted run's. An extraction that
+reads no image at all fails instead of writing empty features.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import sys
 import time
 
 import numpy as np
 
 from finetune.errors import FinetuneError
-from finetune.store import FORMAT_VERSION, METADATA, file_sha256, read_metadata, save_npz, shard_name, write_json
+from finetune.store import (
+    FORMAT_VERSION,
+    METADATA,
+    TMP_DIR,
+    clean_temporaries,
+    file_sha256,
+    read_metadata,
+    save_npz,
+    shard_name,
+    write_json,
+)
 
 __all__ = ["extract", "register", "run"]
 
@@ -82,7 +95,8 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
         if verbose:
             print(f"[extract] {out}: already complete ({n} images).", file=sys.stderr)
         return read_metadata(out)
-    write_json(os.path.join(out, METADATA), meta)
+    tmp_dir = os.path.join(out, TMP_DIR)
+    write_json(os.path.join(out, METADATA), meta, tmp_dir=tmp_dir)
 
     started, done_now, last = time.perf_counter(), 0, 0.0
     shards, skipped = [], []
@@ -104,7 +118,7 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
                     _progress(min(hi, b + batch_size), n, done_now + min(hi, b + batch_size) - lo, now - started)
             save_npz(path, features=np.concatenate(feats) if feats else np.zeros((0, *feature_shape), "float32"),
                      labels=np.concatenate(labels) if labels else np.zeros((0,), "int64"),
-                     index=np.concatenate(index) if index else np.zeros((0,), "int64"))
+                     index=np.concatenate(index) if index else np.zeros((0,), "int64"), tmp_dir=tmp_dir)
             done_now += hi - lo
             if verbose:
                 _progress(hi, n, done_now, time.perf_counter() - started)
@@ -116,7 +130,12 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
         if on_shard is not None:
             on_shard(s)
     meta.update(complete=True, shards=shards, skipped=skipped, num_extracted=sum(sh["count"] for sh in shards))
-    write_json(os.path.join(out, METADATA), meta)
+    if n and not meta["num_extracted"]:
+        clean_temporaries(out)
+        raise FinetuneError(f"No image of {source.name} could be read for {meta['model']} (all {n} skipped as "
+                            f"unreadable; the warnings above say why). Nothing was extracted into {out!r}.")
+    write_json(os.path.join(out, METADATA), meta, tmp_dir=tmp_dir)
+    clean_temporaries(out)
     if verbose:
         took = time.perf_counter() - started
         print(f"[extract] done: {meta['num_extracted']} features of {meta['model']}/{tap} {feature_shape} in {out}"
@@ -129,14 +148,16 @@ def _prepare_out(out, meta, overwrite):
     if os.path.exists(out) and not os.path.isdir(out):
         raise FinetuneError(f"--out {out!r} exists and is not a directory.")
     os.makedirs(out, exist_ok=True)
-    for f in os.listdir(out):
-        if ".tmp-" in f:  # left by a run killed while writing
-            os.remove(os.path.join(out, f))
     if not os.path.exists(os.path.join(out, METADATA)):
-        if any(f.startswith("shard-") for f in os.listdir(out)):
-            raise FinetuneError(f"{out!r} holds shards but no {METADATA}; use an empty directory.")
+        others = sorted(f for f in os.listdir(out) if f != TMP_DIR)
+        if others:
+            shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
+            raise FinetuneError(f"--out {out!r} is not empty ({shown}) and is not a features directory (no "
+                                f"{METADATA}); give a new or empty directory.")
+        clean_temporaries(out)  # left by a run killed while writing its first metadata
         return False
     old = read_metadata(out)
+    clean_temporaries(out)
     diffs = [k for k in _IDENTITY if old.get(k) != meta.get(k)]
     if not diffs and old.get("complete") and not overwrite:
         return True
@@ -145,8 +166,8 @@ def _prepare_out(out, meta, overwrite):
             detail = "; ".join(f"{k}: {old.get(k)!r} -> {meta.get(k)!r}" for k in diffs[:4])
             raise FinetuneError(f"{out!r} holds another extraction ({old.get('model')}/{old.get('tap')}; differs in "
                                 f"{detail}). Use another --out, or --overwrite to replace it.")
-        for f in os.listdir(out):
-            if f.startswith("shard-") or f == METADATA:
+        for f in os.listdir(out):  # exactly the files an extraction writes, nothing else
+            if re.fullmatch(r"shard-\d{5}\.npz", f) or f == METADATA:
                 os.remove(os.path.join(out, f))
     return False
 

@@ -5,6 +5,10 @@ A features directory holds ``shard-00000.npz`` ... (arrays ``features``, ``label
 ``metadata.json`` (model, tap, weights sha256, preprocessing, shapes, class names, dataset fingerprint,
 the shards with their sha256). Nothing in either depends on the time or on whether the run was interrupted,
 so a resumed extraction is byte-identical to an uninterrupted one.
+
+Files are written atomically through a temporary file in the directory's own ``.extract-tmp/`` sub-folder
+(:data:`TMP_DIR`), named ``.<final name>.<random>.tmp`` (:func:`is_own_temporary`): a crashed writer's leftovers are
+found there by that exact pattern and nowhere else, so cleaning them up never touches a user's file.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import zipfile
 
 import numpy as np
@@ -22,9 +27,12 @@ from finetune.errors import FinetuneError
 __all__ = [
     "FORMAT_VERSION",
     "METADATA",
+    "TMP_DIR",
     "FeatureSet",
     "check_same_source",
+    "clean_temporaries",
     "file_sha256",
+    "is_own_temporary",
     "load_features",
     "read_metadata",
     "save_npz",
@@ -34,6 +42,9 @@ __all__ = [
 
 METADATA = "metadata.json"
 FORMAT_VERSION = 1
+TMP_DIR = ".extract-tmp"
+# The temporaries ``atomic_write`` makes for a shard or the metadata: ``.<final name>.<8 random chars>.tmp``.
+_OWN_TMP = re.compile(r"^\.(shard-\d{5}\.npz|metadata\.json)\.[a-z0-9_]{8}\.tmp$")
 # A fixed zip timestamp (the earliest a zip can hold): numpy's savez stamps the current time.
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 
@@ -42,9 +53,32 @@ def shard_name(i):
     return f"shard-{i:05d}.npz"
 
 
-def save_npz(path, **arrays):
+def is_own_temporary(name):
+    """Whether ``name`` is a temporary file an interrupted extraction leaves in :data:`TMP_DIR`."""
+    return bool(_OWN_TMP.match(name))
+
+
+def clean_temporaries(directory):
+    """Removes an interrupted extraction's temporaries: only files in ``directory/.extract-tmp`` named as
+    :func:`is_own_temporary` says, then the sub-folder itself if that leaves it empty. Returns what was removed."""
+    tmp = os.path.join(os.fspath(directory), TMP_DIR)
+    if not os.path.isdir(tmp) or os.path.islink(tmp):
+        return []
+    removed = []
+    for name in sorted(os.listdir(tmp)):
+        path = os.path.join(tmp, name)
+        if is_own_temporary(name) and os.path.isfile(path) and not os.path.islink(path):
+            os.remove(path)
+            removed.append(path)
+    if not os.listdir(tmp):
+        os.rmdir(tmp)
+    return removed
+
+
+def save_npz(path, *, tmp_dir=None, **arrays):
     """Writes ``arrays`` as an uncompressed ``.npz`` whose bytes depend only on the arrays, atomically (a
-    temporary file renamed into place, so a crash never leaves half a shard under the final name)."""
+    temporary file renamed into place, so a crash never leaves half a shard under the final name; ``tmp_dir``:
+    where the temporary file goes, default beside ``path``)."""
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         for key in sorted(arrays):
@@ -53,18 +87,18 @@ def save_npz(path, **arrays):
             member = io.BytesIO()
             np.lib.format.write_array(member, np.ascontiguousarray(arrays[key]), allow_pickle=False)
             zf.writestr(info, member.getvalue())
-    _atomic_write(path, buf.getvalue())
+    _atomic_write(path, buf.getvalue(), tmp_dir)
 
 
-def write_json(path, obj):
-    """Writes ``obj`` as sorted, indented JSON, atomically."""
-    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+def write_json(path, obj, *, tmp_dir=None):
+    """Writes ``obj`` as sorted, indented JSON, atomically (``tmp_dir`` as in :func:`save_npz`)."""
+    _atomic_write(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode(), tmp_dir)
 
 
-def _atomic_write(path, data):
+def _atomic_write(path, data, tmp_dir=None):
     from kerasarch.training.checkpoint import atomic_write
 
-    with atomic_write(os.fspath(path)) as f:
+    with atomic_write(os.fspath(path), tmp_dir=tmp_dir) as f:
         f.write(data)
 
 

@@ -96,7 +96,8 @@ def test_interrupted_extract_resumes_to_byte_identical_files(digits, tmp_path):
         extract("lenet5", folder, out=resumed, on_shard=stop_after_two, **args)
     assert not load_metadata_complete(resumed)
     assert sorted(f for f in os.listdir(resumed) if f.startswith("shard-")) == ["shard-00000.npz", "shard-00001.npz"]
-    open(os.path.join(resumed, "shard-00002.npz.tmp-123"), "wb").write(b"half a shard")  # killed while writing
+    os.makedirs(os.path.join(resumed, ".extract-tmp"), exist_ok=True)  # killed while writing shard 2:
+    open(os.path.join(resumed, ".extract-tmp", ".shard-00002.npz.k1ll3d_x.tmp"), "wb").write(b"half a shard")
     computed = []
     extract("lenet5", folder, out=resumed, on_shard=computed.append, **args)
     assert computed == [0, 1, 2, 3]
