@@ -15,9 +15,12 @@ CPU cores)::
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
+
+from kerasarch.errors import KerasarchError
 
 
 def register(sub):
@@ -67,7 +70,7 @@ def _load_data(args, strategy_name):
                 return train, test, f"{source} ({split} split)"
             except (ValueError, KeyError):
                 continue
-        raise SystemExit(f"kerasarch train: {name} has neither a 'test' nor a 'validation' split.")
+        raise KerasarchError(f"TFDS data set {name!r} has neither a 'test' nor a 'validation' split.")
     if os.path.isdir(source):
         train_dir = os.path.join(source, "train")
         if os.path.isdir(train_dir):
@@ -80,22 +83,48 @@ def _load_data(args, strategy_name):
         train, test = data.from_directory(source, args.image_size, validation_split=args.val_split, subset="both",
                                           seed=args.seed)
         return train, test, f"{source} ({args.val_split:.0%} held out)"
-    raise SystemExit(f"kerasarch train: --data must be one of {data.BUILTIN}, an image folder or tfds:NAME. "
-                     f"Received: {source!r}")
+    raise KerasarchError(f"--data must be one of {', '.join(data.BUILTIN)}, an image folder or tfds:NAME. "
+                         f"Received: {source!r}")
+
+
+def check_args(args):
+    """Refuses arguments that cannot train, before any data is read: what was received and what is allowed."""
+    from kerasarch.registry import get_spec
+
+    get_spec(args.name)  # an unknown model: the closest names
+    for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
+                        ("--image-size", args.image_size)):
+        if value is not None and value < 1:
+            raise KerasarchError(f"{flag} must be an integer >= 1. Received: {flag} {value}")
+    if args.lr is not None and not (math.isfinite(args.lr) and args.lr > 0):
+        raise KerasarchError(f"--lr must be a finite number > 0. Received: --lr {args.lr}")
+    if not (0 < args.val_split < 1):
+        raise KerasarchError(f"--val-split must be a fraction strictly between 0 and 1. Received: --val-split "
+                             f"{args.val_split}")
+    if args.out is not None and os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise KerasarchError(f"--out {args.out!r} exists and is not a folder; give a run folder (new or earlier).")
+    recipe = args.recipe
+    if recipe.lstrip().startswith("{"):
+        try:
+            recipe = json.loads(recipe)
+        except json.JSONDecodeError as e:
+            raise KerasarchError(f"--recipe is not valid JSON ({e.msg} at character {e.pos}). Received: "
+                                 f"--recipe {args.recipe!r}") from None
+        if not isinstance(recipe, dict):
+            raise KerasarchError(f"--recipe JSON must be an object of overrides. Received: {args.recipe!r}")
+    return recipe
 
 
 def run(args):
     from kerasarch.training.distribute import make_strategy, tf_config_workers
 
+    recipe = check_args(args)
     strategy = None if args.strategy == "none" else args.strategy
     if strategy == "multi_worker" or (strategy == "auto" and tf_config_workers() > 1):
         strategy = make_strategy(strategy)  # before any other TensorFlow operation, as TensorFlow requires
 
     from kerasarch import training
 
-    recipe = args.recipe
-    if recipe.lstrip().startswith("{"):
-        recipe = json.loads(recipe)
     train_ds, test_ds, test_name = _load_data(args, strategy)
     verbose = args.verbose if args.verbose == "auto" else int(args.verbose)
     jit = {"auto": "auto", "on": True, "off": False}[args.jit]
