@@ -13,6 +13,8 @@ A family builder looks like::
 
 from __future__ import annotations
 
+import operator
+
 import keras
 from keras import layers
 
@@ -31,12 +33,31 @@ __all__ = [
 _POOLINGS = (None, "avg", "max")
 
 
+def as_python_int(value):
+    """``value`` as a Python ``int`` when it is an integer of any kind (``np.int64(10)`` included, ``True`` not);
+    anything else is returned unchanged, for the caller's check to refuse."""
+    if isinstance(value, bool) or not hasattr(value, "__index__"):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
+def as_python_shape(shape):
+    """A shape tuple with NumPy integers turned into Python ints (``None`` entries kept); other values unchanged."""
+    if isinstance(shape, (tuple, list)):
+        return tuple(None if d is None else as_python_int(d) for d in shape)
+    return shape
+
+
 def check_top_args(include_top, pooling, classes, classifier_activation):
     """Fails fast on arguments that cannot make a model, saying what was received and what is allowed."""
     if not isinstance(include_top, bool):
         raise ValueError(f"`include_top` must be True or False. Received: include_top={include_top!r}")
     if pooling not in _POOLINGS:
         raise ValueError(f"`pooling` must be one of None, 'avg', 'max'. Received: pooling={pooling!r}")
+    classes = as_python_int(classes)
     if include_top and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
         raise ValueError(f"`classes` must be an integer >= 1 when include_top=True. Received: classes={classes!r}")
     if classifier_activation is not None and not callable(classifier_activation):
@@ -63,12 +84,16 @@ def make_inputs(input_shape, input_tensor, *, default, min_size, name="model", c
                          f"keras.config.image_data_format()={keras.config.image_data_format()!r}")
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
-    shape = tuple(default if input_shape is None else input_shape)
+    shape = as_python_shape(tuple(default if input_shape is None else input_shape))
     if len(shape) != 3:
         raise ValueError(f"{name}: `input_shape` must be (height, width, channels). Received: input_shape={shape!r}")
     h, w, c = shape
+    for dim, label in ((h, "height"), (w, "width"), (c, "channels")):
+        if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
+            raise ValueError(f"{name}: input {label} must be an integer{'' if label == 'channels' else ' or None'}. "
+                             f"Received: input_shape={shape!r}")
     for dim, label in ((h, "height"), (w, "width")):
-        if dim is not None and (not isinstance(dim, int) or dim < min_size):
+        if dim is not None and dim < min_size:
             raise ValueError(f"{name}: input {label} must be at least {min_size} pixels. "
                              f"Received: input_shape={shape!r}")
     if c is None or c < 1 or (channels is not None and c != channels):
@@ -101,7 +126,8 @@ def output_dtype():
 
 def predictions_dense(classes, classifier_activation, name="predictions", **kwargs):
     """The final classifier layer, computing in float32 under mixed precision (see :func:`output_dtype`)."""
-    return layers.Dense(classes, activation=classifier_activation, name=name, dtype=output_dtype(), **kwargs)
+    return layers.Dense(as_python_int(classes), activation=classifier_activation, name=name, dtype=output_dtype(),
+                        **kwargs)
 
 
 def predictions_activation(classifier_activation, name="predictions"):
