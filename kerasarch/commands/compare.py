@@ -21,12 +21,19 @@ def register(sub):
 
 
 def run(args):
+    import os
+
     from kerasarch.analysis.compare import compare
-    from kerasarch.commands.summary import parse_shape
+    from kerasarch.commands.summary import check_model_argument, parse_shape
+    from kerasarch.errors import KerasarchError
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
-        raise SystemExit(f"--runs and --batch must be >= 1 and --warmup >= 0. Received: runs={args.runs}, "
-                         f"warmup={args.warmup}, batch={args.batch}")
+        raise KerasarchError(f"--runs and --batch must be >= 1 and --warmup >= 0. Received: runs={args.runs}, "
+                             f"warmup={args.warmup}, batch={args.batch}")
+    for name in args.models:
+        check_model_argument(name)
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise KerasarchError(f"--out {args.out!r} exists and is not a folder; give the report's folder.")
     results = compare(args.models, args.out, runs=args.runs, warmup=args.warmup, batch=args.batch,
                       dtype_policy=args.dtype_policy, jit_compile=args.jit_compile,
                       input_shape=parse_shape(args.input_shape), isolate=not args.in_process)

@@ -13,12 +13,17 @@ def register(sub):
 
 
 def run(args):
+    from kerasarch.errors import KerasarchError
     from kerasarch.registry import get_spec, list_models
 
+    if args.family is not None:
+        families = sorted({get_spec(n).family for n in list_models()})
+        if args.family not in families:
+            raise KerasarchError(f"--family must be one of {', '.join(families)}. Received: --family {args.family!r}")
     names = list_models(args.pattern, family=args.family)
     if not names:
-        print(f"No registered model matches {args.pattern!r}.")
-        return 1
+        raise KerasarchError(f"No registered model matches {args.pattern!r}"
+                             + (f" in family {args.family!r}" if args.family else "") + " (see `kerasarch list`).")
     header = f"{'name':24s} {'family':14s} {'input':>13s} {'ref params':>14s}"
     if args.build:
         header += f" {'built params':>14s} {'output':>12s}"

@@ -18,6 +18,40 @@ def parse_shape(text):
         raise SystemExit(f"--input-shape must look like 224,224,3. Received: {text!r}") from None
 
 
+def check_model_argument(name):
+    """Refuses a ``.keras`` path that is missing or not a Keras archive, and an unknown registry name, naming what
+    was received (a corrupt file is never reported as missing)."""
+    import os
+    import zipfile
+
+    from kerasarch.errors import KerasarchError
+    from kerasarch.registry import get_spec
+
+    if not name.lower().endswith(".keras"):
+        get_spec(name)  # an unknown name: the closest registered ones
+        return
+    if not os.path.exists(name):
+        raise FileNotFoundError(2, "Model file not found", name)
+    if not zipfile.is_zipfile(name):
+        raise KerasarchError(f"{name!r} is not a .keras model file (not a zip archive): truncated or corrupt.")
+    try:
+        with zipfile.ZipFile(name) as zf:
+            members = set(zf.namelist())
+    except (zipfile.BadZipFile, OSError) as e:
+        raise KerasarchError(f"{name!r} is not a readable .keras model file: {e}") from e
+    if "config.json" not in members:
+        raise KerasarchError(f"{name!r} is a zip archive without config.json: not a .keras model file.")
+
+
+def load_error(name, error):
+    """The one-line error for a ``.keras`` file that Keras could not load."""
+    from kerasarch.errors import KerasarchError
+
+    message = " ".join(str(error).split())[:300]
+    return KerasarchError(f"Cannot load model file {name!r} (corrupt or made by another program): "
+                          f"{type(error).__name__}: {message}")
+
+
 def register(sub):
     p = sub.add_parser("summary", help="per-layer parameters, MACs, activations and receptive fields of a model")
     p.add_argument("model", help="a registry name (see `kerasarch list`) or a .keras file")
@@ -90,9 +124,17 @@ def run(args):
 
     from kerasarch.analysis import profile
 
+    check_model_argument(args.model)
+    if args.batch < 1:
+        raise SystemExit(f"--batch must be >= 1. Received: --batch {args.batch}")
     if args.dtype_policy:
         keras.config.set_dtype_policy(args.dtype_policy)
-    p = profile(args.model, input_shape=parse_shape(args.input_shape), batch=args.batch)
+    try:
+        p = profile(args.model, input_shape=parse_shape(args.input_shape), batch=args.batch)
+    except Exception as e:  # noqa: BLE001 - Keras raises many types for a damaged archive
+        if args.model.lower().endswith(".keras"):
+            raise load_error(args.model, e) from e
+        raise
     if args.format == "table" and args.out is None and sys.stdout.isatty():
         _rich_table(p)
         return 0
