@@ -47,7 +47,15 @@ def from_tfds(name, split="train", data_dir=None, download=False, *, image_key="
             raise FileNotFoundError(
                 f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}. Prepare it where the internet is "
                 f"reachable (`tfds build {name} --data_dir DIR`) and pass that `data_dir`, or pass download=True.")
-        builder.download_and_prepare()
+        try:
+            builder.download_and_prepare()
+        except Exception as e:  # offline, a server error, a manual data set without its archives ...
+            from kerasarch.errors import KerasarchError
+
+            message = " ".join(str(e).split())[:300]
+            raise KerasarchError(f"Could not download and prepare TFDS data set {name!r} into {builder.data_dir!r} "
+                                 f"({type(e).__name__}: {message}). Prepare it where the internet is reachable "
+                                 f"(`tfds build {name} --data_dir DIR`) and pass that data_dir.") from e
     read_config = tfds.ReadConfig(shuffle_seed=seed if shuffle_files else None)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
     if isinstance(image_size, int):
