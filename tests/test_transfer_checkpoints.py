@@ -1,0 +1,341 @@
+"""Transfer learning from published checkpoints, end to end (issue 10): ImageNet class names, RGB checkpoints on
+grey / 4-channel inputs, ``kerasarch predict`` and ``kerasarch evaluate``, ``--weights`` in every command.
+
+Checkpoints are made here with random weights: keras.applications-layout ``.h5`` / ``.weights.h5`` files and
+torchvision-layout ``.pth`` files (written without torch, OIHW kernels and torchvision's module names). Expected
+values come from the Keras model called on images prepared by hand in numpy with the constants written below, never
+from the commands under test.
+"""
+
+import collections
+import io
+import json
+import os
+import pickle
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import kerasarch
+from kerasarch.weights import imagenet_class_names
+from kerasarch.weights.loading import adapt_input_kernel
+
+# torchvision's ImageNet normalisation (transforms.Normalize in every ImageClassification preset).
+TORCH_MEAN = np.array([0.485, 0.456, 0.406], "float32")
+TORCH_STD = np.array([0.229, 0.224, 0.225], "float32")
+# torchvision's ResNet18_Weights.IMAGENET1K_V1: resize 256, centre crop 224. A model built for 64x64 inputs scales
+# both: shorter side round(64 * 256 / 224) = 73, then the centre 64 crop, offset round((73 - 64) / 2) = 4.
+SIZE, RESIZED, OFFSET = 64, 73, 4
+
+
+def _cli(argv, capsys):
+    from kerasarch.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+# ---------------------------------------------------------------------------------------------------- class names
+
+def test_imagenet_class_names_are_human_readable_in_the_standard_order():
+    names, ids, clean = imagenet_class_names(), imagenet_class_names("wnid"), imagenet_class_names("clean")
+    assert len(names) == len(ids) == len(clean) == 1000
+    # keras.applications' imagenet_class_index.json / torchvision's _IMAGENET_CATEGORIES, written out.
+    expected = {0: ("n01440764", "tench"), 1: ("n01443537", "goldfish"), 340: ("n02391049", "zebra"),
+                385: ("n02504013", "Indian elephant"), 386: ("n02504458", "African elephant"),
+                948: ("n07742313", "Granny Smith"), 999: ("n15075141", "toilet tissue")}
+    for index, (wnid, name) in expected.items():
+        assert (ids[index], names[index]) == (wnid, name)
+    assert clean[386] == "African bush elephant" and names[134] == names[517] == "crane"  # WordNet's own clash
+    # The order is the sorted synsets, the same list tensorflow-datasets ships for imagenet2012.
+    import tensorflow_datasets
+
+    labels = os.path.join(os.path.dirname(tensorflow_datasets.__file__), "datasets", "imagenet2012", "labels.txt")
+    with open(labels) as f:
+        assert ids == [line.strip() for line in f if line.strip()]
+    with pytest.raises(ValueError, match="style.*Received: style='names'"):
+        imagenet_class_names("names")
+
+
+# ------------------------------------------------------------------------------------------ other channel counts
+
+def test_adapt_input_kernel_against_hand_computed_kernels():
+    kernel = np.array([[1, 2], [3, 4], [5, 6]], "float32").reshape(1, 1, 3, 2)  # (kh, kw, RGB, out)
+    np.testing.assert_array_equal(adapt_input_kernel(kernel, 1)[0, 0], [[9, 12]])  # R + G + B
+    np.testing.assert_array_equal(adapt_input_kernel(kernel, 4)[0, 0],
+                                  [[0.75, 1.5], [2.25, 3.0], [3.75, 4.5], [0.75, 1.5]])  # R G B R, x 3/4
+    np.testing.assert_array_equal(adapt_input_kernel(kernel, 2)[0, 0], [[1.5, 3.0], [4.5, 6.0]])  # R G, x 3/2
+    np.testing.assert_array_equal(adapt_input_kernel(kernel, 3), kernel)
+    with pytest.raises(ValueError, match="RGB"):
+        adapt_input_kernel(np.zeros((1, 1, 4, 2)), 1)
+
+
+def _randomise(model, seed=0):
+    """Random weights everywhere, BatchNorm statistics included (they start at 0 / 1)."""
+    rng = np.random.default_rng(seed)
+    for layer in model.layers:
+        values = []
+        for w in layer.weights:
+            leaf = w.path.rsplit("/", 1)[-1]
+            if leaf in ("gamma", "moving_variance"):
+                values.append(rng.uniform(0.5, 1.5, w.shape))
+            elif leaf in ("beta", "moving_mean", "bias"):
+                values.append(rng.uniform(-0.2, 0.2, w.shape))
+            else:
+                values.append(rng.normal(0, np.sqrt(2.0 / np.prod(w.shape[:-1])), w.shape))
+        if values:
+            layer.set_weights([v.astype("float32") for v in values])
+    return model
+
+
+@pytest.fixture(scope="module")
+def rgb_checkpoint(tmp_path_factory):
+    """A 3-channel resnet18 checkpoint (random weights, 1,000 classes) in the Keras layout."""
+    folder = tmp_path_factory.mktemp("ckpt")
+    model = _randomise(kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 3)))
+    head = model.get_layer("predictions")  # a gentle classifier: no probability underflows to a tie at 0
+    head.set_weights([head.kernel.numpy() * 1e-3, head.bias.numpy()])
+    path = folder / "resnet18_rgb.weights.h5"
+    model.save_weights(path)
+    return path, model
+
+
+def test_grey_and_four_channel_models_load_an_rgb_checkpoint(rgb_checkpoint, capsys):
+    path, rgb = rgb_checkpoint
+    kernel = rgb.get_layer("conv1_conv").kernel.numpy()
+    grey = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 1), weights=str(path))
+    np.testing.assert_allclose(grey.get_layer("conv1_conv").kernel.numpy(),
+                               kernel[:, :, 0:1] + kernel[:, :, 1:2] + kernel[:, :, 2:3], rtol=1e-6)
+    assert "summed over the RGB channels" in capsys.readouterr().err
+    # Everything after conv1 is the RGB network's: a grey image g gives what the RGB model gives for (g, g, g).
+    g = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 1)).astype("float32")
+    np.testing.assert_allclose(grey(g, training=False), rgb(np.repeat(g, 3, axis=-1), training=False), atol=2e-5)
+    four = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 4), weights=str(path))
+    np.testing.assert_allclose(four.get_layer("conv1_conv").kernel.numpy(),
+                               np.concatenate([kernel, kernel[:, :, :1]], axis=2) * 0.75, rtol=1e-6)
+
+
+def test_a_grey_dataset_fine_tunes_a_three_channel_checkpoint(rgb_checkpoint, tmp_path, capsys):
+    from kerasarch import training
+    from kerasarch.data import from_directory
+
+    path, rgb = rgb_checkpoint
+    folder = _image_folder(tmp_path / "grey", {"a": 3, "b": 3}, size=SIZE, mode="L")
+    ds = from_directory(str(folder), channels=1)
+    result = training.train("resnet18", ds, None, epochs=1, batch_size=6, lr=1e-9,
+                                      input_shape=(SIZE, SIZE, 1), build_kwargs={"weights": str(path)}, verbose=0)
+    kernel = rgb.get_layer("conv1_conv").kernel.numpy()
+    np.testing.assert_allclose(result.model.get_layer("conv1_conv").kernel.numpy(), kernel.sum(2, keepdims=True),
+                               rtol=1e-4, atol=1e-5)  # lr 1e-9: the adapted kernel is still the checkpoint's
+    assert result.model.output_shape[-1] == 2 and np.isfinite(result.history["loss"][-1])  # a new two-class head
+
+
+# ------------------------------------------------------------------------------------------------- image folders
+
+def _image_folder(root, counts, *, size=RESIZED, mode="RGB", seed=0):
+    rng = np.random.default_rng(seed)
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            shape = (size, size) if mode == "L" else (size, size, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(root / name / f"{i}.png")
+    return root
+
+
+def _reference_probabilities(model, paths):
+    """The Keras model on the checkpoint's evaluation transform done by hand: the centre 64 crop of a 73x73 image
+    (already at the resize size), torchvision's normalisation."""
+    batch = []
+    for p in paths:
+        x = np.asarray(Image.open(p).convert("RGB"), "float32")
+        assert x.shape[:2] == (RESIZED, RESIZED)
+        x = x[OFFSET:OFFSET + SIZE, OFFSET:OFFSET + SIZE]
+        batch.append((x / 255.0 - TORCH_MEAN) / TORCH_STD)
+    return np.asarray(model(np.stack(batch), training=False))
+
+
+def test_predict_end_to_end_with_class_names_and_corrupt_files_skipped(rgb_checkpoint, tmp_path, capsys):
+    path, rgb = rgb_checkpoint
+    folder = _image_folder(tmp_path / "photos", {"x": 3})
+    good = sorted(str(p) for p in (folder / "x").iterdir())
+    (folder / "x" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not a jpeg")
+    (folder / "x" / "cut.png").write_bytes((folder / "x" / "0.png").read_bytes()[:100])
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "predictions.json"
+    code, _, err = _cli(["predict", "resnet18", str(folder), "--weights", str(path), "--input-size", str(SIZE),
+                         "--top", "3", "--out", str(out)], capsys)
+    assert code == 0, err
+    assert "broken.jpg" in err and "cut.png" in err and "skipped" in err
+    report = json.loads(out.read_text())
+    assert sorted(s["file"] for s in report["skipped"]) == sorted(str(folder / "x" / n) for n in ("broken.jpg",
+                                                                                                    "cut.png"))
+    expected = _reference_probabilities(rgb, good)
+    names = imagenet_class_names()
+    assert [r["file"] for r in report["predictions"]] == good
+    for row, probs in zip(report["predictions"], expected):
+        top = np.argsort(-probs)[:3]
+        assert [t["index"] for t in row["top"]] == list(top)
+        assert [t["class"] for t in row["top"]] == [names[i] for i in top]
+        np.testing.assert_allclose([t["probability"] for t in row["top"]], probs[top], rtol=1e-4, atol=1e-6)
+    # Without --out on a pipe: CSV on stdout, one line per usable image.
+    code, stdout, _ = _cli(["predict", "resnet18", good[0], "--weights", str(path), "--input-size", str(SIZE)],
+                           capsys)
+    lines = stdout.strip().splitlines()
+    assert code == 0 and lines[0].startswith("file,top1_index,top1_class") and len(lines) == 2
+    assert lines[1].split(",")[2] == names[int(np.argmax(expected[0]))]
+
+
+def test_evaluate_end_to_end_top1_top5_and_confusion_matrix(rgb_checkpoint, tmp_path, capsys):
+    path, rgb = rgb_checkpoint
+    # Class folders named as ImageNet names, a WordNet id and a curated name all match the model's classes.
+    folder = _image_folder(tmp_path / "val", {"tench": 2, "n01443537": 2, "great white shark": 1})
+    paths = [str(p) for c in ("great white shark", "n01443537", "tench") for p in sorted((folder / c).iterdir())]
+    truth = np.array([2, 1, 1, 0, 0])  # ImageNet indices: great white shark 2, goldfish 1, tench 0
+    probs = _reference_probabilities(rgb, paths)
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    want1, want5 = float(np.mean(top5[:, 0] == truth)), float(np.mean((top5 == truth[:, None]).any(1)))
+    out = tmp_path / "eval"
+    code, stdout, err = _cli(["evaluate", "resnet18", "--data", str(folder), "--weights", str(path),
+                              "--input-size", str(SIZE), "--out", str(out)], capsys)
+    assert code == 0, err
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples"] == 5
+    assert metrics["top1"] == pytest.approx(want1) and metrics["top5"] == pytest.approx(want5)
+    assert f"top-1 {want1:.2%}" in stdout and f"top-5 {want5:.2%}" in stdout
+    confusion = np.array(metrics["confusion"])
+    assert confusion.shape == (3, 4) and confusion.sum() == 5 and list(confusion.sum(1)) == [1, 2, 2]
+    assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_evaluate_refuses_class_folders_the_model_does_not_have_before_reading_images(rgb_checkpoint, tmp_path,
+                                                                                      capsys, monkeypatch):
+    from kerasarch.commands import evaluate
+
+    path, _ = rgb_checkpoint
+    folder = _image_folder(tmp_path / "val", {"tench": 1, "my_cats": 1, "my_dogs": 1})
+
+    def never(*args, **kwargs):
+        raise AssertionError("images were read before the class folders were checked")
+
+    monkeypatch.setattr(evaluate, "evaluate_dataset", never)
+    code, _, err = _cli(["evaluate", "resnet18", "--data", str(folder), "--weights", str(path),
+                         "--input-size", str(SIZE)], capsys)
+    assert code == 2
+    assert "do not match the model's classes" in err and "'my_cats'" in err and "'my_dogs'" in err
+
+
+# ------------------------------------------------------------------------------- torchvision-layout .pth files
+
+class _Tensor:
+    def __init__(self, array):
+        self.array = np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _write_pth(path, state):
+    """A torch.save zip archive of ``state`` ({key: float32 array}) written without torch: the pickle references
+    torch._utils._rebuild_tensor_v2 and torch.FloatStorage, each tensor on its own storage file."""
+    torch_mod, utils_mod = types.ModuleType("torch"), types.ModuleType("torch._utils")
+
+    def _rebuild_tensor_v2(*args):  # never called: only its name is pickled
+        raise AssertionError
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    utils_mod._rebuild_tensor_v2 = _rebuild_tensor_v2
+    torch_mod.FloatStorage = type("FloatStorage", (), {"__module__": "torch"})
+    tensors = collections.OrderedDict((k, _Tensor(v)) for k, v in state.items())
+    storages = {id(t): (str(i), t.array) for i, t in enumerate(tensors.values())}
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, tuple) and len(obj) == 2 and obj[0] == "__storage__":
+                key, array = storages[obj[1]]
+                return "storage", torch_mod.FloatStorage, key, "cpu", array.size
+            return None
+
+    def reduce(t):
+        strides = tuple(s // 4 for s in t.array.strides)
+        return (_rebuild_tensor_v2, (("__storage__", id(t)), 0, t.array.shape, strides, False,
+                                     collections.OrderedDict()))
+
+    saved = {n: sys.modules.get(n) for n in ("torch", "torch._utils")}
+    sys.modules.update({"torch": torch_mod, "torch._utils": utils_mod})
+    try:
+        buf = io.BytesIO()
+        pickler = Pickler(buf, protocol=2)
+        pickler.dispatch_table = {_Tensor: reduce}
+        pickler.dump(tensors)
+    finally:
+        for name, module in saved.items():
+            if module is None:
+                sys.modules.pop(name, None)
+            else:
+                sys.modules[name] = module
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as zf:
+        zf.writestr("archive/data.pkl", buf.getvalue())
+        zf.writestr("archive/byteorder", "little")
+        for key, array in storages.values():
+            zf.writestr(f"archive/data/{key}", array.tobytes())
+        zf.writestr("archive/version", "3\n")
+
+
+def _torchvision_resnet_state(model):
+    """The torchvision ResNet ``state_dict`` of a kerasarch resnet with keras.applications layer names: torchvision's
+    module names (conv1, bn1, layer{1-4}.{i}.conv{j}/bn{j}, downsample.0/1, fc) and layouts (OIHW, (out, in))."""
+    import re
+
+    state = {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        name = layer.name
+        if name in ("conv1_conv", "conv1_bn"):
+            module = "conv1" if name.endswith("conv") else "bn1"
+        elif name == "predictions":
+            module = "fc"
+        else:
+            m = re.fullmatch(r"conv(\d)_block(\d+)_(\d)_(conv|bn)", name)
+            base = f"layer{int(m[1]) - 1}.{int(m[2]) - 1}"
+            module = f"{base}.downsample.{0 if m[4] == 'conv' else 1}" if m[3] == "0" else f"{base}.{m[4]}{m[3]}"
+        w = [v.numpy() for v in layer.weights]
+        if name == "predictions":
+            state[f"{module}.weight"], state[f"{module}.bias"] = w[0].T, w[1]
+        elif len(w) == 1:
+            state[f"{module}.weight"] = w[0].transpose(3, 2, 0, 1)
+        else:
+            for key, value in zip(("weight", "bias", "running_mean", "running_var"), w):
+                state[f"{module}.{key}"] = value
+    return state
+
+
+def test_kerasarch_train_starts_from_a_torchvision_pth(rgb_checkpoint, tmp_path, capsys):
+    _, rgb = rgb_checkpoint
+    pth = tmp_path / "resnet18-random.pth"
+    _write_pth(pth, _torchvision_resnet_state(rgb))
+    data = _image_folder(tmp_path / "data", {"a": 4, "b": 4}, size=SIZE)
+    out = tmp_path / "run"
+    code, stdout, err = _cli(["train", "resnet18", "--data", str(data), "--weights", str(pth), "--epochs", "1",
+                              "--lr", "1e-9", "--batch-size", "4", "--val-split", "0.25", "--out", str(out),
+                              "--verbose", "0", "--image-size", str(SIZE)], capsys)
+    assert code == 0, err
+    assert "test accuracy" in stdout
+    import keras
+
+    trained = keras.models.load_model(out / "model.keras", compile=False)
+    for name in ("conv1_conv", "conv3_block1_0_conv", "conv5_block2_2_conv"):  # lr 1e-9: still the checkpoint's
+        np.testing.assert_allclose(trained.get_layer(name).kernel.numpy(), rgb.get_layer(name).kernel.numpy(),
+                                   atol=1e-5)
+    assert trained.output_shape[-1] == 2
+
+
+def test_weights_of_another_architecture_name_the_layer_that_does_not_fit(tmp_path, capsys):
+    other = tmp_path / "squeezenet.weights.h5"
+    kerasarch.build_model("squeezenet1_1", input_shape=(SIZE, SIZE, 3)).save_weights(other)
+    folder = _image_folder(tmp_path / "photos", {"x": 1})
+    code, _, err = _cli(["predict", "resnet18", str(folder), "--weights", str(other), "--input-size", str(SIZE)],
+                        capsys)
+    assert code == 2 and "conv1_conv" in err and "squeezenet.weights.h5" in err
