@@ -30,7 +30,7 @@ def make_parser():
     for name in COMMANDS:
         importlib.import_module(f"finetune.{name}").register(sub)
     for p in sub.choices.values():
-        add_debug_flag(p)
+        add_debug_flag(p, sub_command=True)
     return parser
 
 

@@ -31,7 +31,7 @@ def make_parser():
     for module in import_submodules("kerasarch.commands"):
         module.register(sub)
     for p in sub.choices.values():
-        add_debug_flag(p)
+        add_debug_flag(p, sub_command=True)
     return parser
 
 

@@ -48,9 +48,12 @@ def format_error(error: BaseException) -> str:
     return line if len(line) <= 2000 else line[:1997] + "..."
 
 
-def add_debug_flag(parser) -> None:
-    """Adds ``--debug`` (show tracebacks) to ``parser``."""
-    parser.add_argument("--debug", action="store_true", default=False,
+def add_debug_flag(parser, *, sub_command=False) -> None:
+    """Adds ``--debug`` (show tracebacks) to ``parser``; on a sub-command's parser it only ever sets it, so
+    ``prog --debug COMMAND`` and ``prog COMMAND --debug`` both work."""
+    import argparse
+
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub_command else False,
                         help="show the full traceback of an error (also: KERASARCH_DEBUG=1)")
 
 
