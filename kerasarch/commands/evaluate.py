@@ -71,7 +71,7 @@ def evaluate_dataset(net: InferenceModel, dataset, label_to_output: list[int], *
     """
     import numpy as np
 
-    from kerasarch.commands.predict import _progress
+    from kerasarch.commands.predict import progress_bar
 
     k = min(5, net.num_classes)
     n_labels = len(label_to_output)
@@ -95,7 +95,7 @@ def evaluate_dataset(net: InferenceModel, dataset, label_to_output: list[int], *
         batch.clear()
         labels.clear()
 
-    with _progress(total or 0, "evaluate") as bar:
+    with progress_bar(total or 0, "evaluate") as bar:
         task = bar.add_task("images", total=total)
         for image, label in dataset:
             batch.append(np.asarray(net.transform(image), dtype="float32"))

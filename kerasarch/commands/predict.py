@@ -21,7 +21,7 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["InferenceModel", "load_for_inference", "list_images", "read_image", "predict_files", "register", "run"]
+__all__ = ["InferenceModel", "load_for_inference", "list_images", "predict_files", "progress_bar", "register", "run"]
 
 
 @dataclasses.dataclass
@@ -212,27 +212,20 @@ def list_images(target: str) -> list[str]:
     return found
 
 
-def read_image(path: str, channels: int):
-    """``(image, None)``: a float32 ``(h, w, c)`` array in [0, 255], or ``(None, reason)`` when the file is not a
-    usable image (the cheap signature check of :func:`kerasarch.data.check_image_file`, then a full decode)."""
-    import tensorflow as tf
+def _read(path: str, channels: int):
+    """``(image, None)``, or ``(None, reason)`` for a file that is not a usable image
+    (:func:`kerasarch.data.read_image`: the cheap signature check, then a full decode)."""
+    import numpy as np
 
-    from kerasarch.data import check_image_file
+    from kerasarch.data import ImageFileError, read_image
 
-    reason = check_image_file(path)
-    if reason is not None:
-        return None, reason
     try:
-        with open(path, "rb") as f:
-            data = f.read()
-        image = tf.io.decode_image(data, channels=3 if channels not in (1, 3) else channels,
-                                   expand_animations=False)
-    except (tf.errors.OpError, OSError, ValueError) as e:
-        return None, f"cannot be decoded ({' '.join(str(getattr(e, 'message', e)).split())[:120]})"
-    return tf.cast(image, tf.float32), None
+        return np.asarray(read_image(path, 1 if channels == 1 else 3), dtype="float32"), None
+    except ImageFileError as e:
+        return None, str(e)
 
 
-def _progress(total, label):
+def progress_bar(total, label):
     """A rich progress bar on standard error when it is a terminal; otherwise nothing."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -261,10 +254,10 @@ def predict_files(net: InferenceModel, paths: list[str], *, top: int = 5, batch_
         batch.clear()
         batch_paths.clear()
 
-    with _progress(len(paths), "predict") as bar:
+    with progress_bar(len(paths), "predict") as bar:
         task = bar.add_task("images", total=len(paths))
         for path in paths:
-            image, reason = read_image(path, channels)
+            image, reason = _read(path, channels)
             if image is None:
                 skipped.append((path, reason))
             else:
@@ -340,7 +333,7 @@ def run(args):
     print(f"kerasarch predict: {net.description}; {len(paths)} file(s)", file=sys.stderr)
     rows, skipped = predict_files(net, paths, top=args.top, batch_size=args.batch_size)
     for path, reason in skipped:
-        print(f"kerasarch predict: skipped {path}: {reason}", file=sys.stderr)
+        print(f"kerasarch predict: skipped: {reason}", file=sys.stderr)
     top = max(1, min(args.top, net.num_classes))
     if args.out:
         from kerasarch.training.checkpoint import atomic_write_text
