@@ -16,7 +16,7 @@ from finetune.errors import FinetuneError
 from finetune.sources import stratified_split
 from finetune.store import FeatureSet, check_same_source, load_features, save_npz, write_json
 
-__all__ = ["LinearProbe", "fit_linear", "pool_features", "register", "run"]
+__all__ = ["LinearProbe", "fit_linear", "folded_head", "pool_features", "register", "run", "solve_linear"]
 
 
 def pool_features(x, pool="auto"):
@@ -86,15 +86,44 @@ def fit_linear(train, test=None, *, test_fraction=0.2, backend="sklearn", C=1.0,
         x_train, y_train, x_test, y_test = x[tr], y[tr], x[te], y[te]
     if len(np.unique(y_train)) < 2:
         raise FinetuneError("A classifier needs training images of at least 2 classes.")
-    mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0) + 1e-6
-    z = (x_train - mean) / std
     classes = len(train.class_names)
+    kernel, bias, mean, std = solve_linear(x_train, y_train, classes, C=C, backend=backend, seed=seed, epochs=epochs)
+    source = {k: train.metadata.get(k) for k in ("model", "tap", "weights_sha256", "preprocessing", "input_shape")}
+    probe = LinearProbe(kernel, bias, mean, std, train.class_names, source)
+    result = {"accuracy": float(np.mean(probe.predict(x_test) == y_test)) if len(y_test) else float("nan"),
+              "train_accuracy": float(np.mean(probe.predict(x_train) == y_train)),
+              "num_train": len(y_train), "num_test": len(y_test), "backend": backend, "C": C,
+              "feature_dim": int(x_train.shape[1]), **source}
+    return probe, result
+
+
+def solve_linear(x, y, classes, *, C=1.0, backend="sklearn", seed=0, epochs=300):
+    """Multinomial logistic regression with an L2 penalty on standardised features, fitted to convergence.
+
+    The objective (scikit-learn's): ``sum_i CE(softmax(z_i W + b), y_i) + ||W||^2 / (2 C)`` with
+    ``z = (x - mean) / std`` (training statistics); convex, so the solution is unique.
+
+    Args:
+        x: (N, D) features; y: (N,) integer labels in ``[0, classes)``.
+        classes: the number of classes (a class without training images gets a bias of -1e9: never predicted).
+        C: inverse L2 strength. backend: ``"sklearn"`` (L-BFGS) or ``"keras"`` (a Dense softmax layer, Adam).
+
+    Returns:
+        ``(kernel (D, classes), bias (classes,), mean (D,), std (D,))``, float32.
+    """
+    x = np.asarray(x, "float32")
+    y = np.asarray(y)
+    if len(np.unique(y)) < 2:
+        raise FinetuneError(f"A classifier needs training images of at least 2 classes. Received labels: "
+                            f"{sorted(set(y.tolist()))}")
+    mean = x.mean(axis=0)
+    std = x.std(axis=0) + 1e-6
+    z = (x - mean) / std
     if backend == "sklearn":
         from sklearn.linear_model import LogisticRegression
 
-        clf = LogisticRegression(C=C, max_iter=5000)
-        clf.fit(z, y_train)
+        clf = LogisticRegression(C=C, max_iter=5000, tol=1e-6)
+        clf.fit(z, y)
         kernel = np.zeros((z.shape[1], classes), "float32")
         bias = np.full((classes,), -1e9, "float32")  # classes absent from the training set are never predicted
         coef, intercept = clf.coef_, clf.intercept_
@@ -103,16 +132,17 @@ def fit_linear(train, test=None, *, test_fraction=0.2, backend="sklearn", C=1.0,
         kernel[:, clf.classes_] = coef.T
         bias[clf.classes_] = intercept
     elif backend == "keras":
-        kernel, bias = _keras_softmax_regression(z, y_train, classes, C, seed, epochs)
+        kernel, bias = _keras_softmax_regression(z, y, classes, C, seed, epochs)
     else:
         raise FinetuneError(f"--backend must be sklearn or keras. Received: {backend!r}")
-    source = {k: train.metadata.get(k) for k in ("model", "tap", "weights_sha256", "preprocessing", "input_shape")}
-    probe = LinearProbe(kernel, bias, mean.astype("float32"), std.astype("float32"), train.class_names, source)
-    result = {"accuracy": float(np.mean(probe.predict(x_test) == y_test)) if len(y_test) else float("nan"),
-              "train_accuracy": float(np.mean(probe.predict(x_train) == y_train)),
-              "num_train": len(y_train), "num_test": len(y_test), "backend": backend, "C": C,
-              "feature_dim": int(z.shape[1]), **source}
-    return probe, result
+    return kernel.astype("float32"), bias.astype("float32"), mean.astype("float32"), std.astype("float32")
+
+
+def folded_head(kernel, bias, mean, std):
+    """The Dense layer computing the same scores on raw features: ``x @ (kernel / std) + (bias - (mean / std)
+    @ kernel)``. Returns ``(kernel, bias)``."""
+    scaled = kernel / std[:, None]
+    return scaled.astype("float32"), (bias - (mean / std) @ kernel).astype("float32")
 
 
 def _keras_softmax_regression(z, y, classes, C, seed, epochs):
