@@ -1,24 +1,31 @@
-"""Exporting a classifier for serving: TensorFlow SavedModel, TFLite (float32 / float16 / int8) and ONNX.
+"""Exporting a classifier for serving: TensorFlow SavedModel (in TensorFlow Serving's layout), TFLite (float32 /
+float16 / int8) and ONNX.
 
-Every export carries its input handling inside the graph — resize to the model's input size (SavedModel and ONNX;
+Every export carries its input handling inside the graph — fitting to the model's input size (SavedModel and ONNX;
 TFLite takes the model's size), the preprocessing the weights expect (``caffe``, ``torch``, ``tf`` or ``none``, see
-:data:`kerasarch.weights.PREPROCESSING`) and a softmax where the model ends in logits — so a client sends RGB pixels
+:data:`kerasarch.weights.PREPROCESSING`) and a softmax where the model ends in logits — so a client sends images
 and gets float32 probabilities back. The class names travel in ``labels.txt`` and ``kerasarch_export.json``
 (SavedModel: ``assets.extra/``), and in the SavedModel's ``top5_classes`` output.
 
 =========== ====================================================== ===============================================
 format      input                                                  outputs
 =========== ====================================================== ===============================================
-saved_model ``images``: uint8 ``[batch, height, width, 3]``, any   ``probabilities`` float32 ``[batch, classes]``,
-            size (``serving_default``; ``features`` for ``tap``)   ``top5_indices`` int32, ``top5_probabilities``,
-                                                                   ``top5_classes`` string; ``features``: the tap
+saved_model ``serving_default``: ``image_bytes``, string ``[batch]``  ``probabilities`` float32 ``[batch, classes]``,
+            (encoded JPEG, PNG, GIF or BMP files of any sizes);    ``top5_indices`` int32, ``top5_probabilities``,
+            ``predict_images``: ``images``, uint8 ``[batch,        ``top5_classes`` string; ``features``: the tap
+            height, width, channels]`` (1-4 channels, any size);
+            ``features`` (with ``tap``): as ``predict_images``
 tflite      ``images``: uint8 ``[1, H, W, 3]`` at the model's size ``probabilities`` float32 ``[1, classes]``
 onnx        ``images``: uint8 ``[batch, height, width, 3]``, any   ``probabilities``, ``top5_indices``
             size
 =========== ====================================================== ===============================================
 
-Writing is atomic: the export is built in a temporary directory beside ``out`` and renamed into place, so a
-failure leaves nothing behind, and an existing ``out`` is replaced only with ``overwrite=True``.
+A SavedModel is written as the version folder ``out/<version>/`` of model base ``out`` (TensorFlow Serving loads
+the highest version and picks up new ones live), with TF Serving's warm-up requests in
+``assets.extra/tf_serving_warmup_requests``; ``docs/serving.md`` shows how to serve it. Writing is atomic: the
+export is built in a temporary folder beside its target and renamed into place, so a failure leaves nothing
+behind; existing versions are never touched, and ``overwrite=True`` replaces only an earlier export (see
+:func:`export_target`).
 """
 
 from __future__ import annotations
@@ -253,6 +260,7 @@ def _atomic_directory(target, replace_parent=None):
     """
     swap = replace_parent or target
     parent = os.path.dirname(swap)
+    created = not os.path.lexists(parent)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=_TMP, dir=parent)
     os.chmod(tmp, 0o777 & ~_umask())
@@ -272,6 +280,9 @@ def _atomic_directory(target, replace_parent=None):
             shutil.rmtree(old)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if created:  # the model base folder made for this export, left empty
+            with contextlib.suppress(OSError):
+                os.rmdir(parent)
         raise
 
 

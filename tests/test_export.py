@@ -2,6 +2,10 @@
 float16 / int8 (LiteRT interpreter) and ONNX (onnxruntime), each against the Keras model's outputs on real
 images (scikit-learn's digits, upscaled), plus the `kerasarch export` command's safety rules.
 
+The references never use the export's own preprocessing: the 'tf' convention (x / 127.5 - 1) is written here, the
+others come from keras.applications' preprocess_input. Serving encoded images (the SavedModel's serving_default),
+TF Serving's layout and warm-up are tested in test_serving.py.
+
 Stated tolerances (probabilities; the reference is the Keras model with the same preprocessing):
 SavedModel, TFLite float32, ONNX: max abs diff <= 1e-5 and identical top-1; TFLite float16: <= 1e-2 and >= 98 %
 top-1 agreement; TFLite int8: <= 0.15 and >= 90 % top-1 agreement; mixed precision (bfloat16 compute, 8-bit
@@ -21,10 +25,15 @@ import tensorflow as tf
 
 import kerasarch
 from kerasarch.cli import main as cli
-from kerasarch.export import ExportError, export_model, preprocess_images, representative_images
+from kerasarch.export import ExportError, export_model, representative_images
 
 SIZE = 32  # resnet20 (CIFAR) input size
 CLASS_NAMES = [f"digit_{i}" for i in range(10)]
+
+
+def _tf_convention(images):
+    """keras.applications' 'tf' mode, written out: pixels in [0, 255] to [-1, 1]."""
+    return np.asarray(images, "float32") / 127.5 - 1.0
 
 
 def _digits(size=SIZE):
@@ -44,7 +53,7 @@ def digits_model(tmp_path_factory):
     images, labels = _digits()
     model = kerasarch.build_model("resnet20", classes=10)
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(preprocess_images(images[:1200], "tf").numpy(), labels[:1200], epochs=2, batch_size=100, verbose=0)
+    model.fit(_tf_convention(images[:1200]), labels[:1200], epochs=2, batch_size=100, verbose=0)
     path = tmp_path_factory.mktemp("digits") / "resnet20_digits.weights.h5"
     model.save_weights(path)
     keras.backend.clear_session()
@@ -56,7 +65,7 @@ def _load(weights_path):
 
 
 def _keras_probabilities(model, images):
-    return np.asarray(model(preprocess_images(images, "tf"), training=False))
+    return np.asarray(model(_tf_convention(images), training=False))
 
 
 def _agree(got, want, atol, min_top1, what):
@@ -73,10 +82,11 @@ def test_saved_model_serving_and_feature_signatures(digits_model, tmp_path):
     want = _keras_probabilities(model, images)
     assert (want.argmax(-1) == _digits()[1][1200:]).mean() > 0.5  # the model did learn something
     out = export_model(model, tmp_path / "sm", preprocessing="tf", class_names=CLASS_NAMES, tap="conv4_x")
+    assert out == str(tmp_path / "sm" / "1")  # TF Serving's layout: a numbered version folder
     loaded = tf.saved_model.load(out)
-    serve = loaded.signatures["serving_default"]
+    serve = loaded.signatures["predict_images"]
     spec = serve.structured_input_signature[1]["images"]
-    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, 3]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, None, None, None]
     got = serve(images=tf.constant(images))
     assert got["probabilities"].dtype == tf.float32
     _agree(got["probabilities"], want, 1e-5, 1.0, "SavedModel")
@@ -91,7 +101,7 @@ def test_saved_model_serving_and_feature_signatures(digits_model, tmp_path):
            "SavedModel, resized input")
     tap = keras.Model(model.input, model.get_layer("conv4_block3_out").output)
     features = loaded.signatures["features"](images=tf.constant(images[:8]))["features"]
-    np.testing.assert_allclose(features, tap(preprocess_images(images[:8], "tf")), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(features, tap(_tf_convention(images[:8])), rtol=1e-5, atol=1e-5)
     meta = json.load(open(os.path.join(out, "assets.extra", "kerasarch_export.json")))
     assert meta["preprocessing"] == "tf" and meta["class_names"] == CLASS_NAMES and meta["tap_layer"] == \
         "conv4_block3_out"
@@ -107,7 +117,7 @@ def test_saved_model_cli_run(digits_model, tmp_path):
     if not os.path.exists(cli_bin):
         pytest.skip("saved_model_cli (installed with tensorflow) not found beside the interpreter")
     result = subprocess.run([cli_bin, "run", "--dir", out, "--tag_set", "serve", "--signature_def",
-                             "serving_default", "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir",
+                             "predict_images", "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir",
                              str(tmp_path / "cli_out")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     probs = np.load(tmp_path / "cli_out" / "probabilities.npy")
@@ -123,7 +133,7 @@ def test_mixed_precision_model_exports_float32_outputs(digits_model, tmp_path):
     assert mixed.get_layer("conv1_conv").compute_dtype == "bfloat16"
     out = export_model(mixed, tmp_path / "sm_mixed", preprocessing="tf")
     keras.config.set_dtype_policy("float32")
-    got = tf.saved_model.load(out).signatures["serving_default"](images=tf.constant(images))
+    got = tf.saved_model.load(out).signatures["predict_images"](images=tf.constant(images))
     assert got["probabilities"].dtype == tf.float32
     _agree(got["probabilities"], want, 0.1, 0.95, "mixed-precision SavedModel")
 
@@ -134,10 +144,11 @@ def test_googlenet_auxiliary_heads_are_stripped(tmp_path):
     model = kerasarch.build_model("googlenet_bn", aux_logits=True, input_shape=(96, 96, 3))
     assert len(model.outputs) == 3
     out = export_model(model, tmp_path / "g")
-    got = tf.saved_model.load(out).signatures["serving_default"]
+    got = tf.saved_model.load(out).signatures["predict_images"]
     images = representative_images(96, 2)
     main = keras.Model(model.input, model.get_layer("predictions").output)
-    want = np.asarray(main(preprocess_images(images, kerasarch.get_spec("googlenet_bn").preprocessing)))
+    mode = kerasarch.get_spec("googlenet_bn").preprocessing
+    want = np.asarray(main(keras.applications.imagenet_utils.preprocess_input(images.astype("float32"), mode=mode)))
     probs = got(images=tf.constant(images))["probabilities"]
     assert probs.shape == (2, 1000)
     np.testing.assert_allclose(probs, want, atol=1e-5)
@@ -243,12 +254,15 @@ def test_cli_export_with_weights_file_and_overwrite_rules(digits_model, tmp_path
     out = tmp_path / "exported"
     assert _cli("resnet20", "--weights", weights, "--format", "saved_model", "--out", out,
                 "--preprocessing", "tf") == 0
-    got = tf.saved_model.load(str(out)).signatures["serving_default"](images=tf.constant(images[:10]))
+    got = tf.saved_model.load(str(out / "1")).signatures["predict_images"](images=tf.constant(images[:10]))
     _agree(got["probabilities"], _keras_probabilities(_load(weights), images[:10]), 1e-5, 1.0, "CLI SavedModel")
-    stamp = os.path.getmtime(out / "saved_model.pb")
-    assert _cli("resnet20", "--format", "saved_model", "--out", out) == 2  # exists, no --overwrite
+    stamp = os.path.getmtime(out / "1" / "saved_model.pb")
+    assert _cli("resnet20", "--format", "saved_model", "--out", out, "--version", 1) == 2  # exists, no --overwrite
     assert "exists" in capsys.readouterr().err
-    assert os.path.getmtime(out / "saved_model.pb") == stamp
+    assert os.path.getmtime(out / "1" / "saved_model.pb") == stamp
+    assert _cli("resnet20", "--format", "tflite", "--out", out, "--input-size", 32) == 2
+    assert "exists" in capsys.readouterr().err
+    # A model base holding only exports is an earlier export: --overwrite replaces it.
     assert _cli("resnet20", "--format", "tflite", "--out", out, "--overwrite", "--input-size", 32) == 0
     assert sorted(os.listdir(out)) == ["kerasarch_export.json", "labels.txt", "model.tflite"]
     assert sorted(os.listdir(tmp_path)) == ["exported"]  # no temporary or backup directory left behind
@@ -266,10 +280,13 @@ def test_failed_export_leaves_no_directory_and_keeps_the_old_one(tmp_path, monke
     assert _cli("resnet20", "--format", "saved_model", "--out", tmp_path / "new") == 2
     assert "disk full" in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
-    (tmp_path / "old").mkdir()
-    (tmp_path / "old" / "keep.txt").write_text("previous export")
-    assert _cli("resnet20", "--format", "saved_model", "--out", tmp_path / "old", "--overwrite") == 2
-    assert os.listdir(tmp_path) == ["old"] and (tmp_path / "old" / "keep.txt").read_text() == "previous export"
+    old = tmp_path / "old" / "1"  # an earlier export (the SavedModel layout)
+    old.mkdir(parents=True)
+    (old / "saved_model.pb").write_text("previous export")
+    assert _cli("resnet20", "--format", "saved_model", "--out", tmp_path / "old", "--version", 1, "--overwrite") == 2
+    assert "disk full" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == ["old"] and os.listdir(tmp_path / "old") == ["1"]
+    assert os.listdir(old) == ["saved_model.pb"] and (old / "saved_model.pb").read_text() == "previous export"
 
 
 def test_cli_refuses_options_that_do_not_apply(tmp_path, capsys):
@@ -283,9 +300,9 @@ def test_cli_vgg_fc7_tap(tmp_path):
     """The lecture's transfer feature: VGG's FC7 as a serving signature (VGG11 at 32×32 keeps the file small)."""
     out = tmp_path / "vgg"
     assert _cli("vgg11", "--format", "saved_model", "--out", out, "--tap", "fc7", "--input-size", 32) == 0
-    loaded = tf.saved_model.load(str(out))
+    loaded = tf.saved_model.load(str(out / "1"))
     images = representative_images(32, 2)
     fc7 = loaded.signatures["features"](images=tf.constant(images))["features"]
     assert fc7.shape == (2, 4096) and fc7.dtype == tf.float32
-    meta = json.load(open(out / "assets.extra" / "kerasarch_export.json"))
+    meta = json.load(open(out / "1" / "assets.extra" / "kerasarch_export.json"))
     assert meta["tap_layer"] == "fc2" and meta["preprocessing"] == "caffe"

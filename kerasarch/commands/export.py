@@ -9,18 +9,29 @@ import sys
 
 def register(sub):
     p = sub.add_parser("export", help="export a model for serving (SavedModel, TFLite, ONNX)",
-                       description="Export a registered model for serving: uint8 RGB images in, float32 "
-                                   "probabilities (and top-5) out, with resize and preprocessing inside the graph.")
+                       description="Export a registered model for serving: encoded images (JPEG, PNG, GIF, BMP; "
+                                   "SavedModel) or uint8 pixels in, float32 probabilities (and top-5 with class "
+                                   "names) out, with decoding, fitting and preprocessing inside the graph. See "
+                                   "docs/serving.md for TensorFlow Serving.")
     p.add_argument("model", help="registry name, e.g. vgg16 (see `kerasarch list`)")
     p.add_argument("--weights", default=None,
                    help="'imagenet', 'imagenet:keras', 'imagenet:torchvision' or a weights file (.keras, .weights.h5, "
                         "keras.applications .h5, torchvision .pth, .safetensors); default: random initialisation")
     p.add_argument("--format", required=True, choices=("saved_model", "tflite", "onnx"))
-    p.add_argument("--out", required=True, help="export directory (must not exist unless --overwrite)")
+    p.add_argument("--out", required=True,
+                   help="SavedModel: the model base folder, written as OUT/<version>/ (TensorFlow Serving's layout); "
+                        "TFLite/ONNX: the export folder (must not exist unless --overwrite)")
+    p.add_argument("--version", type=int, default=None,
+                   help="SavedModel only: the version folder's number (default: one more than the highest in OUT)")
     p.add_argument("--tap", default=None,
                    help="SavedModel only: add a 'features' signature for this tap (paper name such as fc7, or a "
                         "layer name)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing export directory")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier export (the --version folder, or a TFLite/ONNX folder); anything that "
+                        "is not an export is never replaced")
+    p.add_argument("--no-warmup", dest="warmup", action="store_false",
+                   help="SavedModel only: leave out TF Serving's warm-up requests (assets.extra/"
+                        "tf_serving_warmup_requests)")
     p.add_argument("--quantize", default=None, choices=("float16", "int8"), help="TFLite only")
     p.add_argument("--preprocessing", default=None, choices=("caffe", "torch", "tf", "none"),
                    help="input convention (default: what the weights expect, else the model's spec)")
@@ -39,8 +50,8 @@ def _fail(message):
 
 def run(args):
     out = os.path.abspath(args.out)
-    if os.path.lexists(out) and not args.overwrite:
-        return _fail(f"{out} exists; pass --overwrite to replace it.")
+    if args.version is not None and args.format != "saved_model":
+        return _fail(f"--version applies to --format saved_model only (got --format {args.format}).")
     if args.quantize and args.format != "tflite":
         return _fail(f"--quantize applies to --format tflite only (got --format {args.format}).")
     if args.tap and args.format != "saved_model":
@@ -50,17 +61,23 @@ def run(args):
 
     import numpy as np
 
-    from kerasarch.export import ExportError, export_model, prepare_model
+    from kerasarch.export import ExportError, export_model, export_target, prepare_model
 
+    try:
+        export_target(out, format=args.format, version=args.version, overwrite=args.overwrite)  # before any work
+    except (ExportError, FileExistsError) as e:
+        return _fail(str(e))
     try:
         calibration = np.load(args.calibration) if args.calibration else None
         model, preprocessing, class_names = prepare_model(args.model, args.weights, preprocessing=args.preprocessing,
                                                           input_size=args.input_size)
         path = export_model(model, out, format=args.format, tap=args.tap, overwrite=args.overwrite,
                             quantize=args.quantize, preprocessing=preprocessing, class_names=class_names,
-                            calibration_images=calibration)
+                            calibration_images=calibration, version=args.version, warmup=args.warmup)
     except (ExportError, FileExistsError, FileNotFoundError, ValueError, OSError) as e:
         return _fail(str(e))
     print(f"Exported {args.model} ({args.format}{', ' + args.quantize if args.quantize else ''}; preprocessing "
           f"{preprocessing}) to {path}")
+    if args.format == "saved_model":
+        print(f"Serve it with TensorFlow Serving: --model_base_path={out} (see docs/serving.md)")
     return 0
