@@ -294,8 +294,8 @@ def warmup_cosine(lr, steps, warmup=0.1):
 
 def layer_groups(model, spec, decay):
     """Layer-wise learning-rate multipliers (Howard & Ruder 2018, arXiv:1801.06146; Clark et al. 2020,
-    arXiv:2003.10555): the layers up to the first declared tap get ``decay ** n``, those up to the next
-    ``decay ** (n - 1)`` ..., the layers after the last tap and the head get 1.
+    arXiv:2003.10555): with ``n`` declared taps, the layers up to the first get ``decay ** (n - 1)``, those up to
+    the next ``decay ** (n - 2)`` ..., those up to the last tap, after it and the head get 1.
 
     Returns:
         ``{layer name: multiplier}`` for every layer of ``model``.
@@ -319,7 +319,7 @@ def layer_groups(model, spec, decay):
         upto = {lay.name for lay in keras.Model(model.inputs, model.get_layer(layer).output).layers}
         for name in upto - seen:
             if not name.startswith(HEAD_PREFIX):
-                mult[name] = float(decay) ** (depth - i)
+                mult[name] = float(decay) ** (depth - 1 - i)
         seen |= upto
     return mult
 
