@@ -134,6 +134,9 @@ def load_backbone(name, weights=None, *, input_shape=None, classes=None, seed=0,
     saved_name = None
     if weights is not None:
         weights = os.fspath(weights)
+        if not os.path.isfile(weights) and weights.split(":", 1)[0] == "imagenet":
+            raise FinetuneError(f"--weights {weights!r} names published weights, and fine-tuning starts from a file "
+                                f"here: pass a .keras or .weights.h5 file. Received: {weights!r}")
         if not os.path.isfile(weights):
             raise FinetuneError(f"Weights file not found: {weights!r}.")
         if not weights.endswith((".keras", ".weights.h5")):
