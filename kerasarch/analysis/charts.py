@@ -4,13 +4,15 @@
   (after Canziani, Paszke & Culurciello 2016, arXiv:1605.07678, Fig. 2).
 - :func:`speed_chart`: latency at batch 1 and throughput at the large batch, as bars.
 - :func:`memory_chart`: weights, estimated forward activations at the large batch and measured peak RSS.
+- :func:`checkpoints_chart`: every published checkpoint's top-1 against GMACs (:func:`published_top1`), the
+  checkpoints of one network joined by a line.
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["accuracy_chart", "speed_chart", "memory_chart"]
+__all__ = ["accuracy_chart", "speed_chart", "memory_chart", "published_top1", "checkpoints_chart"]
 
 
 def _figure(width, height):
@@ -155,5 +157,56 @@ def memory_chart(results, path, batch=32):
     ax.legend(fontsize=8, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     ax.grid(True, axis="x", alpha=0.3)
     fig.tight_layout()
+    fig.savefig(path)
+    return path
+
+
+def published_top1() -> list[dict]:
+    """Every registered variant with a published ImageNet top-1, from its checkpoints (the weights declared beside
+    its architecture): ``{"model", "gmacs", "params", "checkpoints": [(label, top1), ...]}``, checkpoints in the
+    order declared. Variants without a reference GMACs figure are left out (they cannot be placed on the x axis)."""
+    from kerasarch.registry import get_spec, list_models
+
+    points = []
+    for name in list_models():
+        spec = get_spec(name)
+        published = [(f"{c.source}:{getattr(c, 'id', c.source)}", c.top1) for c in getattr(spec, "checkpoints", ())
+                     if c.top1 is not None]
+        if spec.gmacs and published:
+            points.append({"model": name, "gmacs": spec.gmacs, "params": spec.params or 0,
+                           "checkpoints": published})
+    return points
+
+
+def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply-adds, every checkpoint"):
+    """The lecture's comparison (Canziani et al. 2016, Fig. 2) with every published checkpoint: one point per
+    checkpoint at its variant's GMACs, the checkpoints of one variant (V1, V2, ...) joined by a line, bubble area ∝
+    parameters. ``points``: as :func:`published_top1` returns."""
+    fig = _figure(11, 7)
+    ax = fig.add_subplot(1, 1, 1)
+    max_params = max((p["params"] for p in points), default=1) or 1
+    area_per_param = 900.0 / max_params
+    for i, p in enumerate(sorted(points, key=lambda p: p["gmacs"])):
+        color = f"C{i % 10}"
+        ys = sorted(t for _, t in p["checkpoints"])
+        xs = [p["gmacs"]] * len(ys)
+        if len(ys) > 1:
+            ax.plot(xs, ys, color=color, linewidth=1.5, alpha=0.8, zorder=2)
+        ax.scatter(xs, ys, s=max(p["params"] * area_per_param, 12), color=color, alpha=0.6, edgecolors="black",
+                   linewidths=0.6, zorder=3)
+        ax.annotate(p["model"], (p["gmacs"], ys[-1]), xytext=(6, 2), textcoords="offset points", fontsize=7,
+                    zorder=4)
+    if points:
+        xs = [p["gmacs"] for p in points]
+        ax.set_xscale("log")
+        ax.set_xlim(min(xs) / 1.6, max(xs) * 2.2)
+    ax.set_xlabel("multiply-adds per image (GMACs, reference figure at 224x224)")
+    ax.set_ylabel("published ImageNet top-1 (%)")
+    ax.set_title(title)
+    ax.grid(True, alpha=0.3, zorder=0)
+    fig.text(0.01, 0.01, "Each point: one published checkpoint's top-1 (its own evaluation transform). A line joins "
+             "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters.",
+             fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
     return path
