@@ -149,10 +149,14 @@ def apply_classifier(x, include_top, pooling, classes, classifier_activation, *,
 
 
 def finish_model(inputs, outputs, name, weights=None, input_tensor=None):
-    """Makes the Functional model and loads ``weights`` (None or a file path)."""
+    """Makes the Functional model (a :class:`~kerasarch.card.CardModel`, whose card the registry fills in) and
+    loads ``weights`` (None or a file path; ``"imagenet"`` needs the card, so :func:`kerasarch.build_model` loads
+    it after attaching the card)."""
+    from kerasarch.card import CardModel
+
     if input_tensor is not None and keras.backend.is_keras_tensor(input_tensor):
         inputs = keras.utils.get_source_inputs(input_tensor)
-    model = keras.Model(inputs, outputs, name=name)
+    model = CardModel(inputs, outputs, name=name)
     if weights is not None:
         load_weights_file(model, weights)
     return model
@@ -160,7 +164,7 @@ def finish_model(inputs, outputs, name, weights=None, input_tensor=None):
 
 def load_weights_file(model, weights):
     """Loads ``weights`` into ``model``: ``"imagenet"`` / ``"imagenet:<source>"`` (the published checkpoint of the
-    model's registry name, downloaded and checksummed) or the path of a ``.keras``, ``.weights.h5``,
+    variant its card names, downloaded and checksummed) or the path of a ``.keras``, ``.weights.h5``,
     keras.applications ``.h5``, torchvision ``.pth`` or ``.safetensors`` file; see :mod:`kerasarch.weights`."""
     from kerasarch.weights.loading import load_weights
 

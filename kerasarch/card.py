@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import os
+import zipfile
 from typing import Any, Callable, Mapping
 
 import keras
@@ -37,11 +38,13 @@ __all__ = [
     "ModelCard",
     "CardModel",
     "preprocessing_constants",
+    "preprocessing_description",
     "card_of",
     "has_card",
     "with_card",
     "update_card",
     "tap_info",
+    "read_card",
 ]
 
 PREPROCESSING_MODES = ("caffe", "torch", "tf", "unit", "lecun", "none")
@@ -92,6 +95,12 @@ def preprocessing_constants(mode: str, channels: int = 3) -> tuple[float, tuple,
     if channels != 3:
         mean, std, bgr = (sum(mean) / 3,) * channels, (sum(std) / 3,) * channels, False
     return scale, tuple(mean), tuple(std), bgr
+
+
+def preprocessing_description(mode: str) -> str:
+    """One line saying what preprocessing ``mode`` does to ``[0, 255]`` pixels."""
+    _check_choice("preprocessing", mode, PREPROCESSING_MODES)
+    return _DESCRIPTIONS[mode]
 
 
 def _check_choice(what, value, allowed):
@@ -403,20 +412,55 @@ def update_card(model: Any, **changes) -> Any:
     return with_card(model, card.replace(**changes))
 
 
+def _own_stride(layer):
+    strides = getattr(layer, "strides", None)
+    if strides is None and hasattr(layer, "pool_size") and not isinstance(layer, keras.layers.UpSampling2D):
+        strides = layer.pool_size
+    if strides is None:
+        return None if isinstance(layer, (keras.layers.UpSampling2D, getattr(keras.layers, "AdaptiveAveragePooling2D",
+                                                                            keras.layers.UpSampling2D))) else 1
+    return int(strides[0] if isinstance(strides, (tuple, list)) else strides)
+
+
+def _strides(model):
+    """``{layer name: input pixels per output pixel}`` along the graph (``None`` past a layer that resamples by
+    a factor it does not state)."""
+    from kerasarch import keras_compat
+
+    out = {}
+    for layer in model.layers:
+        own = _own_stride(layer)
+        nodes = keras_compat.inbound_nodes(layer)
+        inputs = [keras_compat.producer(t) for t in nodes[0].input_tensors] if nodes else []
+        before = [out.get(p.name) for p in inputs if p is not None] or [1]
+        out[layer.name] = None if own is None or None in before else own * max(before)
+    return out
+
+
 def tap_info(model: Any, taps: Mapping[str, str]) -> dict:
     """``{paper name: {"layer", "channels", "stride"}}`` for the ``taps`` (paper name → layer name) that ``model``
-    has. Stride is the input side over the tap's side (``None`` for vectors or unknown sizes)."""
+    has. Stride: input pixels per feature-map pixel, the product of the strides on the way (``None`` for vectors)."""
     names = {layer.name for layer in model.layers}
-    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
-    side = shape[1] if shape and len(shape) == 4 else None
+    strides = _strides(model)
     out = {}
     for tap, layer_name in taps.items():
         if layer_name not in names:
             continue
         out_shape = model.get_layer(layer_name).output.shape
         channels = int(out_shape[-1]) if out_shape[-1] is not None else None
-        stride = None
-        if len(out_shape) == 4 and side and out_shape[1]:
-            stride = int(math.ceil(side / out_shape[1])) if side % out_shape[1] else side // out_shape[1]
+        stride = strides.get(layer_name) if len(out_shape) == 4 else None
         out[tap] = {"layer": layer_name, "channels": channels, "stride": stride}
     return out
+
+
+def read_card(path: str | os.PathLike) -> ModelCard | None:
+    """The card stored in a ``.keras`` file, read from its config without loading the model; ``None`` when the
+    file was saved from a model without one."""
+    path = os.fspath(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            config = json.loads(zf.read("config.json"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, OSError) as e:
+        raise ValueError(f"{path!r} is not a readable .keras file: {e}") from e
+    card = (config.get("config") or {}).get("card")
+    return ModelCard.from_dict(card) if card else None

@@ -1,8 +1,12 @@
 """Model registry: ``build_model``, ``list_models``, ``get_spec``.
 
-Every architecture registers a :class:`ModelSpec` (what the model is, where it comes from, the figures it
-must reproduce) together with its builder. Families register themselves when ``kerasarch.applications`` is
+Every architecture declares its variants once, beside its builder, as a module-level tuple ``VARIANTS`` of
+:class:`ModelSpec` (what the model is, the figures it must reproduce, its taps, its default recipe and its published
+checkpoints) passed to :func:`register_models`. Families register themselves when ``kerasarch.applications`` is
 imported; the registry imports that package lazily so that ``import kerasarch`` stays cheap.
+
+:func:`build_model` attaches the variant's :class:`~kerasarch.card.ModelCard` to the model it returns, and loads
+``weights`` through that card, so nothing later needs the model's name.
 """
 
 from __future__ import annotations
@@ -12,7 +16,9 @@ import difflib
 import fnmatch
 from typing import Any, Callable, Mapping
 
-__all__ = ["ModelSpec", "register_model", "build_model", "list_models", "get_spec"]
+from kerasarch.card import Checkpoint, InputConfig, ModelCard, tap_info, with_card
+
+__all__ = ["ModelSpec", "register_model", "register_models", "build_model", "list_models", "get_spec"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,7 +43,14 @@ class ModelSpec:
         gmacs: reference multiply-adds (G) at the default input size, where published.
         top1: ImageNet (or the paper's dataset) top-1 accuracy in %, where published, for charts.
         taps: paper feature-tap name -> layer name in the built model.
-        preprocessing: the input convention the model's weights expect ("caffe", "torch", "tf", "none").
+        preprocessing: the pixel convention the card of a freshly built model applies (see
+            :data:`kerasarch.card.PREPROCESSING_MODES`): its default checkpoint's when it has ``checkpoints`` (left
+            ``None``, it is taken from there), else the one its default recipe trains with.
+        fit: how images are fitted to the input (:data:`kerasarch.card.FIT_MODES`); from the default checkpoint
+            when there is one.
+        resize_size: the shorter side before the centre crop when ``fit="resize_crop"``.
+        recipe: the name of its default training recipe (:data:`kerasarch.training.RECIPES`).
+        checkpoints: its published weights, the default (``weights="imagenet"``) first.
         slow: heavy to build or save; excluded from the default test run's round trip.
         notes: free text (deviations from the paper, conventions).
     """
@@ -57,17 +70,67 @@ class ModelSpec:
     gmacs: float | None = None
     top1: float | None = None
     taps: Mapping[str, str] = dataclasses.field(default_factory=dict)
-    preprocessing: str = "none"
+    preprocessing: str | None = None
+    fit: str | None = None
+    resize_size: int | None = None
+    recipe: str = "generic"
+    checkpoints: tuple[Checkpoint, ...] = ()
     slow: bool = False
     notes: str = ""
 
+    def __post_init__(self):
+        default = self.checkpoints[0].input if self.checkpoints else None
+        if self.preprocessing is None:
+            if default is None:
+                raise ValueError(f"ModelSpec '{self.name}': a variant without checkpoints declares the "
+                                 f"`preprocessing` its default recipe trains with.")
+            object.__setattr__(self, "preprocessing", default.preprocessing)
+        if self.fit is None:
+            object.__setattr__(self, "fit", default.fit if default is not None else "auto")
+            if default is not None and self.resize_size is None:
+                object.__setattr__(self, "resize_size", default.resize_size)
+        for checkpoint in self.checkpoints:
+            if checkpoint.model != self.name:
+                raise ValueError(f"ModelSpec '{self.name}' lists a checkpoint of '{checkpoint.model}'.")
+
+    @property
+    def input_config(self) -> InputConfig:
+        """The :class:`~kerasarch.card.InputConfig` of a freshly built model at the default input size."""
+        if self.checkpoints:
+            return self.checkpoints[0].input.for_size(self.input_shape[:2], self.input_shape[-1])
+        return InputConfig(preprocessing=self.preprocessing, size=tuple(self.input_shape[:2]),
+                           channels=self.input_shape[-1], fit=self.fit, resize_size=self.resize_size)
+
+    def card(self, model=None, checkpoint: Checkpoint | None = None) -> ModelCard:
+        """The card of this variant: built as ``model`` (its input size and taps), with ``checkpoint``'s input
+        convention when given."""
+        config = checkpoint.input if checkpoint is not None else self.input_config
+        taps = {t: {"layer": layer, "channels": None, "stride": None} for t, layer in self.taps.items()}
+        if model is not None:
+            shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+            config = config.for_size(shape[1:3], shape[-1])
+            taps = tap_info(model, self.taps)
+        return ModelCard(variant=self.name, family=self.family, paper=self.paper, input=config, taps=taps)
+
     def build(self, **kwargs):
-        """Builds the model with this spec's configuration, overridden by ``kwargs``."""
+        """Builds the model with this spec's configuration, overridden by ``kwargs``, attaches its card and loads
+        ``weights`` (see :func:`kerasarch.weights.load_weights`)."""
+        weights = kwargs.pop("weights", None)
         kwargs = {**self.config, **kwargs}
         kwargs.setdefault("name", self.name)
         kwargs.setdefault("input_shape", None)
         kwargs.setdefault("classes", self.classes)
-        return self.builder(**kwargs)
+        from kerasarch.builder import as_python_int, as_python_shape  # np.int64(10) is an integer too
+
+        kwargs["classes"] = as_python_int(kwargs["classes"])
+        kwargs["input_shape"] = as_python_shape(kwargs["input_shape"])
+        model = self.builder(**kwargs)
+        model = with_card(model, self.card(model))
+        if weights is not None:
+            from kerasarch.weights.loading import load_weights
+
+            model = load_weights(model, weights)
+        return model
 
 
 _REGISTRY: dict[str, ModelSpec] = {}
@@ -81,6 +144,11 @@ def register_model(spec: ModelSpec) -> ModelSpec:
                          f"'{_REGISTRY[spec.name].family}').")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def register_models(specs) -> tuple[ModelSpec, ...]:
+    """Registers every :class:`ModelSpec` of a family's ``VARIANTS`` tuple."""
+    return tuple(register_model(spec) for spec in specs)
 
 
 def _ensure_loaded():

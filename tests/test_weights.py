@@ -29,6 +29,7 @@ from kerasarch.weights import (
     load_torch_state_dict,
     weights_for,
 )
+from kerasarch.weights.published import imagenet_eval
 from kerasarch.weights.torch_names import MAPPERS, map_state_dict, torch_to_keras_arrays
 from tests.helpers import random_images
 
@@ -124,8 +125,7 @@ def test_table_entries_are_consistent():
                 assert info.file_name.rsplit("-", 1)[1] == f"{info.sha256}.pth"
             else:
                 assert info.notop is not None and info.notop.file_name.endswith("_notop.h5")
-        if name in registered:  # families land independently; an entry must name a real model once it does
-            assert kerasarch.get_spec(name).classes == 1000
+        assert name in registered and kerasarch.get_spec(name).classes == 1000
     assert weights_for("vgg16").source == "keras" and weights_for("vgg16", "torchvision").file_name.startswith("vgg16-")
     with pytest.raises(ValueError, match="No ImageNet weights.*lenet5"):
         weights_for("lenet5")
@@ -138,8 +138,8 @@ def test_imagenet_class_names_offline():
 
 
 def _table_entry(monkeypatch, model, src, fmt="keras_h5", notop=None, sha256=None):
-    info = WeightsInfo(model=model, source="keras", origin=src.as_uri(), file_name=src.name, format=fmt,
-                       sha256=sha256 or _sha256(src), preprocessing="torch", notop=notop)
+    info = WeightsInfo(model=model, id="test", source="keras", origin=src.as_uri(), file_name=src.name, format=fmt,
+                       input=imagenet_eval("torch"), sha256=sha256 or _sha256(src), notop=notop)
     monkeypatch.setitem(WEIGHTS, model, (info,))
     return info
 
@@ -171,8 +171,9 @@ def test_build_model_weights_imagenet_downloads_checks_and_caches(tmp_path, home
     notop_model.set_weights(source.get_weights()[:len(notop_model.get_weights())])
     notop = tmp_path / "sq_notop.weights.h5"
     notop_model.save_weights(notop)
-    notop_info = WeightsInfo(model="squeezenet1_1", source="keras", origin=notop.as_uri(), file_name=notop.name,
-                             format="keras_h5", sha256=_sha256(notop))
+    notop_info = WeightsInfo(model="squeezenet1_1", id="test", source="keras", origin=notop.as_uri(),
+                             file_name=notop.name, format="keras_h5", input=imagenet_eval("torch"),
+                             sha256=_sha256(notop))
     _table_entry(monkeypatch, "squeezenet1_1", top, notop=notop_info)
     x = random_images(shape, batch=2)
     model = kerasarch.build_model("squeezenet1_1", input_shape=shape, weights="imagenet")
@@ -195,9 +196,26 @@ def test_build_model_imagenet_offline_and_wrong_checksum(tmp_path, home, monkeyp
         kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3), weights="imagenet")
 
 
-def test_imagenet_needs_a_registry_name():
-    with pytest.raises(ValueError, match="registry name"):
-        kerasarch.get_spec("squeezenet1_1").build(input_shape=(64, 64, 3), name="my_net", weights="imagenet")
+def test_imagenet_weights_are_found_from_the_card_not_the_name(tmp_path, home, monkeypatch):
+    src = tmp_path / "sq.h5"
+    source = _randomise(kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3)))
+    source.save(src)
+    _table_entry(monkeypatch, "squeezenet1_1", src)
+    model = kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3), name="backbone", weights="imagenet")
+    assert model.name == "backbone"
+    x = random_images((64, 64, 3), batch=2)
+    np.testing.assert_allclose(model(x), source(x), atol=1e-6)
+    card = kerasarch.card_of(model)
+    assert card.variant == "squeezenet1_1" and card.weights["file"] == "sq.h5"
+    assert card.weights["sha256"] == _sha256(src) and card.weights["checkpoint"] == "keras:test"
+    assert card.input.preprocessing == "torch" and len(card.class_names) == 1000
+
+
+def test_imagenet_needs_a_model_card():
+    from kerasarch.applications.squeezenet import squeezenet
+
+    with pytest.raises(ValueError, match="card"):
+        squeezenet("1_1", input_shape=(64, 64, 3), name="my_net", weights="imagenet")
 
 
 # ------------------------------------------------------------------------------ keras.applications parity

@@ -36,7 +36,9 @@ from keras import layers
 from kerasarch.blocks.common import apply_conv_bn_act
 from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, predictions_dense
 from kerasarch.layers.lrn import LocalResponseNormalization
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
+from kerasarch.weights.published import torchvision_checkpoint
+from kerasarch.weights.torch_names import map_alexnet
 
 _LRN_PLACES = (None, "before_pool", "after_pool")
 _POOLED = (1, 2, 5)  # the stages that end in a 3×3/2 max-pool
@@ -147,31 +149,33 @@ _ALEXNET = {"filters": (96, 256, 384, 384, 256), "conv1": (11, 4, 0), "conv2": (
 _ZFNET = {**_ALEXNET, "conv1": (7, 2, 1), "conv2": (5, 2, 0), "groups": (1,) * 5, "lrn": "after_pool",
           "pool_padding": ("same", "same", "valid"), "default_size": 224}
 
-# name: full config, spec fields. ZFNet has no published exact count: tests/test_alexnet.py derives it.
-_VARIANTS = {
-    "alexnet": (_ALEXNET, {
-        "paper": "Krizhevsky, Sutskever & Hinton 2012, NeurIPS (Caffe bvlc_alexnet)", "params": 60_965_224,
-        "params_source": "Caffe bvlc_alexnet", "gmacs": 0.724, "preprocessing": "caffe",
-        "notes": "two towers as groups=2 on conv2/conv4/conv5; LRN k=2 (paper)"}),
-    "alexnet_owt": ({**_ALEXNET, "filters": (64, 192, 384, 256, 256), "conv1": (11, 4, 2), "groups": (1,) * 5,
-                     "lrn": None, "adaptive_pool": True, "dropout_before_fc": True, "default_size": 224}, {
-        "paper": "Krizhevsky 2014, arXiv:1404.5997 (torchvision's AlexNet)", "params": 61_100_840,
-        "params_source": "torchvision weight metadata (num_params)", "gmacs": 0.714, "top1": 56.522,
-        "preprocessing": "torch",
-        "notes": "torchvision layout: conv4 256 (the paper's footnote: 384), dropout before fc6/fc7, avgpool 6×6"}),
-    "zfnet": (_ZFNET, {
-        "paper": "Zeiler & Fergus 2013, arXiv:1311.2901", "params": 62_357_608,
-        "params_source": "derived, see tests/test_alexnet.py", "preprocessing": "none",
-        "notes": "contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"}),
-    "zfnet_large": ({**_ZFNET, "filters": (96, 256, 512, 1024, 512)}, {
-        "paper": "Zeiler & Fergus 2013, arXiv:1311.2901 (Table 2: layers 3-5 of 512/1024/512)",
-        "params": 107_627_624, "params_source": "derived, see tests/test_alexnet.py", "preprocessing": "none",
-        "notes": "contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"}),
-}
 
-for _name, (_config, _fields) in _VARIANTS.items():
-    _size = _config["default_size"]
-    register_model(ModelSpec(
-        name=_name, family="alexnet", builder=alexnet, config=_config, input_shape=(_size, _size, 3),
-        min_input_size=_min_size(_config["conv1"], _config["conv2"], _config["pool_padding"]), taps=_ALEXNET_TAPS,
-        slow=True, **_fields))
+def _variant(name, config, **fields):
+    size = config["default_size"]
+    if "checkpoints" not in fields:  # no published weights: the ImageNet single-crop evaluation of its recipe
+        fields.update(fit="resize_crop", resize_size=int(round(size * 256 / 224)))
+    return ModelSpec(name=name, family="alexnet", builder=alexnet, config=config, input_shape=(size, size, 3),
+                     min_input_size=_min_size(config["conv1"], config["conv2"], config["pool_padding"]),
+                     taps=_ALEXNET_TAPS, slow=True, **fields)
+
+
+# ZFNet has no published exact count: tests/test_alexnet.py derives it.
+VARIANTS = (
+    _variant("alexnet", _ALEXNET, paper="Krizhevsky, Sutskever & Hinton 2012, NeurIPS (Caffe bvlc_alexnet)",
+             params=60_965_224, params_source="Caffe bvlc_alexnet", gmacs=0.724, preprocessing="caffe",
+             recipe="alexnet", notes="two towers as groups=2 on conv2/conv4/conv5; LRN k=2 (paper)"),
+    _variant("alexnet_owt", {**_ALEXNET, "filters": (64, 192, 384, 256, 256), "conv1": (11, 4, 2), "groups": (1,) * 5,
+                             "lrn": None, "adaptive_pool": True, "dropout_before_fc": True, "default_size": 224},
+             paper="Krizhevsky 2014, arXiv:1404.5997 (torchvision's AlexNet)", params=61_100_840,
+             params_source="torchvision weight metadata (num_params)", gmacs=0.714, top1=56.522, recipe="alexnet",
+             checkpoints=(torchvision_checkpoint("alexnet_owt", "alexnet-owt-7be5be79.pth", map_alexnet, 56.522),),
+             notes="torchvision layout: conv4 256 (the paper's footnote: 384), dropout before fc6/fc7, avgpool 6×6"),
+    _variant("zfnet", _ZFNET, paper="Zeiler & Fergus 2013, arXiv:1311.2901", params=62_357_608,
+             params_source="derived, see tests/test_alexnet.py", preprocessing="unit", recipe="zfnet",
+             notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"),
+    _variant("zfnet_large", {**_ZFNET, "filters": (96, 256, 512, 1024, 512)},
+             paper="Zeiler & Fergus 2013, arXiv:1311.2901 (Table 2: layers 3-5 of 512/1024/512)",
+             params=107_627_624, params_source="derived, see tests/test_alexnet.py", preprocessing="unit",
+             recipe="zfnet", notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"),
+)
+register_models(VARIANTS)

@@ -16,7 +16,9 @@ from keras import layers
 from kerasarch.blocks.common import apply_bn_act, apply_conv, apply_conv_bn_act
 from kerasarch.blocks.dense import apply_dense_block, apply_transition
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
+from kerasarch.weights.published import keras_checkpoint, torchvision_checkpoint
+from kerasarch.weights.torch_names import map_densenet
 
 _STEMS = ("imagenet", "cifar")
 
@@ -74,35 +76,61 @@ def _block_taps(blocks):
 _PAPER = "Huang et al. 2016, arXiv:1608.06993"
 _TV = "torchvision weight metadata (num_params)"
 
-# name: (blocks, growth rate, init features, trainable params, total count_params, GMACs, top-1, slow)
-_IMAGENET = {
-    "densenet121": ((6, 12, 24, 16), 32, 64, 7_978_856, 8_062_504, 2.834, 75.0, False),
-    "densenet169": ((6, 12, 32, 32), 32, 64, 14_149_480, None, 3.36, None, False),
-    "densenet201": ((6, 12, 48, 32), 32, 64, 20_013_928, None, 4.291, None, True),
-    "densenet161": ((6, 12, 36, 24), 48, 96, 28_681_000, None, 7.728, None, True),
+# Published weights: keras.applications (MD5s from keras/src/applications/densenet.py; 'torch' convention) first,
+# then torchvision IMAGENET1K_V1 (torchvision/models/densenet.py).
+_KERAS = {
+    "densenet121": ("9d60b8095a5708f2dcce2bca79d332c7", "30ee3e1110167f948a6b9946edeeb738", 75.0),
+    "densenet169": ("d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b", 76.2),
+    "densenet201": ("1ceb130c1ea1b78c3bf6114dbdfd8807", "c13680b51ded0fb44dff2d8f86ac8bb1", 77.3),
 }
-for _name, (_blocks, _k, _init, _params, _total, _gmacs, _top1, _slow) in _IMAGENET.items():
-    register_model(ModelSpec(
-        name=_name, family="densenet", builder=densenet,
-        config={"blocks": _blocks, "growth_rate": _k, "init_features": _init, "stem": "imagenet"},
+_TORCHVISION = {"densenet121": ("densenet121-a639ec97.pth", 74.434),
+                "densenet161": ("densenet161-8d451a50.pth", 77.138),
+                "densenet169": ("densenet169-b2777c0a.pth", 75.6),
+                "densenet201": ("densenet201-c1103571.pth", 76.896)}
+
+
+def _checkpoints(name):
+    out = []
+    if name in _KERAS:
+        top_md5, notop_md5, top1 = _KERAS[name]
+        out.append(keras_checkpoint(name, "densenet", f"{name}_weights_tf_dim_ordering_tf_kernels", top_md5, notop_md5,
+                                    "torch", top1))
+    file_name, top1 = _TORCHVISION[name]
+    out.append(torchvision_checkpoint(name, file_name, map_densenet, top1))
+    return tuple(out)
+
+
+def _imagenet(name, blocks, k, init, params, total, gmacs, top1, slow):
+    return ModelSpec(
+        name=name, family="densenet", builder=densenet,
+        config={"blocks": blocks, "growth_rate": k, "init_features": init, "stem": "imagenet"},
         paper=_PAPER, input_shape=(224, 224, 3), min_input_size=32, classes=1000,
-        params=_params, params_source=_TV, total_params=_total, gmacs=_gmacs, top1=_top1,
-        taps=_block_taps(_blocks), preprocessing="torch", slow=_slow,
+        params=params, params_source=_TV, total_params=total, gmacs=gmacs, top1=top1,
+        taps=_block_taps(blocks), recipe="densenet_imagenet", checkpoints=_checkpoints(name), slow=slow,
         notes="Layer names and weight shapes equal keras.applications' DenseNet121/169/201"
-              + ("; top-1 of keras.applications' weights." if _top1 else ".")))
+              + ("; top-1 of keras.applications' weights." if top1 else "."))
+
 
 # DenseNet-BC for CIFAR-10: L = 3 blocks × n composite layers × 2 convs + first conv + 2 transitions + classifier,
 # so n = (L - 4) / 6. Paper Table 2 gives 0.8M and 25.6M; C10+ test error 4.51% and 3.46%.
-_CIFAR = {
-    "densenet_bc_100_12": (100, 12, (0.8, "M", 1), 100 - 4.51, False),
-    "densenet_bc_190_40": (190, 40, (25.6, "M", 1), 100 - 3.46, True),
-}
-for _name, (_depth, _k, _approx, _top1, _slow) in _CIFAR.items():
-    _blocks = ((_depth - 4) // 6,) * 3
-    register_model(ModelSpec(
-        name=_name, family="densenet", builder=densenet,
-        config={"blocks": _blocks, "growth_rate": _k, "init_features": 2 * _k, "stem": "cifar"},
-        paper=_PAPER + f" (DenseNet-BC, L={_depth}, k={_k})", input_shape=(32, 32, 3), min_input_size=4,
-        classes=10, params_approx=_approx, params_source="1608.06993 Table 2", top1=round(_top1, 2),
-        taps=_block_taps(_blocks), preprocessing="none", slow=_slow,
-        notes="top1 is CIFAR-10 accuracy with standard augmentation (C10+)."))
+def _cifar(name, depth, k, approx, top1, slow):
+    blocks = ((depth - 4) // 6,) * 3
+    return ModelSpec(
+        name=name, family="densenet", builder=densenet,
+        config={"blocks": blocks, "growth_rate": k, "init_features": 2 * k, "stem": "cifar"},
+        paper=_PAPER + f" (DenseNet-BC, L={depth}, k={k})", input_shape=(32, 32, 3), min_input_size=4,
+        classes=10, params_approx=approx, params_source="1608.06993 Table 2", top1=round(top1, 2),
+        taps=_block_taps(blocks), preprocessing="torch", fit="auto", recipe="densenet_cifar", slow=slow,
+        notes="top1 is CIFAR-10 accuracy with standard augmentation (C10+).")
+
+
+# ImageNet: (blocks, growth rate, init features, trainable params, total count_params, GMACs, top-1, slow).
+VARIANTS = (
+    _imagenet("densenet121", (6, 12, 24, 16), 32, 64, 7_978_856, 8_062_504, 2.834, 75.0, False),
+    _imagenet("densenet169", (6, 12, 32, 32), 32, 64, 14_149_480, None, 3.36, None, False),
+    _imagenet("densenet201", (6, 12, 48, 32), 32, 64, 20_013_928, None, 4.291, None, True),
+    _imagenet("densenet161", (6, 12, 36, 24), 48, 96, 28_681_000, None, 7.728, None, True),
+    _cifar("densenet_bc_100_12", 100, 12, (0.8, "M", 1), 100 - 4.51, False),
+    _cifar("densenet_bc_190_40", 190, 40, (25.6, "M", 1), 100 - 3.46, True),
+)
+register_models(VARIANTS)

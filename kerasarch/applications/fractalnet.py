@@ -22,7 +22,7 @@ import keras
 from kerasarch.blocks.fractal import apply_fractal_block
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs
 from kerasarch.layers.fractal import GlobalDropPathSampler
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
 
 __all__ = ["fractalnet", "extract_column"]
 
@@ -127,17 +127,27 @@ def extract_column(model, column, *, name=None):
 
 
 _PAPER = "Larsson et al. 2016, arXiv:1605.07648"
-# Exact trainable counts derived in tests/test_fractalnet.py.
-for _columns, _params, _paper_figure, _error in ((3, 33_714_314, "38.6M", 4.60), (4, 76_084_554, "22.9M", None)):
-    _depth = 5 * 2 ** (_columns - 1)
-    register_model(ModelSpec(
-        name=f"fractalnet{_depth}", family="fractalnet", builder=fractalnet, config={"columns": _columns},
-        paper=_PAPER + f" (CIFAR, B=5, C={_columns})", input_shape=(32, 32, 3), min_input_size=32, classes=10,
-        params=_params,
+
+
+def _variant(columns, params, paper_figure, error):
+    depth = 5 * 2 ** (columns - 1)
+    return ModelSpec(
+        name=f"fractalnet{depth}", family="fractalnet", builder=fractalnet, config={"columns": columns},
+        paper=_PAPER + f" (CIFAR, B=5, C={columns})", input_shape=(32, 32, 3), min_input_size=32, classes=10,
+        params=params,
         params_source="derived from §4's configuration (tests/test_fractalnet.py); the paper's Table 1 prints "
-                      f"{_paper_figure}, which this configuration does not give",
-        top1=None if _error is None else round(100 - _error, 2),
-        taps={f"block{b}": f"block{b}_out" for b in range(1, 6)}, preprocessing="none", slow=True,
-        notes=f"Table 1 prints {_paper_figure} parameters for the {_depth}-layer network; the configuration of "
+                      f"{paper_figure}, which this configuration does not give",
+        top1=None if error is None else round(100 - error, 2),
+        taps={f"block{b}": f"block{b}_out" for b in range(1, 6)}, preprocessing="torch", fit="auto",
+        recipe="fractalnet_cifar", slow=True,
+        notes=f"Table 1 prints {paper_figure} parameters for the {depth}-layer network; the configuration of "
               "§4 has 33.7M (C=3) and 76.1M (C=4), so the printed figures fit neither network nor each other "
-              "swapped. top1 is CIFAR-10+ accuracy with drop-path and dropout."))
+              "swapped. top1 is CIFAR-10+ accuracy with drop-path and dropout.")
+
+
+# Exact trainable counts derived in tests/test_fractalnet.py.
+VARIANTS = (
+    _variant(3, 33_714_314, "38.6M", 4.60),
+    _variant(4, 76_084_554, "22.9M", None),
+)
+register_models(VARIANTS)

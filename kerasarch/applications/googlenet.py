@@ -22,8 +22,11 @@ from keras import layers
 from kerasarch.blocks.inception import apply_inception_conv, apply_inception_module
 from kerasarch.blocks.pooling import apply_ceil_pool
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs, predictions_dense
+from kerasarch.card import card_of, has_card, with_card
 from kerasarch.layers.lrn import LocalResponseNormalization
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
+from kerasarch.weights.published import torchvision_checkpoint
+from kerasarch.weights.torch_names import map_googlenet
 
 __all__ = ["AUX_LOSS_WEIGHT", "AUX_LOSS_WEIGHTS", "INCEPTION_V1_FILTERS", "googlenet",
            "strip_auxiliary"]
@@ -138,12 +141,13 @@ def strip_auxiliary(model):
         model: a GoogLeNet with its top (with or without auxiliary heads).
 
     Returns:
-        A Functional ``keras.Model`` with one output, named like ``model``.
+        A Functional ``keras.Model`` with one output, named like ``model``, with its model card.
     """
     if "predictions" not in {layer.name for layer in model.layers}:
         raise ValueError(f"strip_auxiliary needs a model with its classifier (a 'predictions' layer). "
                          f"Received: model {model.name!r} without one")
-    return keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
+    main = keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
+    return with_card(main, card_of(model)) if has_card(model) else main
 
 
 _VARIANTS = {
@@ -156,25 +160,32 @@ _TAPS = {"conv1": "conv1_7x7_s2_relu", "pool1": "pool1", "conv2": "conv2_3x3_rel
          "pool3": "pool3", "pool4": "pool4", "pool5": "pool5",
          **{f"inception_{s}": f"inception{s}_out" for s in INCEPTION_V1_FILTERS}}
 
-register_model(ModelSpec(
-    name="googlenet", family="googlenet", builder=googlenet, config=_VARIANTS["googlenet"],
-    paper="Szegedy et al. 2014, arXiv:1409.4842 (Table 1; Caffe bvlc_googlenet)",
-    input_shape=(224, 224, 3), min_input_size=31,
-    params=6_998_552,
-    params_source="derived from Table 1's filter columns + biases + the 1024→1000 classifier in "
-                  "tests/test_googlenet.py::test_googlenet_parameter_count_from_table1 (the paper rounds to ≈6.8M, "
-                  "weights only)",
-    gmacs=1.583, taps=_TAPS, preprocessing="caffe",
-    notes="gmacs counted from Table 1's layers (tests/test_googlenet.py); the paper's '1.5 billion multiply-adds' "
-          "(its ops column sums to 1,502M) takes conv1 as 34M where a 7×7×3×64 conv on 112×112 is 118M. Counts "
-          "without the auxiliary heads; aux_logits=True adds 6,379,728 parameters."))
-
-register_model(ModelSpec(
-    name="googlenet_bn", family="googlenet", builder=googlenet, config=_VARIANTS["googlenet_bn"],
-    paper="Szegedy et al. 2014, arXiv:1409.4842 (+BN, 3×3 in the 5×5 branch: torchvision)",
-    input_shape=(224, 224, 3), min_input_size=15,
-    params=6_624_904, params_source="torchvision weight metadata (num_params), without aux heads",
-    gmacs=1.498, top1=69.778, taps=_TAPS,
-    preprocessing="torch",
-    notes="torchvision's googlenet: BN eps 1e-3, no conv bias, no LRN, 3×3 in the '5×5' branch (pytorch/vision#906), "
-          "ceil-mode pools, 2×2/2 pool before 5a, dropout 0.2, adaptive 4×4 pool in the aux heads."))
+VARIANTS = (
+    ModelSpec(
+        name="googlenet", family="googlenet", builder=googlenet, config=_VARIANTS["googlenet"],
+        paper="Szegedy et al. 2014, arXiv:1409.4842 (Table 1; Caffe bvlc_googlenet)",
+        input_shape=(224, 224, 3), min_input_size=31,
+        params=6_998_552,
+        params_source="derived from Table 1's filter columns + biases + the 1024→1000 classifier in "
+                      "tests/test_googlenet.py::test_googlenet_parameter_count_from_table1 (the paper rounds to "
+                      "≈6.8M, weights only)",
+        gmacs=1.583, taps=_TAPS, preprocessing="caffe", fit="resize_crop", resize_size=256, recipe="googlenet",
+        notes="gmacs counted from Table 1's layers (tests/test_googlenet.py); the paper's '1.5 billion multiply-adds' "
+              "(its ops column sums to 1,502M) takes conv1 as 34M where a 7×7×3×64 conv on 112×112 is 118M. Counts "
+              "without the auxiliary heads; aux_logits=True adds 6,379,728 parameters."),
+    ModelSpec(
+        name="googlenet_bn", family="googlenet", builder=googlenet, config=_VARIANTS["googlenet_bn"],
+        paper="Szegedy et al. 2014, arXiv:1409.4842 (+BN, 3×3 in the 5×5 branch: torchvision)",
+        input_shape=(224, 224, 3), min_input_size=15,
+        params=6_624_904, params_source="torchvision weight metadata (num_params), without aux heads",
+        gmacs=1.498, top1=69.778, taps=_TAPS, recipe="googlenet",
+        checkpoints=(torchvision_checkpoint(
+            "googlenet_bn", "googlenet-1378be20.pth", map_googlenet, 69.778, preprocessing="tf",
+            notes="torchvision builds this GoogLeNet with transform_input=True, which turns its torch-normalised "
+                  "input into (x/255 - 0.5)/0.5 before the first conv; without that step the network sees exactly "
+                  "the 'tf' convention, so that is the preprocessing recorded here."),),
+        notes="torchvision's googlenet: BN eps 1e-3, no conv bias, no LRN, 3×3 in the '5×5' branch "
+              "(pytorch/vision#906), ceil-mode pools, 2×2/2 pool before 5a, dropout 0.2, adaptive 4×4 pool in the "
+              "aux heads."),
+)
+register_models(VARIANTS)

@@ -19,7 +19,7 @@ from kerasarch.layers.lenet import (
     ScaledTanh,
     TrainableSubsampling2D,
 )
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
 
 _SUBSAMPLINGS = ("trainable", "max")
 _OUTPUTS = ("dense", "rbf")
@@ -101,19 +101,21 @@ def _taps(subsampling):
     return {"C1": "c1_act", "S2": f"s2{s}", "C3": "c3_act", "S4": f"s4{s}", "C5": "c5_act", "F6": "f6_act"}
 
 
-_VARIANTS = {
-    # name: (config, params, source)
-    "lenet5": ({}, 60_850,
-               "LeCun et al. 1998 §II-B: 60,000 without the output layer, + 850 for the 10-way dense output"),
-    "lenet5_relu": ({"connection_table": False, "activation": "relu", "subsampling": "max"}, 61_706,
-                    "computed (REFERENCES.md): 156 + 2,416 + 48,120 + 10,164 + 850"),
-}
+_PAPER = "LeCun, Bottou, Bengio & Haffner 1998, Proc. IEEE 86(11)"
+# No published weights: the card says what the default recipe ('lenet') trains with: LeCun's scaling (§II-A) and the
+# 28×28 digits centred in the 32×32 field ('auto' pads a 28×28 image and resizes an 8×8 one).
+_INPUT = dict(input_shape=(32, 32, 1), min_input_size=32, classes=10, preprocessing="lecun", fit="auto",
+              recipe="lenet")
 
-for _name, (_config, _params, _source) in _VARIANTS.items():
-    register_model(ModelSpec(
-        name=_name, family="lenet", builder=lenet5, config=_config,
-        paper="LeCun, Bottou, Bengio & Haffner 1998, Proc. IEEE 86(11)" + (" (modern variant)" if _config else ""),
-        input_shape=(32, 32, 1), min_input_size=32, classes=10, params=_params, params_source=_source,
-        taps=_taps(_config.get("subsampling", "trainable")), preprocessing="none",
-        notes="paper output layer (Euclidean RBF) via output='rbf'" if not _config else
-              "full C3, ReLU, 2×2 max-pool, dense output"))
+VARIANTS = (
+    ModelSpec(name="lenet5", family="lenet", builder=lenet5, config={}, paper=_PAPER, params=60_850,
+              params_source="LeCun et al. 1998 §II-B: 60,000 without the output layer, + 850 for the 10-way dense "
+                            "output",
+              taps=_taps("trainable"), notes="paper output layer (Euclidean RBF) via output='rbf'", **_INPUT),
+    ModelSpec(name="lenet5_relu", family="lenet", builder=lenet5,
+              config={"connection_table": False, "activation": "relu", "subsampling": "max"},
+              paper=_PAPER + " (modern variant)", params=61_706,
+              params_source="computed (REFERENCES.md): 156 + 2,416 + 48,120 + 10,164 + 850",
+              taps=_taps("max"), notes="full C3, ReLU, 2×2 max-pool, dense output", **_INPUT),
+)
+register_models(VARIANTS)

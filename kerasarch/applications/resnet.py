@@ -31,7 +31,9 @@ from kerasarch.blocks.residual import (
     apply_preact_bottleneck_block,
 )
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
+from kerasarch.weights.published import keras_checkpoint, torchvision_checkpoint
+from kerasarch.weights.torch_names import map_resnet
 
 __all__ = ["resnet", "survival_probabilities", "CONVENTIONS"]
 
@@ -293,21 +295,64 @@ def _taps(config):
 # from the paper's layer table.
 _DERIVED = {"preact_resnet1001": 10_327_706, "resnext29_16x64d": 68_155_210}
 
-for _name, _config, _paper, _params, _total, _gmacs, _top1, _slow, _notes in _ROWS:
-    _cifar = _config.get("stem") == "cifar"
-    _exact = _params if isinstance(_params, int) else _DERIVED.get(_name)
-    if isinstance(_params, int):
-        _source = _TV if "torchvision" in _paper else _KA
-    elif _exact:
-        _source = (f"derived in tests/test_resnet.py (conv + FC weights + BN scale/offset); {_paper} prints "
-                   f"{_params[0]}{_params[1]}, the conv and FC weights alone")
+# Published weights. keras.applications: MD5s from keras/src/applications/resnet.py and resnet_v2.py; torchvision
+# IMAGENET1K_V1: file names and top-1 from torchvision/models/resnet.py.
+_KERAS = {
+    "resnet50_keras": ("resnet50", "2cb95161c43110f7111970584f804107", "4d473c1dd8becc155b73f8504c6f6626", 74.9),
+    "resnet101_keras": ("resnet101", "f1aeb4b969a6efcfb50fad2f0c20cfc5", "88cf7a10940856eca736dc7b7e228a21", 76.4),
+    "resnet152_keras": ("resnet152", "100835be76be38e30d865e96f2aaae62", "ee4c566cf9a93f14d82f913c2dc6dd0c", 76.6),
+    "resnet50v2": ("resnet50v2", "3ef43a0b657b3be2300d5770ece849e0", "fac2f116257151a9d068a22e544a4917", 76.0),
+    "resnet101v2": ("resnet101v2", "6343647c601c52e1368623803854d971", "c0ed64b8031c3730f411d2eb4eea35b5", 77.2),
+    "resnet152v2": ("resnet152v2", "a49b44d1979771252814e80f8ec446f9", "ed17cf2e0169df9d443503ef94b23b33", 78.0),
+}
+_TORCHVISION = {
+    "resnet18": ("resnet18-f37072fd.pth", 69.758), "resnet34": ("resnet34-b627a593.pth", 73.314),
+    "resnet50": ("resnet50-0676ba61.pth", 76.13), "resnet101": ("resnet101-63fe2227.pth", 77.374),
+    "resnet152": ("resnet152-394f9c45.pth", 78.312), "resnext50_32x4d": ("resnext50_32x4d-7cdf4587.pth", 77.618),
+    "resnext101_32x8d": ("resnext101_32x8d-8ba56ff5.pth", 79.312),
+    "wide_resnet50_2": ("wide_resnet50_2-95faca4d.pth", 78.468),
+    "wide_resnet101_2": ("wide_resnet101_2-32ee1156.pth", 78.848),
+}
+
+
+def _checkpoints(name):
+    if name in _KERAS:
+        stem, top_md5, notop_md5, top1 = _KERAS[name]
+        mode = "tf" if name.endswith("v2") else "caffe"
+        return (keras_checkpoint(name, "resnet", f"{stem}_weights_tf_dim_ordering_tf_kernels", top_md5, notop_md5,
+                                 mode, top1),)
+    if name in _TORCHVISION:
+        return (torchvision_checkpoint(name, _TORCHVISION[name][0], map_resnet, _TORCHVISION[name][1]),)
+    return ()
+
+
+def _recipe(name, cifar):
+    for prefix, recipe in (("resnet110_sd", "stochastic_depth_cifar"), ("wrn", "wrn_cifar"),
+                           ("resnext29", "resnext_cifar"), ("preact_resnet", "preact_cifar")):
+        if name.startswith(prefix):
+            return recipe
+    return "resnet_cifar" if cifar else "resnet_imagenet"
+
+
+def _variant(name, config, paper, params, total, gmacs, top1, slow, notes):
+    cifar = config.get("stem") == "cifar"
+    exact = params if isinstance(params, int) else _DERIVED.get(name)
+    if isinstance(params, int):
+        source = _TV if "torchvision" in paper else _KA
+    elif exact:
+        source = (f"derived in tests/test_resnet.py (conv + FC weights + BN scale/offset); {paper} prints "
+                  f"{params[0]}{params[1]}, the conv and FC weights alone")
     else:
-        _source = _paper
-    register_model(ModelSpec(
-        name=_name, family="resnet", builder=resnet, config=_config, paper=_paper,
-        input_shape=_CIFAR if _cifar else _IMAGENET, min_input_size=_STEMS["cifar" if _cifar else "imagenet"],
-        classes=10 if _cifar else 1000, params=_exact, params_approx=None if isinstance(_params, int) else _params,
-        params_source=_source, total_params=_total, gmacs=_gmacs, top1=_top1, taps=_taps(_config),
-        preprocessing="none" if _cifar else "caffe" if _name.endswith("_keras") else "tf" if "v2" in _name
-        else "torch",
-        slow=_slow, notes=_notes))
+        source = paper
+    # CIFAR networks have no published weights: their card holds what their recipe trains with.
+    inputs = dict(preprocessing="torch", fit="auto") if cifar else {}
+    return ModelSpec(
+        name=name, family="resnet", builder=resnet, config=config, paper=paper,
+        input_shape=_CIFAR if cifar else _IMAGENET, min_input_size=_STEMS["cifar" if cifar else "imagenet"],
+        classes=10 if cifar else 1000, params=exact, params_approx=None if isinstance(params, int) else params,
+        params_source=source, total_params=total, gmacs=gmacs, top1=top1, taps=_taps(config),
+        recipe=_recipe(name, cifar), checkpoints=_checkpoints(name), slow=slow, notes=notes, **inputs)
+
+
+VARIANTS = tuple(_variant(*row) for row in _ROWS)
+register_models(VARIANTS)

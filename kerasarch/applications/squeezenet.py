@@ -17,7 +17,9 @@ from kerasarch.blocks.common import apply_conv_bn_act
 from kerasarch.blocks.fire import apply_fire_module
 from kerasarch.blocks.pooling import apply_ceil_pool
 from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, predictions_activation
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
+from kerasarch.weights.published import torchvision_checkpoint
+from kerasarch.weights.torch_names import map_squeezenet
 
 __all__ = ["BYPASSES", "SQUEEZENET_FIRES", "SQUEEZENET_VERSIONS", "squeezenet"]
 
@@ -83,16 +85,25 @@ def squeezenet(version="1_0", *, bypass=None, dropout=0.5, include_top=True, wei
     return finish_model(inputs, x, name, weights, input_tensor)
 
 
-_TV = {"1_0": (1_248_424, 0.819, 58.092), "1_1": (1_235_496, 0.349, 58.178)}
 _TAPS = {"conv1": "conv1_relu", **{f"fire{i}": f"fire{i}_out" for i in range(2, 10)}, "conv10": "conv10_relu"}
 
-for _version, (_params, _gmacs, _top1) in _TV.items():
-    register_model(ModelSpec(
-        name=f"squeezenet{_version}", family="squeezenet", builder=squeezenet, config={"version": _version},
+
+def _variant(version, params, gmacs, top1, file_name):
+    name = f"squeezenet{version}"
+    return ModelSpec(
+        name=name, family="squeezenet", builder=squeezenet, config={"version": version},
         paper="Iandola et al. 2016, arXiv:1602.07360" + (" (v1.1: authors' release, torchvision)"
-                                                          if _version == "1_1" else ""),
-        input_shape=(224, 224, 3), min_input_size=_MIN_SIZE[_version],
-        params=_params, params_source="torchvision weight metadata (num_params)",
-        gmacs=_gmacs, top1=_top1, taps=_TAPS, preprocessing="torch",
+                                                          if version == "1_1" else ""),
+        input_shape=(224, 224, 3), min_input_size=_MIN_SIZE[version],
+        params=params, params_source="torchvision weight metadata (num_params)", gmacs=gmacs, top1=top1, taps=_TAPS,
+        recipe="squeezenet", checkpoints=(torchvision_checkpoint(name, file_name, map_squeezenet, top1),),
         notes="ceil-mode max-pools as in Caffe/torchvision; 'conv10' taps the post-ReLU class maps "
-              "(Caffe's in-place relu_conv10)."))
+              "(Caffe's in-place relu_conv10).")
+
+
+# torchvision weight metadata and IMAGENET1K_V1 files (torchvision/models/squeezenet.py).
+VARIANTS = (
+    _variant("1_0", 1_248_424, 0.819, 58.092, "squeezenet1_0-b66bff10.pth"),
+    _variant("1_1", 1_235_496, 0.349, 58.178, "squeezenet1_1-b8a52dc0.pth"),
+)
+register_models(VARIANTS)

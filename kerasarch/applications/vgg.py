@@ -12,7 +12,9 @@ from keras import layers
 
 from kerasarch.blocks.common import BN_EPS_TORCH, apply_conv_bn_act
 from kerasarch.builder import apply_pooling, check_top_args, finish_model, make_inputs, predictions_dense
-from kerasarch.registry import ModelSpec, register_model
+from kerasarch.registry import ModelSpec, register_models
+from kerasarch.weights.published import keras_checkpoint, torchvision_checkpoint
+from kerasarch.weights.torch_names import map_vgg
 
 # Convolutions per block, paper Table 1.
 VGG_BLOCKS = {11: (1, 1, 2, 2, 2), 13: (2, 2, 2, 2, 2), 16: (2, 2, 3, 3, 3), 19: (2, 2, 4, 4, 4)}
@@ -65,15 +67,35 @@ _TV_TOP1 = {11: 69.02, 13: 69.928, 16: 71.592, 19: 72.376}
 _VGG_TAPS = {**{f"conv{b}": f"block{b}_pool" for b in range(1, 6)}, "pool5": "block5_pool", "fc6": "fc1",
              "fc7": "fc2"}
 
-for _depth in VGG_BLOCKS:
-    for _bn in (False, True):
-        register_model(ModelSpec(
-            name=f"vgg{_depth}{'_bn' if _bn else ''}", family="vgg", builder=vgg,
-            config={"depth": _depth, "batch_norm": _bn},
-            paper="Simonyan & Zisserman 2014, arXiv:1409.1556" + (" (+BN, torchvision)" if _bn else ""),
-            input_shape=(224, 224, 3), min_input_size=32,
-            params=(_TV_BN_PARAMS if _bn else _TV_PARAMS)[_depth],
-            params_source="torchvision weight metadata (num_params)",
-            total_params=None if _bn else _TV_PARAMS[_depth],
-            gmacs=_TV_GMACS[_depth], top1=None if _bn else _TV_TOP1[_depth], taps=_VGG_TAPS,
-            preprocessing="caffe", slow=True))
+# Published weights: keras.applications (Caffe-converted, MD5s from keras/src/applications/vgg*.py) for VGG16/19,
+# torchvision IMAGENET1K_V1 (file names and top-1 from torchvision/models/vgg.py) for every depth.
+_KERAS = {
+    16: keras_checkpoint("vgg16", "vgg16", "vgg16_weights_tf_dim_ordering_tf_kernels",
+                         "64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc", "caffe", 71.3),
+    19: keras_checkpoint("vgg19", "vgg19", "vgg19_weights_tf_dim_ordering_tf_kernels",
+                         "cbe5617147190e668d6c5d5026f83318", "253f8cb515780f3b799900260a226db6", "caffe", 71.3),
+}
+_TORCHVISION = {
+    "vgg11": ("vgg11-8a719046.pth", 69.02), "vgg13": ("vgg13-19584684.pth", 69.928),
+    "vgg16": ("vgg16-397923af.pth", 71.592), "vgg19": ("vgg19-dcbb9e9d.pth", 72.376),
+    "vgg11_bn": ("vgg11_bn-6002323d.pth", 70.37), "vgg13_bn": ("vgg13_bn-abd245e5.pth", 71.586),
+    "vgg16_bn": ("vgg16_bn-6c64b313.pth", 73.36), "vgg19_bn": ("vgg19_bn-c79401a0.pth", 74.218),
+}
+
+
+def _variant(depth, bn):
+    name = f"vgg{depth}{'_bn' if bn else ''}"
+    keras_weights = () if bn or depth not in _KERAS else (_KERAS[depth],)
+    return ModelSpec(
+        name=name, family="vgg", builder=vgg, config={"depth": depth, "batch_norm": bn},
+        paper="Simonyan & Zisserman 2014, arXiv:1409.1556" + (" (+BN, torchvision)" if bn else ""),
+        input_shape=(224, 224, 3), min_input_size=32, params=(_TV_BN_PARAMS if bn else _TV_PARAMS)[depth],
+        params_source="torchvision weight metadata (num_params)", total_params=None if bn else _TV_PARAMS[depth],
+        gmacs=_TV_GMACS[depth], top1=None if bn else _TV_TOP1[depth], taps=_VGG_TAPS, recipe="vgg",
+        checkpoints=(*keras_weights, torchvision_checkpoint(name, *_TORCHVISION[name][:1], map_vgg,
+                                                            _TORCHVISION[name][1])),
+        slow=True)
+
+
+VARIANTS = tuple(_variant(depth, bn) for depth in VGG_BLOCKS for bn in (False, True))
+register_models(VARIANTS)

@@ -21,7 +21,8 @@ A recipe holds:
 - ``ema``: a momentum (e.g. 0.999) to train with an exponential moving average of the weights (Polyak averaging)
   that replaces the weights at the end of the run (one replica only);
 - ``augment``: a :data:`kerasarch.data.AUGMENTATIONS` preset; ``preprocessing``: the input convention
-  (``None``: the spec's; models without pretrained weights (spec ``"none"``) then get ``"unit"``, [0, 1]);
+  (``None``: the model card's, which for a model without pretrained weights is what its default recipe trains
+  with);
 - ``source`` / ``notes``: where the numbers come from and what deviates.
 
 :func:`get_recipe` resolves ``"paper"``, a named recipe, a JSON file or a dict of overrides.
@@ -30,7 +31,6 @@ A recipe holds:
 from __future__ import annotations
 
 import copy
-import fnmatch
 import json
 import os
 
@@ -162,45 +162,10 @@ RECIPES = {
         source="kerasarch default", notes="for models without a paper recipe."),
 }
 
-# (name pattern, family, cifar-sized, recipe): the first matching row wins; None matches anything.
-_RULES = [
-    ("lenet*", None, None, "lenet"),
-    ("zfnet*", None, None, "zfnet"),
-    (None, "alexnet", None, "alexnet"),
-    (None, "vgg", None, "vgg"),
-    (None, "googlenet", None, "googlenet"),
-    ("resnet110_sd", None, None, "stochastic_depth_cifar"),
-    ("wrn*", None, None, "wrn_cifar"),
-    ("resnext29*", None, None, "resnext_cifar"),
-    ("preact_resnet*", None, None, "preact_cifar"),
-    (None, "resnet", True, "resnet_cifar"),
-    (None, "resnet", False, "resnet_imagenet"),
-    (None, "densenet", True, "densenet_cifar"),
-    (None, "densenet", False, "densenet_imagenet"),
-    (None, "fractalnet", None, "fractalnet_cifar"),
-    (None, "nin", True, "nin_cifar"),
-    (None, "nin", False, "nin_imagenet"),
-    (None, "squeezenet", None, "squeezenet"),
-]
-
-
-def _is_cifar(spec):
-    return spec.config.get("stem") == "cifar" or (spec.input_shape[0] or 224) <= 64
-
-
 def recipe_name_for(spec):
-    """The name of the paper recipe of a :class:`~kerasarch.ModelSpec` (``"generic"`` when none fits)."""
-    if spec is None:
-        return "generic"
-    for pattern, family, cifar, name in _RULES:
-        if pattern is not None and not fnmatch.fnmatchcase(spec.name, pattern):
-            continue
-        if family is not None and spec.family != family:
-            continue
-        if cifar is not None and _is_cifar(spec) != cifar:
-            continue
-        return name
-    return "generic"
+    """The name of the default recipe of a :class:`~kerasarch.ModelSpec` (its ``recipe`` field; ``"generic"`` for
+    ``None``)."""
+    return "generic" if spec is None else spec.recipe
 
 
 def _aux_loss_weight():

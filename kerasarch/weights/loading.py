@@ -330,34 +330,90 @@ def fetch_weights(model_name, *, source=None, include_top=True, file_hash=None, 
     return path, info
 
 
-def _registry_name(model):
-    from kerasarch.registry import get_spec
+def _card_variant(model, weights):
+    from kerasarch.card import card_of, has_card
 
-    try:
-        return get_spec(model.name).name
-    except ValueError:
+    variant = card_of(model).variant if has_card(model) else None
+    if variant is None:
+        raise ValueError(f"weights={weights!r} finds the checkpoint through the model's card, and model "
+                         f"'{model.name}' has none naming a registered variant. Build it with "
+                         f"kerasarch.build_model(<variant>, weights={weights!r}), or pass weights=<path>.")
+    return variant
+
+
+def _torch_family(info):
+    """The key of :data:`~kerasarch.weights.torch_names.MAPPERS` of a checkpoint's key mapping (None: detect)."""
+    if info is None or info.torch_mapping is None:
         return None
+    from kerasarch.weights.torch_names import MAPPERS
+
+    return next((key for key, fn in MAPPERS.items() if fn is info.torch_mapping), None)
+
+
+def _published_match(model, path):
+    """``(checkpoint, exact)``: the card variant's published checkpoint whose file name ``path`` has (exact), else
+    for a torch file its torchvision checkpoint (its key mapping and input convention apply), else ``(None, _)``."""
+    from kerasarch.card import card_of, has_card
+    from kerasarch.weights.table import WEIGHTS
+
+    if not has_card(model) or card_of(model).variant is None:
+        return None, False
+    entries = WEIGHTS.get(card_of(model).variant, ())
+    base = os.path.basename(path)
+    for info in entries:
+        if base in (info.file_name, info.notop.file_name if info.notop else None):
+            return info, True
+    if base.lower().endswith((".pth", ".pt", ".safetensors")):
+        torch_entries = [i for i in entries if i.torch_mapping is not None]
+        if torch_entries:
+            return torch_entries[0], False
+    return None, False
+
+
+def _record_weights(model, path, info, exact):
+    """Writes the weights' provenance on the model's card; a published checkpoint (or a ``.keras`` file with a card)
+    also gives its input convention and class names."""
+    from kerasarch.card import card_of, has_card, read_card, with_card
+    from kerasarch.weights.download import file_digest
+
+    if not has_card(model):
+        return
+    card = card_of(model)
+    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    classes = int(model.outputs[0].shape[-1]) if len(model.outputs) == 1 else None
+    changes = {"weights": {"source": info.source if exact else "file",
+                           "checkpoint": f"{info.source}:{info.id}" if exact else None,
+                           "file": os.path.basename(path), "sha256": file_digest(path, "sha256")}}
+    saved = read_card(path) if path.lower().endswith(".keras") else None
+    if info is not None:
+        changes["input"] = info.input.for_size(shape[1:3], shape[-1])
+        if exact and info.class_names == "imagenet1k" and classes == 1000:
+            from kerasarch.weights.classes import imagenet_class_names
+
+            changes["class_names"] = imagenet_class_names()
+    elif saved is not None:
+        changes["input"] = saved.input.for_size(shape[1:3], shape[-1])
+        if saved.class_names is not None and len(saved.class_names) == classes:
+            changes["class_names"] = saved.class_names
+    with_card(model, card.replace(**changes))
 
 
 def load_weights(model, weights, *, file_hash=None):
-    """Loads ``weights`` into ``model`` and returns the model.
+    """Loads ``weights`` into ``model`` and returns the model, recording where they came from on its card.
 
     Args:
-        model: a built kerasarch model.
-        weights: ``"imagenet"`` (the model's default published weights), ``"imagenet:keras"`` /
+        model: a built kerasarch model (``"imagenet"`` needs its card, which names the variant).
+        weights: ``"imagenet"`` (the variant's default published weights), ``"imagenet:keras"`` /
             ``"imagenet:torchvision"`` (a given source), or the path of a ``.keras``, ``.weights.h5``,
             keras.applications ``.h5``, torchvision ``.pth`` or ``.safetensors`` file.
         file_hash: for ``"imagenet"``, a hash to check instead of the table's.
     """
     if isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet":
         source = weights.split(":", 1)[1] if ":" in weights else None
-        name = _registry_name(model)
-        if name is None:
-            raise ValueError(f"weights='imagenet' finds the weights by the model's registry name, and "
-                             f"{model.name!r} is not one. Build it with its registry name or pass weights=<path>. "
-                             f"Received: weights={weights!r}")
+        name = _card_variant(model, weights)
         path, info = fetch_weights(name, source=source, include_top=_has_top(model), file_hash=file_hash)
-        _load_path(model, path)
+        _load_path(model, path, _torch_family(info))
+        _record_weights(model, path, info, True)
         return model
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"`weights` must be None, 'imagenet' or the path to a weights file. "
@@ -366,12 +422,14 @@ def load_weights(model, weights, *, file_hash=None):
     if not os.path.exists(path):
         raise FileNotFoundError(f"Weights file not found: {path!r}. `weights` must be None, 'imagenet' or an existing "
                                 f"{' / '.join(_SUFFIXES)} file.")
-    _load_path(model, path)
+    info, exact = _published_match(model, path)
+    _load_path(model, path, _torch_family(info))
+    _record_weights(model, path, info, exact)
     return model
 
 
-def _load_path(model, path):
+def _load_path(model, path, family=None):
     if not path.lower().endswith(_SUFFIXES):
         raise WeightsFileError(f"Unsupported weights file {path!r}: expected one of {', '.join(_SUFFIXES)}.")
-    arrays = read_layer_weights(path, model)
+    arrays = read_layer_weights(path, model, family)
     assign_layer_weights(model, arrays, source=f"'{os.path.basename(path)}'")
