@@ -36,41 +36,13 @@ _FUZZER = textwrap.dedent(r'''
     rng = np.random.default_rng(seed)
 
     # ---- seed files, all small and valid
-    def long1(v):
-        n = (v.bit_length() + 8) // 8 if v else 0
-        return b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
-
-    def text(s):
-        b = s.encode()
-        return b"X" + struct.pack("<I", len(b)) + b
-
-    def ints(seq):
-        return b"(" + b"".join(long1(v) for v in seq) + b"t"
-
-    def state_pickle(tensors, legacy):
-        out = b"\x80\x02ccollections\nOrderedDict\n)R("
-        for name, (key, numel, offset, size, stride) in tensors.items():
-            pid = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text(key) + text("cpu") + long1(numel)
-            pid += (b"N" if legacy else b"") + b"tQ"
-            out += text(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + long1(offset) + ints(size)
-            out += ints(stride) + b"\x89ccollections\nOrderedDict\n)RtR"
-        return out + b"u."
+    from tests.helpers import torch_checkpoint_bytes
 
     weight = np.arange(24, dtype="<f4")
     tensors = {"conv.weight": ("0", 24, 0, (2, 3, 2, 2), (12, 4, 2, 1)),
                "conv.bias": ("0", 24, 22, (2,), (1,)), "fc.weight": ("0", 24, 0, (4, 6), (1, 4))}
-    seeds = {}
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        zf.writestr("archive/data.pkl", state_pickle(tensors, False))
-        zf.writestr("archive/byteorder", "little")
-        zf.writestr("archive/data/0", weight.tobytes())
-    seeds["zip.pth"] = buf.getvalue()
-    legacy = b"".join(__import__("pickle").dumps(v, protocol=2) for v in (
-        0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
-    legacy += state_pickle(tensors, True) + __import__("pickle").dumps(["0"], protocol=2)
-    seeds["legacy.pth"] = legacy + struct.pack("<q", 24) + weight.tobytes()
-
+    seeds = {"zip.pth": torch_checkpoint_bytes(tensors, {"0": weight.tobytes()}),
+             "legacy.pth": torch_checkpoint_bytes(tensors, {"0": weight.tobytes()}, legacy=True)}
     path = os.path.join(folder, "seed.safetensors")
     save_file({"features.0.weight": weight.reshape(2, 3, 2, 2), "features.0.bias": weight[:2].copy()}, path)
     seeds["w.safetensors"] = open(path, "rb").read()
@@ -119,6 +91,13 @@ _FUZZER = textwrap.dedent(r'''
         at = int(rng.integers(0, max(1, len(data) - len(value))))
         data[at:at + len(value)] = value
         return bytes(data)
+
+    def long1(v):
+        n = (v.bit_length() + 8) // 8 if v else 0
+        return b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
+
+    def ints(seq):
+        return b"(" + b"".join(long1(v) for v in seq) + b"t"
 
     def targeted(name, data):
         """Huge values over the fields that declare sizes."""
