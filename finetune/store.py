@@ -13,7 +13,6 @@ found there by that exact pattern and nowhere else, so cleaning them up never to
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -102,12 +101,11 @@ def _atomic_write(path, data, tmp_dir=None):
         f.write(data)
 
 
-def file_sha256(path, chunk=1 << 20):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path):
+    """The SHA-256 hex digest of the file at ``path`` (:func:`kerasarch.weights.download.file_digest`)."""
+    from kerasarch.weights.download import file_digest
+
+    return file_digest(path, "sha256")
 
 
 def read_metadata(directory):
