@@ -137,22 +137,16 @@ def load_arrays(source, backbone, *, fit="auto", batch_size=256):
 def precision_scope(precision="float32", strategy=None):
     """Builds models under the dtype policy of ``precision`` (``auto`` as :func:`kerasarch.training.train`
     decides it) and inside ``strategy``'s scope; yields ``(policy, strategy)``."""
-    import keras
-
     from kerasarch import training
+    from kerasarch.training.precision import dtype_policy
 
     try:
         policy = training.resolve_precision(precision)
     except ValueError as e:
         raise FinetuneError(str(e)) from e
     strategy = training.make_strategy(strategy)
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
-        with strategy.scope():
-            yield policy, strategy
-    finally:
-        keras.config.set_dtype_policy(previous)
+    with dtype_policy(policy), strategy.scope():
+        yield policy, strategy
 
 
 def phase_recipe(lr, *, batch_size=32, optimizer="adam", augment="none", preprocessing="unit", weight_decay=0.0):

@@ -17,7 +17,7 @@ import tensorflow as tf
 import kerasarch
 from kerasarch import data, training
 from kerasarch.training import recipes
-from kerasarch.training.precision import cpu_flags
+from kerasarch.training.precision import cpu_flags, dtype_policy
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -217,6 +217,19 @@ def test_cpu_flags_from_a_cpuinfo_file(tmp_path, flags, bf16):
     assert training.resolve_precision("auto", gpus=[], tpu=False, cpu_flags_=cpu_flags(str(path))) == (
         "mixed_bfloat16" if bf16 else "float32")
     assert cpu_flags(str(tmp_path / "missing")) == set()
+
+
+def test_dtype_policy_context_sets_and_restores_the_global_policy():
+    keras.config.set_dtype_policy("mixed_float16")
+    with dtype_policy("mixed_bfloat16"):
+        assert keras.layers.Dense(2).compute_dtype == "bfloat16"
+    assert keras.config.dtype_policy().name == "mixed_float16"
+    with pytest.raises(RuntimeError, match="inside"), dtype_policy("float32"):
+        assert keras.config.dtype_policy().name == "float32"
+        raise RuntimeError("inside")
+    assert keras.config.dtype_policy().name == "mixed_float16"  # restored on an error too
+    with dtype_policy(None):
+        assert keras.config.dtype_policy().name == "mixed_float16"
 
 
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])

@@ -31,6 +31,7 @@ import keras
 import numpy as np
 
 from kerasarch.analysis.profile import dtype_itemsize, profile, resolve_model
+from kerasarch.training.precision import dtype_policy as precision_policy
 
 if keras.backend.backend() == "tensorflow":
     import tensorflow as tf
@@ -166,12 +167,8 @@ def measure(model_name, *, input_shape=None, batch_sizes=(1, 32), runs=5, warmup
         if progress is not None:
             progress(stage, done, total)
 
-    previous_policy = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(dtype_policy or "float32")
-    try:
+    with precision_policy(dtype_policy or "float32"):
         return _measure(model_name, input_shape, batch_sizes, runs, warmup, jit_compile, tick)
-    finally:
-        keras.config.set_dtype_policy(previous_policy)
 
 
 def _measure(model_name, input_shape, batch_sizes, runs, warmup, jit_compile, tick):

@@ -7,7 +7,11 @@ Under a mixed policy the layers compute in 16 bits and keep float32 variables; k
 
 from __future__ import annotations
 
-__all__ = ["PRECISIONS", "resolve_precision", "cpu_flags", "cpu_supports_bfloat16", "gpu_compute_capabilities"]
+import contextlib
+from typing import Iterator
+
+__all__ = ["PRECISIONS", "resolve_precision", "cpu_flags", "cpu_supports_bfloat16", "gpu_compute_capabilities",
+           "dtype_policy"]
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
@@ -71,3 +75,19 @@ def resolve_precision(precision="auto", *, gpus=None, tpu=None, cpu_flags_=None)
     if _has_tpu() if tpu is None else tpu:
         return "mixed_bfloat16"
     return "mixed_bfloat16" if cpu_supports_bfloat16(cpu_flags_) else "float32"
+
+
+@contextlib.contextmanager
+def dtype_policy(policy: str | None) -> Iterator[None]:
+    """Sets Keras' global dtype policy to ``policy`` (a policy name; ``None`` leaves it as it is) for the ``with``
+    block — layers created inside it compute in that precision — and restores the previous one on the way out,
+    errors included."""
+    import keras
+
+    previous = keras.config.dtype_policy()
+    if policy is not None:
+        keras.config.set_dtype_policy(policy)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
