@@ -2,10 +2,10 @@
 the encoded-image signature fed real files, `saved_model_cli`, the warm-up file, bad requests, overwrite safety,
 permissions, and every request example of docs/serving.md run against an exported model.
 
-The references never come from the export's own code: images are decoded with tf.io.decode_image, fitted with the
-library's evaluation fit (kerasarch.data.transforms.fit_image) and preprocessed with the 'tf' convention written
-here (x / 127.5 - 1, keras.applications' 'tf' mode), then run through the Keras model. Tolerance (float32):
-probabilities within 1e-4, identical top-1.
+The references never come from the export's own code: image files are read by the library
+(kerasarch.data.read_image), fitted by its evaluation fit with the model's card (kerasarch.preprocessing.fit_images)
+and preprocessed with the constants written here (torchvision's Normalize mean/std; LeCun et al. 1998's -0.1..1.175),
+then run through the Keras model. Tolerance (float32): probabilities within 1e-4, identical top-1.
 
 TF Serving's REST API is emulated by `_rest_predict`, which parses the JSON payload as the REST API documents it
 (tensorflow/serving g3doc/api_rest.md: "instances" row format, "inputs" columnar format, {"b64": ...} for binary
@@ -28,22 +28,30 @@ import tensorflow as tf
 
 import kerasarch
 from kerasarch.cli import main as cli
-from kerasarch.data.transforms import fit_image
+from kerasarch.data import read_image
 from kerasarch.export import ExportError, export_model, export_target
+from kerasarch.preprocessing import fit_images
 
 SIZE = 32  # resnet20 (CIFAR) input size
 CLASS_NAMES = [f"class_{i}" for i in range(10)]
 DOCS = os.path.join(os.path.dirname(__file__), os.pardir, "docs", "serving.md")
 
 
-def _tf_convention(x):
-    return np.asarray(x, "float32") / 127.5 - 1.0
+def _convention(mode, x):
+    """Pixels in [0, 255] to the model's convention, with the published constants written out."""
+    x = np.asarray(x, "float32")
+    if mode == "torch":  # torchvision's transforms.Normalize for ImageNet
+        return (x / 255.0 - np.array([0.485, 0.456, 0.406], "float32")) / np.array([0.229, 0.224, 0.225], "float32")
+    if mode == "lecun":  # LeCun et al. 1998 §II-A: background -0.1, ink 1.175
+        return x * (1.275 / 255.0) - 0.1
+    raise AssertionError(f"no reference written for {mode!r}")
 
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    """A ResNet-20 trained for one short epoch on 500 tinted digits (so that its top-1 differs from image to image;
-    a random network answers one class for everything), exported once: ``(model, base folder, version folder)``."""
+    """A ResNet-20 trained for one short epoch on 500 tinted digits in its card's convention (so that its top-1
+    differs from image to image; a random network answers one class for everything), exported once with what its
+    card says: ``(model, base folder, version folder)``."""
     from sklearn.datasets import load_digits
 
     keras.utils.set_random_seed(1)
@@ -51,10 +59,11 @@ def exported(tmp_path_factory):
     x = tf.image.resize(digits.images[:500, ..., None].astype("float32") * (255.0 / 16.0), (SIZE, SIZE)).numpy()
     x = np.repeat(x, 3, -1) * np.array([1.0, 0.8, 0.6], "float32")
     model = kerasarch.build_model("resnet20", classes=10)
+    assert kerasarch.card_of(model).input.preprocessing == "torch"
     model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="sparse_categorical_crossentropy")
-    model.fit(_tf_convention(x), digits.target[:500], epochs=1, batch_size=100, verbose=0)
+    model.fit(_convention("torch", x), digits.target[:500], epochs=1, batch_size=100, verbose=0)
     base = tmp_path_factory.mktemp("serving") / "resnet20"
-    return model, base, export_model(model, base, preprocessing="tf", class_names=CLASS_NAMES)
+    return model, base, export_model(model, base, class_names=CLASS_NAMES)
 
 
 def _encode(array, fmt):
@@ -98,11 +107,13 @@ def image_files(tmp_path_factory):
     return paths
 
 
-def _library_probabilities(model, contents):
-    """The Keras model on images decoded by TensorFlow and fitted by the library's evaluation fit."""
-    fitted = [fit_image(tf.io.decode_image(c, channels=3, expand_animations=False), (SIZE, SIZE), 3,
-                        method="resize") for c in contents]
-    return np.asarray(model(_tf_convention(tf.stack(fitted)), training=False))
+def _library_probabilities(model, images):
+    """The Keras model on ``images`` (file paths, read by the library, or uint8 arrays) fitted by the library's
+    evaluation fit with the model's card, in the convention written above."""
+    config = kerasarch.card_of(model).input
+    arrays = [read_image(i, config.channels) if isinstance(i, (str, os.PathLike)) else i for i in images]
+    fitted = np.stack([np.asarray(fit_images(a, config)) for a in arrays])
+    return np.asarray(model(_convention(config.preprocessing, fitted), training=False))
 
 
 def _files_bytes(paths):
@@ -123,7 +134,7 @@ def test_serving_default_on_real_files_equals_the_keras_model(exported, image_fi
     assert spec.dtype == tf.string and spec.shape.as_list() == [None]
     contents = _files_bytes(image_files.values())
     got = serve(image_bytes=tf.constant(contents))
-    want = _library_probabilities(model, contents)
+    want = _library_probabilities(model, image_files.values())
     assert len(set(want.argmax(-1))) >= 2, "the test model should not answer the same class for every image"
     _check(got["probabilities"], want, "serving_default")
     top = np.argsort(-want, axis=-1)[:, :5]
@@ -139,14 +150,15 @@ def test_predict_images_takes_grey_rgb_and_rgba_pixels(exported):
     predict = tf.saved_model.load(path).signatures["predict_images"]
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (3, 40, 24, 3), dtype=np.uint8)
-    want = _library_probabilities(model, [tf.io.encode_png(x).numpy() for x in rgb])
+    want = _library_probabilities(model, list(rgb))
     _check(predict(images=tf.constant(rgb))["probabilities"], want, "predict_images RGB")
     rgba = np.concatenate([rgb, np.full((3, 40, 24, 1), 7, np.uint8)], -1)
     _check(predict(images=tf.constant(rgba))["probabilities"], want, "predict_images RGBA")
     grey = rgb[..., :1]
-    want_grey = np.asarray(model(_tf_convention(tf.image.resize(np.repeat(grey, 3, -1).astype("float32"),
-                                                                (SIZE, SIZE))), training=False))
+    want_grey = _library_probabilities(model, list(np.repeat(grey, 3, -1)))
     _check(predict(images=tf.constant(grey))["probabilities"], want_grey, "predict_images grey")
+    grey_alpha = np.concatenate([grey, np.full_like(grey, 200)], -1)
+    _check(predict(images=tf.constant(grey_alpha))["probabilities"], want_grey, "predict_images grey + alpha")
     for bad, message in [(np.zeros((0, SIZE, SIZE, 3), np.uint8), "batch of 0"),
                          (np.zeros((1, SIZE, SIZE, 5), np.uint8), "1, 2, 3 or 4 channels"),
                          (np.zeros((1, 0, SIZE, 3), np.uint8), "at least one pixel")]:
@@ -161,7 +173,9 @@ def test_saved_model_cli_run_with_input_exprs(exported, image_files, tmp_path):
         pytest.skip("saved_model_cli (installed with tensorflow) not found beside the interpreter")
     small_photo = tf.io.encode_jpeg(tf.cast(tf.image.resize(tf.io.decode_jpeg(image_files["china.jpg"].read_bytes()),
                                                             (48, 72)), tf.uint8)).numpy()
-    contents = _files_bytes([image_files["digit_grey.png"], image_files["digit.jpg"]]) + [small_photo]
+    (tmp_path / "small.jpg").write_bytes(small_photo)
+    paths = [image_files["digit_grey.png"], image_files["digit.jpg"], tmp_path / "small.jpg"]
+    contents = _files_bytes(paths)
     # A Python literal (the flag is read with ast.literal_eval); every byte escaped, since ';' separates inputs.
     literal = "[" + ", ".join("b'" + "".join(f"\\x{byte:02x}" for byte in c) + "'" for c in contents) + "]"
     result = subprocess.run([cli_bin, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
@@ -169,7 +183,7 @@ def test_saved_model_cli_run_with_input_exprs(exported, image_files, tmp_path):
                              str(tmp_path / "cli_out")], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     probs = np.load(tmp_path / "cli_out" / "probabilities.npy")
-    _check(probs, _library_probabilities(model, contents), "saved_model_cli")
+    _check(probs, _library_probabilities(model, paths), "saved_model_cli")
     np.testing.assert_array_equal(np.load(tmp_path / "cli_out" / "top5_indices.npy")[:, 0], probs.argmax(-1))
 
 
@@ -262,7 +276,7 @@ def test_bad_images_fail_their_request_and_the_next_one_is_served(exported, imag
     model, _, path = exported
     serve = tf.saved_model.load(path).signatures["serving_default"]
     good = image_files["digit.jpg"].read_bytes()
-    want = _library_probabilities(model, [good])
+    want = _library_probabilities(model, [image_files["digit.jpg"]])
     text = b"kerasarch: this is a text file, not an image\n"
     for bad in (b"", good[: len(good) // 2], text):
         with pytest.raises(tf.errors.InvalidArgumentError, match=r"Could not decode image\(s\) \[1\]"):
@@ -338,7 +352,7 @@ def client_folder(image_files, tmp_path, monkeypatch):
 
 
 def _want_for_docs(model):
-    return _library_probabilities(model, [open("cat.jpg", "rb").read(), open("dog.png", "rb").read()])
+    return _library_probabilities(model, [os.path.abspath("cat.jpg"), os.path.abspath("dog.png")])
 
 
 def test_docs_curl_request(exported, client_folder):
@@ -431,3 +445,31 @@ def test_rest_errors_are_http_400_with_the_message(exported):
     status, answer = _rest_predict(tf.saved_model.load(path), "http://localhost:8501/v1/models/m:predict",
                                    {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]})
     assert status == 400 and "Could not decode image(s) [0]" in answer["error"]
+
+
+def test_grey_model_serves_grey_and_colour_files(image_files, tmp_path):
+    """LeNet-5 (one channel, LeCun's convention): files of every format decoded to grey as the library reads them,
+    a 28 × 28 digit padded into the 32 × 32 field as the card's evaluation fit does (LeCun et al. 1998 §III-A)."""
+    from sklearn.datasets import load_digits
+
+    keras.utils.set_random_seed(2)
+    model = kerasarch.build_model("lenet5")
+    config = kerasarch.card_of(model).input
+    assert config.channels == 1 and config.preprocessing == "lecun"
+    path = export_model(model, tmp_path / "lenet5", warmup=False)
+    digit28 = tf.image.resize(load_digits().images[7][..., None] * (255.0 / 16.0), (28, 28)).numpy()
+    (tmp_path / "digit28.png").write_bytes(_encode(np.clip(np.round(digit28[..., 0]), 0, 255).astype("uint8"), "PNG"))
+    # The library reads no GIF in one channel (TensorFlow's GIF decoder gives RGB); serving converts it by luma.
+    paths = [p for name, p in image_files.items() if not name.endswith(".gif")] + [tmp_path / "digit28.png"]
+    loaded = tf.saved_model.load(path)
+    got = loaded.signatures["serving_default"](image_bytes=tf.constant(_files_bytes(paths)))["probabilities"]
+    want = _library_probabilities(model, paths)
+    assert len(set(want.argmax(-1))) >= 2
+    _check(got, want, "LeNet-5 serving_default")
+    rgb = read_image(image_files["digit.gif"], 3).astype("float32")
+    luma = np.round(rgb @ np.array([0.2989, 0.5870, 0.1140], "float32"))[..., None].astype("uint8")
+    got = loaded.signatures["serving_default"](image_bytes=tf.constant([image_files["digit.gif"].read_bytes()]))
+    _check(got["probabilities"], _library_probabilities(model, [luma]), "LeNet-5, GIF")
+    grey = read_image(tmp_path / "digit28.png", 1)[None]
+    _check(loaded.signatures["predict_images"](images=tf.constant(grey))["probabilities"], want[-1:],
+           "LeNet-5 predict_images, one channel")
