@@ -261,6 +261,17 @@ def test_overwrite_replaces_only_earlier_exports(tmp_path, capsys, monkeypatch):
     (base / "1" / "data.csv").write_text("a,b")
     with pytest.raises(ExportError, match="not an earlier export"):
         export_target(base, version=1, overwrite=True)
+    # A file is never a destination.
+    with pytest.raises(ExportError, match="not a folder"):
+        export_target(user / "notes.txt")
+    # An export in the flat layout (before version folders) is replaced by the versioned one only when asked.
+    flat = tmp_path / "flat"
+    (flat / "variables").mkdir(parents=True)
+    (flat / "saved_model.pb").write_bytes(b"old")
+    assert _cli("resnet20", "--format", "saved_model", "--out", flat, "--no-warmup") == 2
+    assert "flat layout" in capsys.readouterr().err
+    assert _cli("resnet20", "--format", "saved_model", "--out", flat, "--overwrite", "--no-warmup") == 0
+    assert os.listdir(flat) == ["1"] and (flat / "1" / "saved_model.pb").read_bytes() != b"old"
     # --out . (the current folder) is refused even when it holds an earlier export.
     exported_tflite = tmp_path / "tfl"
     exported_tflite.mkdir()
