@@ -88,7 +88,7 @@ def _auto_taps(backbone, source, val_source, *, C, seed):
         x, y = load_arrays(src, backbone)
         parts = {t: [] for t in taps}
         for start in range(0, len(x), 128):
-            out = fx(x[start:start + 128], training=False)
+            out = fx([x[start:start + 128]], training=False)
             for t in taps:
                 parts[t].append(pool_features(out[t].numpy() if hasattr(out[t], "numpy") else out[t]))
         pooled.append(({t: np.concatenate(v) for t, v in parts.items()}, y))
@@ -207,6 +207,8 @@ def _finish(net, backbone, out, source, val_source, test_source, result):
     from kerasarch.training.checkpoint import atomic_save_model
 
     os.makedirs(out, exist_ok=True)
+    net = backbone.card_for(net, source.class_names, recipe=result.get("config"),
+                            data={**source.describe(), "examples": len(source)})
     atomic_save_model(net, os.path.join(out, "model.keras"))
     result.update({**backbone.describe(), "data": source.describe(), "class_names": list(source.class_names),
                    "num_train": len(source)})

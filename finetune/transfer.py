@@ -117,7 +117,7 @@ def set_phase(model, phase, frozen=(), *, train_bn=False):
     return model
 
 
-def load_arrays(source, backbone, *, fit="auto", batch_size=256):
+def load_arrays(source, backbone, *, fit=None, batch_size=256):
     """All images of ``source`` fitted to the backbone's input and preprocessed: ``(x, y)`` arrays (for
     inference; training goes through :func:`kerasarch.training.train`'s input pipeline)."""
     from finetune.backbone import prepare_batch
@@ -126,7 +126,8 @@ def load_arrays(source, backbone, *, fit="auto", batch_size=256):
     for start in range(0, len(source), batch_size):
         images, labels, _ = source.read(start, start + batch_size, channels=backbone.input_shape[-1])
         if len(labels):
-            xs.append(prepare_batch(images, backbone.input_shape, backbone.preprocessing, fit=fit))
+            xs.append(prepare_batch(images, backbone.input_shape, backbone.preprocessing,
+                                    input_config=backbone.input_for(fit)))
             ys.append(labels)
     if not xs:
         raise FinetuneError(f"No readable images in {source.name}.")
@@ -242,7 +243,7 @@ def balanced_split(labels, fraction, seed, class_names=None):
     names = list(class_names) if class_names is not None else None
 
     def name(c):
-        return repr(names[c]) if names is not None and 0 <= c < len(names) else str(c)
+        return names[c] if names is not None and 0 <= c < len(names) else int(c)
 
     counts = {int(c): int(np.sum(labels == c)) for c in (range(len(names)) if names else np.unique(labels))}
     few = {name(c): n for c, n in counts.items() if n < 2}
@@ -255,7 +256,7 @@ def balanced_split(labels, fraction, seed, class_names=None):
         idx = rng.permutation(np.flatnonzero(labels == c))
         k = max(1, int(round(fraction * len(idx))))
         if k >= len(idx):
-            raise FinetuneError(f"A validation fraction of {fraction} takes all {len(idx)} images of class {name(c)}, "
+            raise FinetuneError(f"A validation fraction of {fraction} takes all {len(idx)} images of class {name(c)!r}, "
                                 f"leaving none to train on; lower --val-fraction or give --val.")
         held += idx[:k].tolist()
         kept += idx[k:].tolist()
