@@ -158,14 +158,17 @@ def _ensure_loaded():
         import kerasarch.applications  # noqa: F401  (registers every family)
 
 
-def list_models(pattern: str | None = None, family: str | None = None) -> list[str]:
-    """Returns the sorted registry names, optionally filtered by a glob ``pattern`` and a ``family``."""
+def list_models(pattern: str | None = None, family: str | None = None, pretrained: bool = False) -> list[str]:
+    """Returns the sorted registry names, optionally filtered by a glob ``pattern``, a ``family`` and, with
+    ``pretrained=True``, to the variants with published checkpoints (``weights="imagenet"`` works for them)."""
     _ensure_loaded()
     names = sorted(_REGISTRY)
     if pattern:
         names = [n for n in names if fnmatch.fnmatchcase(n, pattern.lower())]
     if family:
         names = [n for n in names if _REGISTRY[n].family == family]
+    if pretrained:
+        names = [n for n in names if _REGISTRY[n].checkpoints]
     return names
 
 

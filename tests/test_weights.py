@@ -119,7 +119,12 @@ def test_table_entries_are_consistent():
     for name, entries in WEIGHTS.items():
         for info in entries:
             assert info.model == name
-            assert info.format in ("keras_h5", "torch_pth") and info.preprocessing in ("caffe", "torch", "tf")
+            assert info.format in ("keras_h5", "torch_pth", "safetensors")
+            assert info.preprocessing in ("caffe", "torch", "tf")
+            if info.source == "timm":  # the Hugging Face repository's model.safetensors; no hash in timm's source
+                assert info.origin.endswith(f"/timm/{info.id}/resolve/main/model.safetensors")
+                assert info.file_name == f"{info.id}.safetensors" and info.file_hash is None
+                continue
             assert info.file_hash is not None and info.origin.endswith(info.file_name)
             if info.source == "torchvision":  # torchvision's file names carry the SHA-256 prefix
                 assert info.file_name.rsplit("-", 1)[1] == f"{info.sha256}.pth"

@@ -32,7 +32,7 @@ from kerasarch.blocks.residual import (
 )
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs
 from kerasarch.registry import ModelSpec, register_models
-from kerasarch.weights.published import keras_checkpoint, torchvision_checkpoint
+from kerasarch.weights.published import keras_checkpoint, timm_checkpoint, torchvision_checkpoint
 from kerasarch.weights.torch_names import map_resnet
 
 __all__ = ["resnet", "survival_probabilities", "CONVENTIONS"]
@@ -315,14 +315,39 @@ _TORCHVISION = {
 }
 
 
+# torchvision IMAGENET1K_V2 ("new training recipe", pytorch/vision#3995): file names, the evaluation resize (232,
+# crop 224) and top-1 from torchvision/models/resnet.py (ResNet50_Weights ... Wide_ResNet101_2_Weights).
+_TORCHVISION_V2 = {
+    "resnet50": ("resnet50-11ad3fa6.pth", 80.858), "resnet101": ("resnet101-cd907fc2.pth", 81.886),
+    "resnet152": ("resnet152-f82ba261.pth", 82.284), "resnext50_32x4d": ("resnext50_32x4d-1a0047aa.pth", 81.198),
+    "resnext101_32x8d": ("resnext101_32x8d-110c445d.pth", 82.834),
+    "wide_resnet50_2": ("wide_resnet50_2-9ba9bcbe.pth", 81.602),
+    "wide_resnet101_2": ("wide_resnet101_2-d733dc28.pth", 82.51),
+}
+# timm's "ResNet strikes back" checkpoints (Wightman et al. 2021, arXiv:2110.00476), whose keys are torchvision's:
+# names and test configuration (288x288, crop_pct 1.0, bicubic: `_rcfg` in timm/models/resnet.py); top-1 at 288 from
+# timm's results table (the "Model Comparison" of the timm model cards). Evaluated at 288, so they come after the
+# torchvision sets, which are published at the variants' 224.
+_TIMM = {
+    "resnet50": ("resnet50.a1_in1k", 81.22), "resnet101": ("resnet101.a1h_in1k", 82.8),
+    "resnet152": ("resnet152.a1h_in1k", 83.46), "resnext50_32x4d": ("resnext50_32x4d.a1h_in1k", 82.03),
+}
+
+
 def _checkpoints(name):
+    """The variant's published checkpoints, the one ``weights="imagenet"`` picks first: the best published top-1
+    among those evaluated at the variant's input size (224)."""
     if name in _KERAS:
         stem, top_md5, notop_md5, top1 = _KERAS[name]
         mode = "tf" if name.endswith("v2") else "caffe"
         return (keras_checkpoint(name, "resnet", f"{stem}_weights_tf_dim_ordering_tf_kernels", top_md5, notop_md5,
                                  mode, top1),)
     if name in _TORCHVISION:
-        return (torchvision_checkpoint(name, _TORCHVISION[name][0], map_resnet, _TORCHVISION[name][1]),)
+        v1 = torchvision_checkpoint(name, _TORCHVISION[name][0], map_resnet, _TORCHVISION[name][1])
+        v2 = (torchvision_checkpoint(name, _TORCHVISION_V2[name][0], map_resnet, _TORCHVISION_V2[name][1],
+                                     id="IMAGENET1K_V2", resize_size=232),) if name in _TORCHVISION_V2 else ()
+        timm = (timm_checkpoint(name, _TIMM[name][0], map_resnet, _TIMM[name][1]),) if name in _TIMM else ()
+        return (*v2, v1, *timm)
     return ()
 
 

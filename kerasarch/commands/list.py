@@ -1,4 +1,5 @@
-"""``kerasarch list [PATTERN] [--build]``: the registered models, optionally built to show their sizes."""
+"""``kerasarch list [PATTERN] [--build] [--pretrained]``: the registered models, optionally built to show their sizes,
+or only those with published checkpoints (each with its source, top-1 and evaluation transform)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,9 @@ def register(sub):
     p.add_argument("--family", default=None, help="only this family")
     p.add_argument("--build", action="store_true",
                    help="build each model and print its parameter count and output shape")
+    p.add_argument("--pretrained", action="store_true",
+                   help="only models with published ImageNet checkpoints, listing each checkpoint (the first is what "
+                        "--weights imagenet loads)")
     p.set_defaults(func=run)
 
 
@@ -20,7 +24,7 @@ def run(args):
         families = sorted({get_spec(n).family for n in list_models()})
         if args.family not in families:
             raise KerasarchError(f"--family must be one of {', '.join(families)}. Received: --family {args.family!r}")
-    names = list_models(args.pattern, family=args.family)
+    names = list_models(args.pattern, family=args.family, pretrained=args.pretrained)
     if not names:
         raise KerasarchError(f"No registered model matches {args.pattern!r}"
                              + (f" in family {args.family!r}" if args.family else "") + " (see `kerasarch list`).")
@@ -44,4 +48,12 @@ def run(args):
             del model
             keras.backend.clear_session()
         print(line, flush=True)
+        if args.pretrained:
+            for i, c in enumerate(spec.checkpoints):
+                fit = f"resize {c.input.resize_size} crop {c.input.size[0]}" if c.input.fit == "resize_crop" else (
+                    c.input.fit)
+                top1 = f"{c.top1:.2f}%" if c.top1 is not None else "-"
+                tag = f"imagenet = {c.source}:{c.id}" if i == 0 else f"imagenet:{c.source}:{c.id}"
+                print(f"    {tag:40s} top-1 {top1:>7s}  {fit}, {c.input.interpolation}, {c.input.preprocessing}  "
+                      f"{c.file_name}", flush=True)
     return 0

@@ -414,6 +414,7 @@ def load_weights(model, weights, *, file_hash=None):
         path, info = fetch_weights(name, source=source, include_top=_has_top(model), file_hash=file_hash)
         _load_path(model, path, _torch_family(info))
         _record_weights(model, path, info, True)
+        print(f"kerasarch: {name} weights={weights!r}: {_describe_checkpoint(info)}", file=sys.stderr, flush=True)
         return model
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"`weights` must be None, 'imagenet' or the path to a weights file. "
@@ -426,6 +427,14 @@ def load_weights(model, weights, *, file_hash=None):
     _load_path(model, path, _torch_family(info))
     _record_weights(model, path, info, exact)
     return model
+
+
+def _describe_checkpoint(info):
+    """One line saying which published checkpoint was loaded and how it is evaluated."""
+    c = info.input
+    fit = f"resize {c.resize_size}, centre crop {c.size[0]}" if c.fit == "resize_crop" and c.size else c.fit
+    top1 = f", published top-1 {info.top1}%" if info.top1 is not None else ""
+    return f"{info.source} {info.id} ({info.file_name}{top1}; {fit}, {c.interpolation}, {c.preprocessing})"
 
 
 def _load_path(model, path, family=None):

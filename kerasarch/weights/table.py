@@ -72,16 +72,20 @@ WEIGHTS: dict[str, tuple[Checkpoint, ...]] = _CheckpointTable()
 
 
 def weights_for(model_name: str, source: str | None = None) -> Checkpoint:
-    """The :class:`~kerasarch.card.Checkpoint` of ``model_name`` (its first entry, or the one from ``source``)."""
+    """The :class:`~kerasarch.card.Checkpoint` of ``model_name``: its first entry (the best published top-1 at the
+    variant's input size; ``weights="imagenet"``), or the one ``source`` names: a publisher (``"keras"``,
+    ``"torchvision"``, ``"timm"``: its first entry), a checkpoint id (``"IMAGENET1K_V1"``, ``"resnet50.a1_in1k"``) or
+    both, ``"torchvision:IMAGENET1K_V1"`` (``weights="imagenet:<source>"``); case-insensitive."""
     entries = WEIGHTS.get(model_name)
     if not entries:
         raise ValueError(f"No ImageNet weights are published for '{model_name}'. Models with weights: "
                          f"{', '.join(sorted(WEIGHTS))}. Received: model name {model_name!r}")
     if source is None:
         return entries[0]
+    want = str(source).lower()
     for info in entries:
-        if info.source == source:
+        if want in (info.source.lower(), str(info.id).lower(), f"{info.source}:{info.id}".lower()):
             return info
-    raise ValueError(f"'{model_name}' has no weights from source {source!r}; available: "
-                     f"{', '.join(i.source for i in entries)}. Received: source={source!r}")
+    raise ValueError(f"'{model_name}' has no checkpoint {source!r}; available: "
+                     f"{', '.join(f'{i.source}:{i.id}' for i in entries)}. Received: source={source!r}")
 
