@@ -451,9 +451,9 @@ def run(args):
                    seed=args.seed, precision=args.precision,
                    strategy=None if args.strategy == "default" else args.strategy, data_dir=args.data_dir,
                    verbose=0 if args.quiet else "auto")
-    line = f"{result['method']} {result['model']} on {result['num_train']} images"
-    if result.get("auto") or "chosen" in result and result["chosen"] != result["method"]:
-        line += f" (auto: {result['chosen']} on {result['head_tap']})"
+    line = f"fine-tuned {result['model']} ({result['method']}) on {result['num_train']} images"
+    if args.auto:
+        line += f" (auto: {'linear probe' if result['chosen'] == 'linear' else 'LP-FT'} on {result['head_tap']})"
     if result.get("val_accuracy") is not None:
         line += f": val {100 * result['val_accuracy']:.1f}% ({result['num_val']} images)"
     if "test_accuracy" in result:

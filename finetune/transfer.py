@@ -256,8 +256,8 @@ def balanced_split(labels, fraction, seed, class_names=None):
         idx = rng.permutation(np.flatnonzero(labels == c))
         k = max(1, int(round(fraction * len(idx))))
         if k >= len(idx):
-            raise FinetuneError(f"A validation fraction of {fraction} takes all {len(idx)} images of class {name(c)!r}, "
-                                f"leaving none to train on; lower --val-fraction or give --val.")
+            raise FinetuneError(f"A validation fraction of {fraction} takes all {len(idx)} images of class "
+                                f"{name(c)!r}, leaving none to train on; lower --val-fraction or give --val.")
         held += idx[:k].tolist()
         kept += idx[k:].tolist()
     return np.sort(np.asarray(kept, "int64")), np.sort(np.asarray(held, "int64"))

@@ -281,10 +281,10 @@ def test_train_end_to_end_on_a_folder_and_resumes(digits, tmp_path, capsys):
     source = str(tmp_path / "source.keras")
     kerasarch.build_model("lenet5").save(source)
     out = str(tmp_path / "run")
-    args = ["train", "lenet5", folder, "--weights", source, "--out", out, "--freeze-to", "C3", "--epochs-head", "1",
-            "--epochs-finetune", "1", "--batch-size", "16", "--precision", "float32", "--quiet"]
+    args = ["train", "lenet5", folder, "--weights", source, "--out", out, "--freeze-to", "C3", "--method", "two-phase",
+            "--epochs-head", "1", "--epochs-finetune", "1", "--batch-size", "16", "--precision", "float32", "--quiet"]
     assert main(args) == 0
-    assert "fine-tuned lenet5 on 60 images" in capsys.readouterr().out
+    assert "fine-tuned lenet5 (two-phase) on 60 images" in capsys.readouterr().out
     result = json.load(open(os.path.join(out, "result.json")))
     assert result["num_val"] == 20 and result["head_tap"] == "F6" and result["preprocessing"] == "lecun"
     assert result["frozen_layers"] == 7  # input, c1, c1_act, s2, s2_act, c3, c3_act
