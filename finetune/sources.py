@@ -13,6 +13,8 @@ import numpy as np
 
 from finetune.errors import FinetuneError
 from kerasarch.data import BUILTIN, IMAGE_EXTENSIONS
+from kerasarch.data.sources import parse_data_source
+from kerasarch.errors import KerasarchError
 
 __all__ = [
     "BUILTIN",
@@ -215,18 +217,18 @@ def open_source(spec, *, split="train", data_dir=None):
     Raises:
         FinetuneError: a missing folder, a folder without images, an unknown data set.
     """
-    spec = os.fspath(spec)
-    if spec in BUILTIN:
+    try:
+        parsed = parse_data_source(spec)
+    except KerasarchError as e:
+        raise FinetuneError(str(e)) from None
+    if parsed.kind == "builtin":
         if split not in ("train", "test", "all"):
             raise FinetuneError(f"Built-in data sets have the splits train, test, all. Received: {split!r}")
-        images, labels, classes = _builtin_arrays(spec, split)
-        return ArraySource(f"{spec}:{split}", images, labels, classes)
-    if spec.startswith("tfds:"):
-        return _tfds_source(spec[5:], split, data_dir)
-    if os.path.isdir(spec):
-        return FolderSource(spec)
-    raise FinetuneError(f"Unknown data {spec!r}: give a folder (one sub-folder per class), "
-                        f"{' or '.join(BUILTIN)}, or tfds:NAME.")
+        images, labels, classes = _builtin_arrays(parsed.name, split)
+        return ArraySource(f"{parsed.name}:{split}", images, labels, classes)
+    if parsed.kind == "tfds":
+        return _tfds_source(parsed.name, split, data_dir)
+    return FolderSource(parsed.name)
 
 
 def _tfds_source(name, split, data_dir):

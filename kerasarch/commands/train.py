@@ -56,13 +56,15 @@ def register(sub):
 
 def _load_data(args, strategy_name):
     from kerasarch import data
+    from kerasarch.data.sources import parse_data_source
 
     source = args.data
-    if source in data.BUILTIN:
+    parsed = parse_data_source(source)
+    if parsed.kind == "builtin":
         train, test = data.load(source)
         return train, test, source
-    if source.startswith("tfds:"):
-        name = source[5:]
+    if parsed.kind == "tfds":
+        name = parsed.name
         train = data.from_tfds(name, "train", args.data_dir, download=args.download, image_size=args.image_size)
         for split in ("test", "validation"):
             try:
@@ -71,7 +73,7 @@ def _load_data(args, strategy_name):
             except (ValueError, KeyError):
                 continue
         raise KerasarchError(f"TFDS data set {name!r} has neither a 'test' nor a 'validation' split.")
-    if os.path.isdir(source):
+    if parsed.kind == "folder":
         train_dir = os.path.join(source, "train")
         if os.path.isdir(train_dir):
             for name in ("test", "val", "validation"):
@@ -83,15 +85,16 @@ def _load_data(args, strategy_name):
         train, test = data.from_directory(source, args.image_size, validation_split=args.val_split, subset="both",
                                           seed=args.seed)
         return train, test, f"{source} ({args.val_split:.0%} held out)"
-    raise KerasarchError(f"--data must be one of {', '.join(data.BUILTIN)}, an image folder or tfds:NAME. "
-                         f"Received: {source!r}")
+    raise AssertionError(parsed)
 
 
 def check_args(args):
     """Refuses arguments that cannot train, before any data is read: what was received and what is allowed."""
+    from kerasarch.data.sources import parse_data_source
     from kerasarch.registry import get_spec
 
     get_spec(args.name)  # an unknown model: the closest names
+    parse_data_source(args.data)
     for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size),
                         ("--image-size", args.image_size)):
         if value is not None and value < 1:
