@@ -286,19 +286,20 @@ def from_directory(path, image_size=None, *, channels=3, class_names=None, valid
         raise KerasarchError(f"`validate` must be 'quick', 'full' or 'none'. Received: validate={validate!r}")
     if channels not in (1, 3):
         raise KerasarchError(f"`channels` must be 1 or 3. Received: channels={channels!r}")
+    received = image_size
     if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
         image_size = (int(image_size), int(image_size))
     if image_size is not None and (
             not isinstance(image_size, (tuple, list)) or len(image_size) != 2
             or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in image_size)):
         raise KerasarchError(f"`image_size` must be None, an integer >= 1 or a (height, width) pair of them. "
-                         f"Received: image_size={image_size!r}")
+                             f"Received: image_size={received!r}")
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
     if validation_split is not None and not (isinstance(validation_split, numbers.Real)
                                              and 0 < validation_split < 1):
         raise KerasarchError(f"`validation_split` must be a fraction strictly between 0 and 1. "
-                         f"Received: validation_split={validation_split!r}")
+                             f"Received: validation_split={validation_split!r}")
     if not os.path.isdir(path):
         raise KerasarchError(f"Image folder not found: {path!r}")
     if class_names is None:
@@ -342,12 +343,12 @@ def from_directory(path, image_size=None, *, channels=3, class_names=None, valid
     empty = [c for c, n in zip(class_names, counts) if n == 0]
     if empty:
         raise KerasarchError(f"from_directory({path!r}): class folder(s) {empty} hold no usable image. Every class "
-                         f"needs at least one image (remove the folder or pass `class_names`).")
+                             f"needs at least one image (remove the folder or pass `class_names`).")
 
     if validation_split:
         if subset not in ("training", "validation", "both"):
             raise KerasarchError("With `validation_split`, `subset` must be 'training', 'validation' or 'both'. "
-                             f"Received: subset={subset!r}")
+                                 f"Received: subset={subset!r}")
         order = np.random.default_rng(seed).permutation(len(paths))
         n_val = int(round(validation_split * len(paths)))
         if n_val == 0 or n_val == len(paths):
