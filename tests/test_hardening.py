@@ -84,37 +84,25 @@ _CHILD = textwrap.dedent("""
         except BaseException as e:
             out[path] = {"foreign": f"{type(e).__name__}: {e}"}
         out[path]["grew_mb"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    import kerasarch.data
+    out["MAX_IMAGE_PIXELS"] = kerasarch.data.MAX_IMAGE_PIXELS  # set by the environment variable, at import
     print("PTH " + json.dumps(out))
 """)
 
 
-def _run_child(paths):
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *map(str, paths)], capture_output=True, text=True, env=ENV,
-                          timeout=300)
-    assert proc.returncode == 0, f"the reader crashed (exit {proc.returncode}): {proc.stderr[-3000:]}"
-    return json.loads([x for x in proc.stdout.splitlines() if x.startswith("PTH ")][0][4:])
-
-
-def test_out_of_bounds_pth_tensors_are_refused_in_a_memory_limited_child(tmp_path):
+@pytest.fixture(scope="module")
+def child(tmp_path_factory):
+    """One memory-limited child reads every crafted .pth file (one TensorFlow import for all of them)."""
+    tmp = tmp_path_factory.mktemp("pth")
     paths = {}
     for name, (tensors, legacy, _) in _HOSTILE.items():
-        paths[name] = tmp_path / f"{name}.pth"
+        paths[name] = tmp / f"{name}.pth"
         paths[name].write_bytes(torch_checkpoint_bytes(tensors, {"0": WEIGHT.tobytes()}, legacy=legacy))
-    results = _run_child(paths.values())
-    for name, (_, _, says) in _HOSTILE.items():
-        r = results[str(paths[name])]
-        assert "error" in r, (name, r)
-        assert str(paths[name]) in r["error"] and says in r["error"], (name, r["error"])
-        if "numel" not in name:  # a storage's own size is checked as it is unpickled, before any tensor
-            assert "tensor 'w'" in r["error"], (name, r["error"])
-
-
-def test_pth_reader_reads_only_the_bytes_a_tensor_spans(tmp_path):
-    """A 128 MB storage entry (deflated to ~130 kB) of which the tensor needs 16 bytes: reading must not grow the
-    process by anything near 128 MB (the old reader read the whole entry)."""
-    path = tmp_path / "big_storage.pth"
+    # A 128 MB storage entry (deflated to ~130 kB) of which a tensor needs 16 bytes.
+    paths["big_storage"] = tmp / "big_storage.pth"
     body = torch_checkpoint_bytes({"w": ("0", 32 << 20, 4, (4,), (1,))}, {})  # the storage entry is added below
-    with zipfile.ZipFile(io.BytesIO(body)) as src, zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+    with zipfile.ZipFile(io.BytesIO(body)) as src, zipfile.ZipFile(paths["big_storage"], "w",
+                                                                    zipfile.ZIP_DEFLATED) as zf:
         for item in src.infolist():
             zf.writestr(item.filename, src.read(item.filename))
         with zf.open("archive/data/0", "w", force_zip64=True) as f:
@@ -123,8 +111,27 @@ def test_pth_reader_reads_only_the_bytes_a_tensor_spans(tmp_path):
             f.write(first.tobytes())
             for _ in range(127):
                 f.write(bytes(1 << 20))
-    assert os.path.getsize(path) < 8 << 20
-    r = _run_child([path])[str(path)]
+    assert os.path.getsize(paths["big_storage"]) < 8 << 20
+    proc = subprocess.run([sys.executable, "-c", _CHILD, *map(str, paths.values())], capture_output=True, text=True,
+                          env={**ENV, "KERASARCH_MAX_IMAGE_PIXELS": "1000"}, timeout=300)
+    assert proc.returncode == 0, f"the reader crashed (exit {proc.returncode}): {proc.stderr[-3000:]}"
+    out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("PTH ")][0][4:])
+    return {name: out[str(path)] for name, path in paths.items()} | {"MAX_IMAGE_PIXELS": out["MAX_IMAGE_PIXELS"]}
+
+
+def test_out_of_bounds_pth_tensors_are_refused_in_a_memory_limited_child(child):
+    for name, (_, _, says) in _HOSTILE.items():
+        r = child[name]
+        assert "error" in r, (name, r)
+        assert f"{name}.pth" in r["error"] and says in r["error"], (name, r["error"])
+        if "numel" not in name:  # a storage's own size is checked as it is unpickled, before any tensor
+            assert "tensor 'w'" in r["error"], (name, r["error"])
+
+
+def test_pth_reader_reads_only_the_bytes_a_tensor_spans(child):
+    """A 128 MB storage entry of which the tensor needs 16 bytes: reading must not grow the process by anything near
+    128 MB (the old reader read the whole entry)."""
+    r = child["big_storage"]
     assert r["loaded"]["w"] == [[4], 4.0 + 5 + 6 + 7] and r["grew_mb"] < 48, r
 
 
@@ -202,10 +209,9 @@ def test_decompression_bombs_are_skipped_and_counted_before_decoding(tmp_path, m
     # The limit is Pillow's and can be raised (the module attribute, or the environment variable at import).
     monkeypatch.setattr(kerasarch.data, "MAX_IMAGE_PIXELS", 10**9)
     assert check_image_file(bomb) is None
-    proc = subprocess.run([sys.executable, "-c", "import kerasarch.data as d; print(d.MAX_IMAGE_PIXELS)"],
-                          capture_output=True, text=True, env={**ENV, "KERASARCH_MAX_IMAGE_PIXELS": "1000"},
-                          timeout=300)
-    assert proc.stdout.strip().splitlines()[-1] == "1000", proc.stderr[-2000:]
+
+def test_the_pixel_limit_follows_the_environment_variable(child):
+    assert child["MAX_IMAGE_PIXELS"] == 1000  # KERASARCH_MAX_IMAGE_PIXELS=1000 in the child's environment
 
 
 # ------------------------------------------------------------------ 3 & 8. finetune extract
@@ -370,8 +376,8 @@ def test_degenerate_training_input_is_refused_before_any_work(tmp_path):
 
 def test_nan_weights_are_never_kept_as_the_last_good_ones_without_a_run_folder():
     """One step per epoch and a learning rate that overflows the weights in the first update (1e38 × 1e5): the
-    step's loss is finite (log 2, computed before the update), the weights after it are not. The old loop kept them as its in-memory
-    'last good' copy and returned them with stop_reason None or 'nan_loss'."""
+    step's loss is finite (log 2, computed before the update), the weights after it are not. The old loop kept them
+    as its in-memory 'last good' copy and returned them with stop_reason None or 'nan_loss'."""
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Rescaling(1e6)(keras.layers.Flatten()(inputs))  # gradients of ~1e5 per weight
     model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
