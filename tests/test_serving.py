@@ -66,6 +66,12 @@ def exported(tmp_path_factory):
     return model, base, export_model(model, base, class_names=CLASS_NAMES)
 
 
+@pytest.fixture(scope="module")
+def served(exported):
+    """The exported version folder, loaded once as a server would."""
+    return tf.saved_model.load(exported[2])
+
+
 def _encode(array, fmt):
     from PIL import Image
 
@@ -126,10 +132,10 @@ def _check(got, want, what):
     np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=what)
 
 
-def test_serving_default_on_real_files_equals_the_keras_model(exported, image_files):
+def test_serving_default_on_real_files_equals_the_keras_model(exported, served, image_files):
     model, base, path = exported
     assert path == str(base / "1")
-    serve = tf.saved_model.load(path).signatures["serving_default"]
+    serve = served.signatures["serving_default"]
     spec = serve.structured_input_signature[1]["image_bytes"]
     assert spec.dtype == tf.string and spec.shape.as_list() == [None]
     contents = _files_bytes(image_files.values())
@@ -145,9 +151,9 @@ def test_serving_default_on_real_files_equals_the_keras_model(exported, image_fi
     _check(serve(image_bytes=tf.constant(contents[-1:]))["probabilities"], want[-1:], "single photo")
 
 
-def test_predict_images_takes_grey_rgb_and_rgba_pixels(exported):
-    model, _, path = exported
-    predict = tf.saved_model.load(path).signatures["predict_images"]
+def test_predict_images_takes_grey_rgb_and_rgba_pixels(exported, served):
+    model = exported[0]
+    predict = served.signatures["predict_images"]
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (3, 40, 24, 3), dtype=np.uint8)
     want = _library_probabilities(model, list(rgb))
@@ -187,11 +193,10 @@ def test_saved_model_cli_run_with_input_exprs(exported, image_files, tmp_path):
     np.testing.assert_array_equal(np.load(tmp_path / "cli_out" / "top5_indices.npy")[:, 0], probs.argmax(-1))
 
 
-def test_warmup_file_parses_and_replays(exported):
+def test_warmup_file_parses_and_replays(exported, served):
     from tensorflow_serving.apis import prediction_log_pb2
 
     _, _, path = exported
-    loaded = tf.saved_model.load(path)
     warmup = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
     logs = [prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(warmup)]
     assert 1 <= len(logs) <= 1000  # TF Serving replays at most 1,000 records
@@ -204,7 +209,7 @@ def test_warmup_file_parses_and_replays(exported):
         if "image_bytes" in inputs:  # real images: each decodes
             for contents in inputs["image_bytes"].numpy():
                 assert tf.io.decode_image(contents, expand_animations=False).shape[0] >= 20
-        out = loaded.signatures[request.model_spec.signature_name](**inputs)
+        out = served.signatures[request.model_spec.signature_name](**inputs)
         assert out["probabilities"].shape == (len(next(iter(inputs.values()))), 10)
     assert set(signatures) == {"serving_default", "predict_images"}
 
@@ -283,9 +288,9 @@ def test_overwrite_replaces_only_earlier_exports(tmp_path, capsys, monkeypatch):
     assert sorted(os.listdir(exported_tflite)) == ["kerasarch_export.json", "model.tflite"]
 
 
-def test_bad_images_fail_their_request_and_the_next_one_is_served(exported, image_files):
-    model, _, path = exported
-    serve = tf.saved_model.load(path).signatures["serving_default"]
+def test_bad_images_fail_their_request_and_the_next_one_is_served(exported, served, image_files):
+    model = exported[0]
+    serve = served.signatures["serving_default"]
     good = image_files["digit.jpg"].read_bytes()
     want = _library_probabilities(model, [image_files["digit.jpg"]])
     text = b"kerasarch: this is a text file, not an image\n"
@@ -366,8 +371,8 @@ def _want_for_docs(model):
     return _library_probabilities(model, [os.path.abspath("cat.jpg"), os.path.abspath("dog.png")])
 
 
-def test_docs_curl_request(exported, client_folder):
-    model, _, path = exported
+def test_docs_curl_request(exported, served, client_folder):
+    model = exported[0]
     (block,) = _doc_blocks("REST with curl", "bash")
     # The block as written, with curl recording its arguments instead of connecting.
     script = 'curl() { printf "%s\\n" "$@" > curl_args; }\n' + block
@@ -375,7 +380,7 @@ def test_docs_curl_request(exported, client_folder):
     args = open("curl_args").read().split("\n")
     assert args[args.index("-X") + 1] == "POST"
     body = json.load(open(args[args.index("-d") + 1].lstrip("@")))
-    status, answer = _rest_predict(tf.saved_model.load(path), args[-2], body)
+    status, answer = _rest_predict(served, args[-2], body)
     assert status == 200, answer
     want = _want_for_docs(model)[:1]
     _check([p["probabilities"] for p in answer["predictions"]], want, "curl example")
@@ -394,16 +399,15 @@ class _Response:
             raise RuntimeError(f"HTTP {self.status_code}: {self._answer}")
 
 
-def test_docs_python_rest_requests(exported, client_folder, monkeypatch, capsys):
+def test_docs_python_rest_requests(exported, served, client_folder, monkeypatch, capsys):
     import requests
 
-    model, _, path = exported
-    loaded = tf.saved_model.load(path)
+    model = exported[0]
     calls = []
 
     def post(url, json=None, timeout=None):
         calls.append(json)
-        return _Response(*_rest_predict(loaded, url, json))
+        return _Response(*_rest_predict(served, url, json))
 
     monkeypatch.setattr(requests, "post", post)
     row, columnar = _doc_blocks("REST from Python (base64)", "python")
@@ -419,12 +423,11 @@ def test_docs_python_rest_requests(exported, client_folder, monkeypatch, capsys)
     assert capsys.readouterr().out.strip().startswith(f"[['{CLASS_NAMES[want[0].argmax()]}'")
 
 
-def test_docs_grpc_request(exported, client_folder, monkeypatch, capsys):
+def test_docs_grpc_request(exported, served, client_folder, monkeypatch, capsys):
     import grpc
     from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
 
-    model, _, path = exported
-    loaded = tf.saved_model.load(path)
+    model = exported[0]
 
     class Stub:
         """PredictionService.Predict answered through the SavedModel (what the server does with the request)."""
@@ -434,7 +437,7 @@ def test_docs_grpc_request(exported, client_folder, monkeypatch, capsys):
 
         def Predict(self, request, timeout=None):
             assert request.model_spec.name == "resnet50"
-            signature = loaded.signatures[request.model_spec.signature_name or "serving_default"]
+            signature = served.signatures[request.model_spec.signature_name or "serving_default"]
             inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
             response = predict_pb2.PredictResponse()
             for name, value in signature(**inputs).items():
@@ -451,9 +454,8 @@ def test_docs_grpc_request(exported, client_folder, monkeypatch, capsys):
     assert printed[1].split()[:2] == ["dog.png", CLASS_NAMES[want[1].argmax()]]
 
 
-def test_rest_errors_are_http_400_with_the_message(exported):
-    _, _, path = exported
-    status, answer = _rest_predict(tf.saved_model.load(path), "http://localhost:8501/v1/models/m:predict",
+def test_rest_errors_are_http_400_with_the_message(served):
+    status, answer = _rest_predict(served, "http://localhost:8501/v1/models/m:predict",
                                    {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]})
     assert status == 400 and "Could not decode image(s) [0]" in answer["error"]
 
