@@ -131,7 +131,8 @@ def test_table_entries_are_consistent():
             else:
                 assert info.notop is not None and info.notop.file_name.endswith("_notop.h5")
         assert name in registered and kerasarch.get_spec(name).classes == 1000
-    assert weights_for("vgg16").source == "keras" and weights_for("vgg16", "torchvision").file_name.startswith("vgg16-")
+    assert weights_for("vgg16").source == "torchvision" and weights_for("vgg16").file_name.startswith("vgg16-")
+    assert weights_for("vgg16", "keras").notop.file_name.endswith("_notop.h5")
     with pytest.raises(ValueError, match="No ImageNet weights.*lenet5"):
         weights_for("lenet5")
 
