@@ -1,8 +1,10 @@
 """Feature extraction at the papers' tap points: ``feature_extractor`` and ``list_taps``.
 
 Every :class:`~kerasarch.registry.ModelSpec` maps paper tap names to layer names (VGG's ``fc7`` is
-keras.applications' ``fc2``). A feature extractor is a Functional model on the same layers and weights as the
-full model, with one output per requested tap, returned as a dict keyed by the name the caller used.
+keras.applications' ``fc2``), and every built model's card carries them (with their channels and stride), so a
+model loaded from a ``.keras`` file keeps its paper taps whatever it is named. A feature extractor is a Functional
+model on the same layers and weights as the full model, with one output per requested tap, returned as a dict keyed
+by the name the caller used.
 Raw layer names are accepted too, so any layer of any model can be tapped.
 """
 
@@ -10,7 +12,8 @@ from __future__ import annotations
 
 import keras
 
-from kerasarch.registry import ModelSpec, get_spec, list_models
+from kerasarch.card import card_of, has_card
+from kerasarch.registry import ModelSpec, get_spec
 
 __all__ = ["feature_extractor", "list_taps", "penultimate_tap", "resolve_taps", "spec_of"]
 
@@ -23,15 +26,17 @@ def list_taps(name):
     first).
 
     Args:
-        name: a registry name, a :class:`ModelSpec`, or a model built from the registry.
+        name: a registry name, a :class:`ModelSpec`, or a model with a card.
 
     Returns:
         A list of tap names, e.g. ``["conv1", ..., "pool5", "fc6", "fc7"]`` for VGG.
     """
+    if not isinstance(name, (str, ModelSpec)) and has_card(name):
+        return list(card_of(name).taps)
     spec = name if isinstance(name, ModelSpec) else spec_of(name)
     if spec is None:
-        raise ValueError(f"{getattr(name, 'name', name)!r} is not a registered model, so it has no paper taps; "
-                         f"pass layer names instead. Registered: {', '.join(list_models())}.")
+        raise ValueError(f"{getattr(name, 'name', name)!r} has no model card, so it has no paper taps; pass layer "
+                         f"names instead.")
     return list(spec.taps)
 
 
@@ -45,14 +50,23 @@ def penultimate_tap(name):
 
 
 def spec_of(model_or_name):
-    """The :class:`ModelSpec` of a registry name or of a model built from the registry (found by its
-    ``name``); ``None`` for a model the registry does not know."""
+    """The :class:`ModelSpec` of a registry name or of a model whose card names a registered variant; ``None``
+    for a model without one."""
     if isinstance(model_or_name, ModelSpec):
         return model_or_name
     if isinstance(model_or_name, str):
         return get_spec(model_or_name)
-    name = getattr(model_or_name, "name", None)
-    return get_spec(name) if name in list_models() else None
+    if has_card(model_or_name) and card_of(model_or_name).variant:
+        return get_spec(card_of(model_or_name).variant)
+    return None
+
+
+def _paper_taps(model, spec):
+    if spec is not None:
+        return dict(spec.taps)
+    if has_card(model):
+        return {t: v["layer"] for t, v in card_of(model).taps.items()}
+    return {}
 
 
 def resolve_taps(model, taps, spec=None):
@@ -61,7 +75,7 @@ def resolve_taps(model, taps, spec=None):
     Args:
         model: a Functional ``keras.Model``.
         taps: a tap name or a list of them.
-        spec: the model's :class:`ModelSpec` (``None``: looked up by the model's name, if registered).
+        spec: the :class:`ModelSpec` whose paper taps apply (``None``: the model card's).
 
     Returns:
         An ordered ``{tap: layer name}`` dict.
@@ -77,8 +91,8 @@ def resolve_taps(model, taps, spec=None):
         raise ValueError("At least one tap is needed. Received: taps=[]")
     if len(set(taps)) != len(taps):
         raise ValueError(f"Each tap can be requested once. Received: taps={taps!r}")
-    spec = spec if spec is not None else spec_of(model)
-    paper = dict(spec.taps) if spec is not None else {}
+    paper = _paper_taps(model, spec)
+    label = spec.name if spec is not None else (card_of(model).variant if has_card(model) else None)
     layer_names = {layer.name for layer in model.layers}
     resolved = {}
     for tap in taps:
@@ -87,14 +101,14 @@ def resolve_taps(model, taps, spec=None):
         if tap in paper:
             layer = paper[tap]
             if layer not in layer_names:
-                raise ValueError(f"Tap '{tap}' of {spec.name} is layer '{layer}', which this model "
+                raise ValueError(f"Tap '{tap}' of {label or model.name} is layer '{layer}', which this model "
                                  f"('{model.name}') does not have; was it built with include_top=False? "
                                  f"Taps it has: {_valid_here(paper, layer_names)}.")
             resolved[tap] = layer
         elif tap in layer_names:
             resolved[tap] = tap
         else:
-            where = f"{spec.name}" if spec is not None else f"model '{model.name}'"
+            where = f"{label}" if label else f"model '{model.name}'"
             valid = (f"paper taps: {', '.join(paper)}; or any layer name of the model, e.g. "
                      f"{', '.join(_example_layers(model))}") if paper else \
                 f"layer names of the model, e.g. {', '.join(_example_layers(model))}"
@@ -110,8 +124,7 @@ def feature_extractor(model_or_name, taps, *, spec=None, **build_kwargs):
             and weights are shared, not copied).
         taps: a tap name or list of names: paper names from the spec (``"fc7"``, ``"pool5"``) or layer names
             (``"block5_conv3"``).
-        spec: the :class:`ModelSpec` or registry name whose paper taps apply to a model whose ``name`` is not
-            a registry name; ``None`` looks it up by name.
+        spec: the :class:`ModelSpec` or registry name whose paper taps apply; ``None``: the model card's.
         **build_kwargs: arguments for :func:`kerasarch.build_model` when ``model_or_name`` is a name
             (``weights``, ``input_shape``, ``include_top`` ...).
 
@@ -126,7 +139,7 @@ def feature_extractor(model_or_name, taps, *, spec=None, **build_kwargs):
             raise ValueError(f"Build arguments apply to a registry name, not to a built model. "
                              f"Received: {sorted(build_kwargs)}")
         model = model_or_name
-        spec = spec_of(spec) if spec is not None else spec_of(model)
+        spec = spec_of(spec) if spec is not None else None
     if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or model.inputs is None:
         raise ValueError(f"feature_extractor needs a Functional keras.Model. Received: {type(model).__name__}")
     resolved = resolve_taps(model, taps, spec)

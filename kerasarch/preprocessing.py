@@ -20,8 +20,8 @@ from kerasarch.card import InputConfig, preprocessing_constants
 
 __all__ = ["preprocess", "convert_channels", "fit_images", "prepare_images"]
 
-# ITU-R BT.601 luma weights, as tf.image.rgb_to_grayscale and PIL's convert("L").
-_LUMA = (0.2989, 0.5870, 0.1140)
+# ITU-R BT.601 luma weights (PIL's convert("L"); they sum to 1, so a grey image sent as RGB stays the same).
+_LUMA = (0.299, 0.587, 0.114)
 
 
 def _backend(x):

@@ -98,5 +98,16 @@ def test_unregistered_model_takes_layer_names_only():
     assert fx.predict(np.ones((1, 4), "float32"), verbose=0)["hidden"].shape == (1, 3)
     with pytest.raises(ValueError, match="Unknown tap 'fc7' for model 'custom'.*hidden"):
         features.feature_extractor(model, "fc7")
-    with pytest.raises(ValueError, match="not a registered model"):
+    with pytest.raises(ValueError, match="no model card"):
         features.list_taps(model)
+
+
+def test_paper_taps_come_from_the_card_whatever_the_model_is_named(tmp_path):
+    model = kerasarch.build_model("lenet5", name="digits_net")
+    path = tmp_path / "net.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert features.list_taps(loaded) == ["C1", "S2", "C3", "S4", "C5", "F6"]
+    fx = features.feature_extractor(loaded, ["S4", "F6"])
+    out = fx.predict(np.zeros((1, 32, 32, 1), "float32"), verbose=0)
+    assert out["S4"].shape == (1, 5, 5, 16) and out["F6"].shape == (1, 84)

@@ -22,7 +22,7 @@ from kerasarch.data.directory import (
                                       image_dimensions,
                                       read_image,
 )
-from kerasarch.data.pipeline import InputPipeline, input_shape_of, is_batched, prepare
+from kerasarch.data.pipeline import InputPipeline, input_config_of, input_shape_of, is_batched, prepare
 from kerasarch.data.tfds import from_tfds
 from kerasarch.data.transforms import (
                                        AUGMENTATIONS,
@@ -36,5 +36,6 @@ from kerasarch.data.transforms import (
 
 __all__ = ["BUILTIN", "load", "load_arrays", "from_directory", "check_image_file", "IMAGE_EXTENSIONS", "from_tfds",
            "MAX_IMAGE_PIXELS", "ImageFileError", "image_dimensions", "read_image",
-           "InputPipeline", "prepare", "is_batched", "input_shape_of", "AUGMENTATIONS", "PREPROCESSING_MODES",
+           "InputPipeline", "prepare", "is_batched", "input_shape_of", "input_config_of", "AUGMENTATIONS",
+           "PREPROCESSING_MODES",
            "augment", "eval_transform", "fit_image", "pca_lighting", "preprocess"]

@@ -5,17 +5,11 @@ from __future__ import annotations
 
 import tensorflow as tf
 
-from kerasarch.data.transforms import (
-    AUGMENTATIONS,
-    PREPROCESSING_MODES,
-    augment,
-    crops_from_raw,
-    eval_transform,
-    fit_image,
-    preprocess,
-)
+from kerasarch.card import InputConfig, card_of, has_card
+from kerasarch.data.transforms import AUGMENTATIONS, PREPROCESSING_MODES, augment, crops_from_raw, preprocess
+from kerasarch.preprocessing import fit_images
 
-__all__ = ["InputPipeline", "prepare", "is_batched", "input_shape_of"]
+__all__ = ["InputPipeline", "prepare", "is_batched", "input_shape_of", "input_config_of"]
 
 AUTOTUNE = tf.data.AUTOTUNE
 _CACHE_BUDGET = 2 << 30  # bytes of fitted float32 images an "auto" cache may hold in memory
@@ -42,6 +36,29 @@ def input_shape_of(model_or_shape):
     return tuple(model_or_shape)
 
 
+def input_config_of(model_or_shape, *, preprocessing=None, fit=None, augment="none"):
+    """The :class:`~kerasarch.card.InputConfig` images are prepared with: the model card's (a model with one, or a
+    registry name's), else ``"none"`` preprocessing and ``"auto"`` fit (``"resize_crop"`` of 256/224 the input for
+    the ImageNet augmentation presets) at the model's input shape; ``preprocessing`` / ``fit`` replace its fields."""
+    h, w, c = input_shape_of(model_or_shape)
+    config = None
+    if has_card(model_or_shape):
+        config = card_of(model_or_shape).input
+    elif isinstance(model_or_shape, str):
+        from kerasarch.registry import get_spec
+
+        config = get_spec(model_or_shape).input_config
+    if config is None:
+        raw = crops_from_raw(augment) if augment in AUGMENTATIONS else False
+        config = InputConfig(size=(h, w), channels=c or 3, fit="resize_crop" if raw and h else "auto",
+                             resize_size=int(round(min(h, w) * 256 / 224)) if raw and h and w else None)
+    config = config.for_size((h, w), c)
+    changes = {k: v for k, v in (("preprocessing", preprocessing), ("fit", fit)) if v is not None}
+    if changes.get("fit") == "resize_crop" and not config.resize_size:
+        changes["resize_size"] = int(round(min(h, w) * 256 / 224))
+    return config.replace(**changes) if changes else config
+
+
 def _known_size(dataset):
     """``(size, exact)``: the cardinality, else a hint the sources attach (files listed, TFDS split size)."""
     n = int(dataset.cardinality())
@@ -62,35 +79,44 @@ class InputPipeline:
     ``(seed, epoch, example index)``, the model's preprocessing, batching and prefetching. Epoch ``e`` is the same
     sequence of batches whenever it is built, which is what lets an interrupted run resume exactly.
 
-    Evaluation: the preset's evaluation transform (centre crop or fit), preprocessing, cache, batch, prefetch.
+    Evaluation: the model's fit (its card's; the single centre crop for ImageNet models), preprocessing, cache,
+    batch, prefetch. Fitting and preprocessing are :mod:`kerasarch.preprocessing`, as in every other step.
 
     Args:
         dataset: unbatched ``tf.data.Dataset`` of ``(image, label)``.
-        input_shape: the model's ``(H, W, C)``.
+        input_shape: the model (its card gives the input convention), a registry name, or its ``(H, W, C)``.
         batch_size: the (global) batch size.
         training: training pipeline (shuffle, augment) or evaluation pipeline.
         augment: an augmentation preset (:data:`kerasarch.data.AUGMENTATIONS`).
-        preprocessing: the model's input convention (:data:`kerasarch.data.PREPROCESSING_MODES`).
+        preprocessing: the input convention (:data:`kerasarch.data.PREPROCESSING_MODES`); default: the card's.
         seed: the seed of shuffling and augmentation.
         cache: ``True`` (memory), ``False``, a file name prefix, or ``"auto"``: memory when the fitted images are
             known to take under 2 GiB.
         shuffle_buffer: default: the whole data set when its size is known and ≤ 100,000, else 10,000.
         drop_remainder: drop the last partial batch (always done for several replicas, whose steps must match).
-        fit: how images are fitted to the input (``"auto"``, ``"pad"``, ``"resize"``).
+        fit: how images are fitted to the input (:data:`kerasarch.card.FIT_MODES`); default: the card's.
+        input_config: the whole :class:`~kerasarch.card.InputConfig` (default: :func:`input_config_of`).
     """
 
-    def __init__(self, dataset, input_shape, *, batch_size, training, augment="none", preprocessing="none",
-                 seed=0, cache="auto", shuffle_buffer=None, drop_remainder=False, fit="auto"):
+    def __init__(self, dataset, input_shape, *, batch_size, training, augment="none", preprocessing=None,
+                 seed=0, cache="auto", shuffle_buffer=None, drop_remainder=False, fit=None, input_config=None):
         if is_batched(dataset):
             raise ValueError("InputPipeline takes an unbatched dataset of (image, label); this one yields batches. "
                              "Call .unbatch() first, or pass the batched dataset to training.train() as it is.")
         if augment not in AUGMENTATIONS:
             raise ValueError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
-        if preprocessing not in PREPROCESSING_MODES:
+        if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
             raise ValueError(f"Unknown preprocessing {preprocessing!r}; choose one of {PREPROCESSING_MODES}.")
         h, w, c = input_shape_of(input_shape)
         if h is None or w is None:
             raise ValueError(f"The model's input needs a fixed size to build batches. Received: {input_shape!r}")
+        if input_config is None:
+            input_config = input_config_of(input_shape, preprocessing=preprocessing, fit=fit, augment=augment)
+        elif preprocessing is not None or fit is not None:
+            input_config = input_config.replace(**{k: v for k, v in (("preprocessing", preprocessing), ("fit", fit))
+                                                   if v is not None})
+        self.input_config = config = input_config
+        preprocessing = config.preprocessing
         self.size, self.channels = (int(h), int(w)), c
         self.batch_size, self.training, self.augment = int(batch_size), training, augment
         self.preprocessing, self.seed, self.drop_remainder = preprocessing, int(seed), drop_remainder
@@ -98,12 +124,11 @@ class InputPipeline:
         raw = crops_from_raw(augment)
         size, channels = self.size, self.channels
         if training:
-            base = dataset if raw else dataset.map(lambda x, y: (fit_image(x, size, channels, fit), y),
+            base = dataset if raw else dataset.map(lambda x, y: (fit_images(x, config), y),
                                                    num_parallel_calls=AUTOTUNE, deterministic=True)
         else:
             def finish(x, y):
-                x = eval_transform(x, augment, size, channels) if raw else fit_image(x, size, channels, fit)
-                return preprocess(x, preprocessing), y
+                return preprocess(fit_images(x, config), preprocessing), y
 
             base = dataset.map(finish, num_parallel_calls=AUTOTUNE, deterministic=True)
         fixed = training is False or not raw
@@ -181,15 +206,10 @@ def prepare(dataset, model, *, batch_size, training, augment="none", preprocessi
             cache="auto", drop_remainder=False):
     """A batched, prefetched dataset for ``model`` (a ``keras.Model``, a registry name or an input shape).
 
-    ``preprocessing`` defaults to the registry spec's (``"none"`` for anything else). See :class:`InputPipeline`.
+    ``preprocessing`` defaults to the model card's (``"none"`` for a shape or a model without a card). See
+    :class:`InputPipeline`.
     """
-    if preprocessing is None:
-        preprocessing = "none"
-        if isinstance(model, str):
-            from kerasarch.registry import get_spec
-
-            preprocessing = get_spec(model).preprocessing
-    pipeline = InputPipeline(dataset, input_shape_of(model), batch_size=batch_size, training=training,
+    pipeline = InputPipeline(dataset, model, batch_size=batch_size, training=training,
                              augment=augment, preprocessing=preprocessing, seed=seed, cache=cache,
                              drop_remainder=drop_remainder)
     return pipeline.dataset(epoch)

@@ -13,15 +13,14 @@ import math
 
 import tensorflow as tf
 
-__all__ = ["PREPROCESSING_MODES", "AUGMENTATIONS", "preprocess", "fit_image", "augment", "eval_transform",
-           "pca_lighting"]
+from kerasarch.card import PREPROCESSING_MODES, InputConfig
+from kerasarch.preprocessing import convert_channels, fit_images
+from kerasarch.preprocessing import preprocess as _preprocess
 
-PREPROCESSING_MODES = ("caffe", "torch", "tf", "unit", "lecun", "none")
+__all__ = ["PREPROCESSING_MODES", "FIT_METHODS", "AUGMENTATIONS", "preprocess", "fit_image", "augment",
+           "eval_transform", "pca_lighting"]
 
-# ImageNet channel statistics (RGB) used by Caffe-converted weights and by torchvision.
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
+FIT_METHODS = ("auto", "pad", "resize", "resize_crop")
 
 # Principal components of ImageNet RGB pixel values (0-255 scale): the eigen-decomposition AlexNet's colour
 # augmentation (Krizhevsky et al. 2012 §4.1) samples along. The paper does not print them; these are the values
@@ -33,13 +32,11 @@ _PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
 
 
 def preprocess(images, mode):
-    """Maps ``[0, 255]`` pixels to the input convention ``mode`` of a model's weights.
-
-    The modes of ``keras.applications.imagenet_utils.preprocess_input``: ``"caffe"`` (RGB→BGR, minus the ImageNet
-    mean, no scaling), ``"torch"`` (``[0, 1]``, minus mean, over std), ``"tf"`` (``[-1, 1]``), plus ``"unit"``
-    (``[0, 1]``), ``"lecun"`` (LeCun et al. 1998 §II-A: background -0.1, ink 1.175, so that the mean is about 0
-    and the variance about 1 on MNIST) and ``"none"`` (unchanged). One-channel images use the mean of the three
-    channel statistics.
+    """Maps ``[0, 255]`` pixels to the input convention ``mode`` of a model's weights (one of
+    :data:`PREPROCESSING_MODES`): :func:`kerasarch.preprocessing.preprocess`, the one implementation every step
+    uses. The modes of ``keras.applications.imagenet_utils.preprocess_input`` (``"caffe"``, ``"torch"``, ``"tf"``),
+    plus ``"unit"`` ([0, 1]), ``"lecun"`` (LeCun et al. 1998 §II-A: background -0.1, ink 1.175) and ``"none"``.
+    One-channel images use the mean of the three channel statistics.
 
     Args:
         images: float tensor ``(..., H, W, C)`` in ``[0, 255]``, C = 1 or 3.
@@ -48,87 +45,36 @@ def preprocess(images, mode):
     Returns:
         A float32 tensor of the same shape.
     """
-    if mode not in PREPROCESSING_MODES:
-        raise ValueError(f"`preprocessing` must be one of {PREPROCESSING_MODES}. Received: {mode!r}")
-    x = tf.cast(images, tf.float32)
-    if mode == "none":
-        return x
-    if mode == "unit":
-        return x / 255.0
-    if mode == "lecun":
-        return x * (1.275 / 255.0) - 0.1
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    channels = x.shape[-1]
-    if mode == "caffe":
-        mean = _CAFFE_MEAN_BGR
-        if channels == 3:
-            x = x[..., ::-1]
-        else:
-            mean = (sum(mean) / 3,) * channels
-        return x - tf.constant(mean, tf.float32)
-    mean, std = _TORCH_MEAN, _TORCH_STD
-    if channels != 3:
-        mean, std = (sum(mean) / 3,) * channels, (sum(std) / 3,) * channels
-    return (x / 255.0 - tf.constant(mean, tf.float32)) / tf.constant(std, tf.float32)
+    return _preprocess(images, mode)
 
 
 def _fix_channels(image, channels):
-    have = image.shape[-1]
-    if have is None or channels is None or have == channels:
-        return image
-    if have == 4:
-        image = image[..., :3]
-        have = 3
-    if have == 3 and channels == 1:
-        return tf.image.rgb_to_grayscale(image)
-    if have == 1 and channels == 3:
-        return tf.image.grayscale_to_rgb(image)
-    if have == channels:
-        return image
-    raise ValueError(f"Cannot convert images with {image.shape[-1]} channels to {channels}.")
+    return image if channels is None else convert_channels(image, channels)
 
 
-def fit_image(image, size, channels=None, method="auto"):
-    """Fits one image to a model's input: channel conversion (grey↔RGB, RGBA→RGB) and spatial size.
+def fit_image(image, size, channels=None, method="auto", resize_size=None):
+    """Fits one image to a model's input: channel conversion (grey↔RGB, RGBA→RGB) and spatial size, with
+    :func:`kerasarch.preprocessing.fit_images` (see :class:`kerasarch.card.InputConfig` for the methods).
 
     Args:
         image: float ``(H, W, C)`` tensor.
         size: ``(height, width)`` of the model's input.
         channels: the model's channel count (``None``: keep).
         method: ``"pad"`` (zero-pad, centred — LeCun et al. 1998 put the 28×28 MNIST digits in a 32×32 field),
-            ``"resize"`` (bilinear), or ``"auto"``: pad when the image is at most 25% smaller in both dimensions
-            (28→32), resize otherwise (8×8 digits → 32×32, photos → 224×224).
+            ``"resize"`` (bilinear), ``"resize_crop"`` (shorter side to ``resize_size``, centre crop) or ``"auto"``:
+            pad when the image is at most 25% smaller in both dimensions (28→32), resize otherwise (8×8 digits →
+            32×32, photos → 224×224).
+        resize_size: the shorter side before the crop (``"resize_crop"``).
 
     Returns:
         A float32 ``(height, width, channels)`` tensor.
     """
-    if method not in ("auto", "pad", "resize"):
-        raise ValueError(f"`method` must be 'auto', 'pad' or 'resize'. Received: {method!r}")
-    image = _fix_channels(tf.cast(image, tf.float32), channels)
-    th, tw = int(size[0]), int(size[1])
-    h, w = image.shape[0], image.shape[1]
-    if h == th and w == tw:
-        return image
-
-    def pad():
-        ih, iw = tf.shape(image)[0], tf.shape(image)[1]
-        return tf.image.pad_to_bounding_box(image, (th - ih) // 2, (tw - iw) // 2, th, tw)
-
-    def resize():
-        return tf.image.resize(image, (th, tw), method="bilinear")
-
-    if method == "pad":
-        return pad()
-    if method == "resize":
-        return resize()
-    if h is not None and w is not None:
-        return pad() if (h <= th and w <= tw and 4 * th <= 5 * h and 4 * tw <= 5 * w) else resize()
-    ih, iw = tf.shape(image)[0], tf.shape(image)[1]
-    small = (ih <= th) & (iw <= tw) & (4 * th <= 5 * ih) & (4 * tw <= 5 * iw)
-    out = tf.cond(small, pad, resize)
-    out.set_shape((th, tw, image.shape[-1]))
-    return out
+    if method not in FIT_METHODS:
+        raise ValueError(f"`method` must be one of {FIT_METHODS}. Received: {method!r}")
+    channels = channels or image.shape[-1] or 3
+    config = InputConfig(size=(int(size[0]), int(size[1])), channels=int(channels), fit=method,
+                         resize_size=resize_size)
+    return fit_images(image, config)
 
 
 def _seeds(seed, n):
@@ -148,11 +94,6 @@ def _resize_shorter(image, shorter, at_least=None):
 
 def _random_crop(image, size, seed):
     return tf.image.stateless_random_crop(image, (size[0], size[1], tf.shape(image)[2]), seed)
-
-
-def _center_crop(image, size):
-    h, w = tf.shape(image)[0], tf.shape(image)[1]
-    return tf.image.crop_to_bounding_box(image, (h - size[0]) // 2, (w - size[1]) // 2, size[0], size[1])
 
 
 def pca_lighting(image, seed, std=0.1):
@@ -320,13 +261,10 @@ def augment(image, seed, name, size, channels=None):
 
 def eval_transform(image, name, size, channels=None):
     """The evaluation-time counterpart of preset ``name``: for the ImageNet presets the shorter side is rescaled to
-    256/224 of the input size and the centre cropped (the papers' single-crop evaluation); otherwise the image is
-    fitted to the input (:func:`fit_image`)."""
+    256/224 of the input size and the centre cropped (the papers' single-crop evaluation, ``fit="resize_crop"``);
+    otherwise the image is fitted to the input (:func:`fit_image`)."""
     _check_preset(name)
     size = (int(size[0]), int(size[1]))
     if not _PRESETS[name][1]:
         return fit_image(image, size, channels)
-    image = _fix_channels(tf.cast(image, tf.float32), channels)
-    image = _center_crop(_resize_shorter(image, _relative(size, 256), size), size)
-    image.set_shape((size[0], size[1], channels or image.shape[-1]))
-    return image
+    return fit_image(image, size, channels, "resize_crop", resize_size=_relative(size, 256))

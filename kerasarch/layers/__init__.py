@@ -4,3 +4,5 @@ file loads back with ``safe_mode=True``. Importing this package imports every la
 from kerasarch._discover import import_submodules
 
 import_submodules(__name__)
+
+from kerasarch.layers.preprocessing import Preprocessing  # noqa: E402,F401  (the card's input preparation as a layer)

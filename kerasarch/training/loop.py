@@ -75,17 +75,49 @@ class TrainResult:
 
 
 def _spec_of(model):
+    """The registered variant a run trains: the registry name given, or the variant the model's card names."""
+    from kerasarch.card import card_of, has_card
     from kerasarch.registry import get_spec
 
     if isinstance(model, str):
         return get_spec(model)
-    name = getattr(model, "name", None)
-    if isinstance(name, str):
-        try:
-            return get_spec(name)
-        except ValueError:
-            return None
+    if has_card(model) and card_of(model).variant:
+        return get_spec(card_of(model).variant)
     return None
+
+
+def _run_preprocessing(model, recipe):
+    """The pixel convention a run trains with: the recipe's when it sets one (a warning when the model's card says
+    otherwise), else the card's, else ``"unit"``."""
+    from kerasarch.card import card_of, has_card
+
+    card_mode = card_of(model).input.preprocessing if has_card(model) else None
+    mode = recipe["preprocessing"] or card_mode or "unit"
+    if card_mode is not None and mode != card_mode:
+        warnings.warn(f"The recipe preprocesses with {mode!r}, the model card of '{model.name}' says "
+                      f"{card_mode!r}; training with {mode!r} (the card is updated).", stacklevel=3)
+    return mode
+
+
+def _record_training(model, recipe, run_info, train_ds, train_pipe):
+    """Writes the recipe, the data and the input convention the model was trained with on its card."""
+    from kerasarch.card import ModelCard, card_of, has_card, update_card
+    from kerasarch.data.pipeline import input_config_of
+
+    config = train_pipe.input_config if train_pipe is not None else input_config_of(
+        model, preprocessing=recipe["preprocessing"])
+    names = getattr(train_ds, "class_names", None)
+    classes = model.outputs[0].shape[-1]
+    data = {"classes": int(classes) if classes is not None else None,
+            "examples": train_pipe.num_examples if train_pipe is not None else None}
+    card = card_of(model) if has_card(model) else ModelCard()
+    changes = {"input": config.replace(preprocessing=recipe["preprocessing"]),
+               "recipe": json.loads(json.dumps({**recipe, "run": run_info}, default=str)), "data": data}
+    if names and classes is not None and len(names) == int(classes):
+        changes["class_names"] = list(names)
+    elif card.class_names is not None and classes is not None and len(card.class_names) != int(classes):
+        changes["class_names"] = None
+    return update_card(model, **changes)
 
 
 def _classes_of(dataset):
@@ -119,9 +151,12 @@ def _inference_model(model):
     """The model without auxiliary outputs (GoogLeNet's heads are discarded at inference)."""
     import keras
 
+    from kerasarch.card import card_of, has_card, with_card
+
     if len(model.outputs) == 1:
         return model
-    return keras.Model(model.inputs, _main_layer(model).output, name=model.name)
+    main = keras.Model(model.inputs, _main_layer(model).output, name=model.name)
+    return with_card(main, card_of(model)) if has_card(model) else main
 
 
 def _make_optimizer(recipe):
@@ -299,8 +334,8 @@ def evaluate(model, dataset, *, batch_size=256, preprocessing=None, augment="non
         dataset: unbatched ``(image, label)`` pairs of ``[0, 255]`` images (fitted to the model's input and
             preprocessed here) or batches ready for the model.
         batch_size: batch size for unbatched data.
-        preprocessing: the input convention (default: the registry spec's for the model's name, else ``"unit"``).
-        augment: the training augmentation preset, whose evaluation transform (centre crop or fit) applies.
+        preprocessing: the input convention (default: the model card's, else ``"unit"``); the fit is the card's.
+        augment: the training augmentation preset (for a model without a card: ImageNet presets centre-crop).
 
     Returns:
         ``{"loss": ..., "accuracy": ..., "examples": ...}``.
@@ -308,9 +343,10 @@ def evaluate(model, dataset, *, batch_size=256, preprocessing=None, augment="non
     from kerasarch.data.pipeline import InputPipeline, is_batched
 
     if not is_batched(dataset):
-        if preprocessing is None:
-            spec = _spec_of(model)
-            preprocessing = spec.preprocessing if spec is not None and spec.preprocessing != "none" else "unit"
+        from kerasarch.card import has_card
+
+        if preprocessing is None and not has_card(model):
+            preprocessing = "unit"
         dataset = InputPipeline(dataset, model, batch_size=batch_size, training=False, augment=augment,
                                 preprocessing=preprocessing).dataset()
     classes = model.output_shape[-1] if not isinstance(model.output_shape, (list, dict)) else None
@@ -427,8 +463,7 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
             optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         optimizer.build(model.trainable_variables)
     model_classes = model.output_shape[-1] if not isinstance(model.output_shape, (list, dict)) else classes
-    preprocessing = recipe["preprocessing"] or (
-        spec.preprocessing if spec is not None and spec.preprocessing != "none" else "unit")
+    preprocessing = _run_preprocessing(model, recipe)
     jit = _resolve_jit(jit_compile, strategy)
     run_info = {"model": getattr(model, "name", str(model)), "precision": policy, "preprocessing": preprocessing,
                 "strategy": _strategy_name(strategy), "replicas": replicas, "global_batch_size": global_batch,
@@ -628,6 +663,7 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
         optimizer.finalize_variable_values(model.trainable_variables)  # the averaged weights become the model's
     if tensorboard is not None:
         tensorboard.close()
+    model = _record_training(model, recipe, run_info, train_ds, train_pipe)
     final = _inference_model(model)
     if out_dir and chief:
         if stop_reason != "interrupted":
