@@ -24,7 +24,8 @@ def run(args):
     import os
 
     from kerasarch.analysis.compare import compare
-    from kerasarch.commands.summary import check_model_argument, parse_shape
+    from kerasarch.commands import parse_input_shape
+    from kerasarch.commands.summary import check_model_argument
     from kerasarch.errors import KerasarchError
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
@@ -36,7 +37,7 @@ def run(args):
         raise KerasarchError(f"--out {args.out!r} exists and is not a folder; give the report's folder.")
     results = compare(args.models, args.out, runs=args.runs, warmup=args.warmup, batch=args.batch,
                       dtype_policy=args.dtype_policy, jit_compile=args.jit_compile,
-                      input_shape=parse_shape(args.input_shape), isolate=not args.in_process)
+                      input_shape=parse_input_shape(args.input_shape), isolate=not args.in_process)
     key = f"throughput_b{args.batch}"
     print(f"{'model':20s} {'params':>10s} {'GMACs':>8s} {'lat b1 ms':>10s} {'img/s b' + str(args.batch):>11s} "
           f"{'peak MB':>8s}")
