@@ -39,7 +39,7 @@ def test_gmacs_match_torchvision(name, gmacs):
 
 
 def test_keras_applications_resnet50_and_mobilenet():
-    # ResNet50 (stride in the 1×1 conv, conv biases): 3.858 GMACs (REFERENCES.md, ka). MobileNet v1 1.0-224:
+    # ResNet50 (stride in the 1×1 conv, conv biases): 3.858 GMACs (docs/references.md, ka). MobileNet v1 1.0-224:
     # 569 million mult-adds and 4.2M parameters (Howard et al. 2017, arXiv:1704.04861, Table 8) — depthwise.
     p = analysis.profile(keras.applications.ResNet50(weights=None))
     assert p.gmacs == pytest.approx(3.858, rel=0.005)

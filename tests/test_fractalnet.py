@@ -200,7 +200,7 @@ def _derived_params(columns, widths=(64, 128, 256, 512, 512), classes=10):
 
 def test_parameter_counts_and_the_papers_figures():
     """20 layers (C=3): 33,714,314 = 33.7M; 40 layers (C=4): 76,084,554 = 76.1M. The paper's Table 1 prints
-    38.6M and 22.9M (REFERENCES.md repeats them). They fit neither network, nor each other swapped (22.9M vs
+    38.6M and 22.9M (docs/references.md repeats them). They fit neither network, nor each other swapped (22.9M vs
     33.7M, 38.6M vs 76.1M), and no bias/BN convention closes the gap (the BN and bias terms total 20k–40k); the
     40-layer figure is even smaller than the 20-layer one although the 40-layer net has every convolution of
     the 20-layer one plus more. An independent PyTorch reimplementation (khanrc/pt.fractalnet) reports the same

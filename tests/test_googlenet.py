@@ -13,7 +13,7 @@ from kerasarch.blocks.inception import slide_inception_module
 from kerasarch.blocks.pooling import apply_ceil_pool, ceil_pool_size
 from tests.helpers import random_images, trainable_params
 
-ALEXNET_PARAMS = 60_965_224  # REFERENCES.md, Caffe bvlc_alexnet
+ALEXNET_PARAMS = 60_965_224  # docs/references.md, Caffe bvlc_alexnet
 
 # Table 1 of the paper, typed again from the paper: output size, depth, #1×1, #3×3 reduce, #3×3, #5×5 reduce,
 # #5×5, pool proj.
@@ -65,7 +65,7 @@ def test_googlenet_parameter_count_from_table1():
     conv2 3×3×64×192 (110,784), the nine modules from their filter columns, and the 1024→1000 linear layer
     (1,025,000): 6,998,552 ≈ 7.0M. The paper's own params column sums to 6,797.7K ≈ 6.8M; it does not follow
     from its filter columns (conv1 is listed as 2.7K, 3a as 159K where 192→64/96→128/16→32/32 gives 163K
-    weights), hence the "≈6.8M–7.0M" of REFERENCES.md."""
+    weights), hence the "≈6.8M–7.0M" of docs/references.md."""
     model = kerasarch.build_model("googlenet")
     expected = {"conv1_7x7_s2": 9_472, "conv2_3x3_reduce": 4_160, "conv2_3x3": 110_784, "predictions": 1_025_000}
     c = 192

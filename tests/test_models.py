@@ -1,5 +1,5 @@
 """Every registered model, parametrised over ``list_models()``: its parameter count against the published
-figure in its spec (REFERENCES.md), its output shape, a forward pass and the ``.keras`` round trip."""
+figure in its spec (docs/references.md), its output shape, a forward pass and the ``.keras`` round trip."""
 
 import keras
 import numpy as np

@@ -137,7 +137,7 @@ def resnext29_params(cardinality, d, bn=True):
     return total + 1024 * 10 + 10
 
 
-# registry name: (formula, printed figure in M, decimals), from REFERENCES.md.
+# registry name: (formula, printed figure in M, decimals), from docs/references.md.
 _CIFAR_COUNTS = {
     **{f"resnet{d}": (lambda bn, d=d: cifar_resnet_params(d, bn), fig, dec)
        for d, fig, dec in ((20, 0.27, 2), (32, 0.46, 2), (44, 0.66, 2), (56, 0.85, 2), (110, 1.7, 1),

@@ -115,7 +115,7 @@ VARIANTS = (
     ModelSpec(name="lenet5_relu", family="lenet", builder=lenet5,
               config={"connection_table": False, "activation": "relu", "subsampling": "max"},
               paper=_PAPER + " (modern variant)", params=61_706,
-              params_source="computed (REFERENCES.md): 156 + 2,416 + 48,120 + 10,164 + 850",
+              params_source="computed (docs/references.md): 156 + 2,416 + 48,120 + 10,164 + 850",
               taps=_taps("max"), notes="full C3, ReLU, 2×2 max-pool, dense output", **_INPUT),
 )
 register_models(VARIANTS)

@@ -182,7 +182,7 @@ def resnet(layers_per_stage=(2, 2, 2, 2), *, block="basic", preact=False, stem="
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Variants. Each row: registry name, config, and the reference figures of REFERENCES.md.
+# Variants. Each row: registry name, config, and the reference figures of docs/references.md.
 
 _IMAGENET = (224, 224, 3)
 _CIFAR = (32, 32, 3)
