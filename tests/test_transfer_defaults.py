@@ -304,3 +304,22 @@ def test_ema_weights_are_evaluated_and_kept(digits):
     for got, want in zip(averaged, first):
         np.testing.assert_allclose(got, want, atol=1e-4)
     assert len(set(history["val_accuracy"][1:])) == 1  # the averaged model's predictions never changed
+
+
+def test_the_fine_tuned_model_keeps_a_card_with_its_classes(digits, tmp_path):
+    """A fine-tuned model saved by ``finetune train`` reloads in a fresh process with its card: input convention,
+    the target's class names and the recipe that made it."""
+    import subprocess
+    import sys
+
+    from finetune.train import train
+
+    out = str(tmp_path / "run")
+    train("lenet5", digits, out, steps=2, refit=False, precision="float32", verbose=0)
+    code = ("import kerasarch, keras, json; from kerasarch.card import card_of; "
+            f"c = card_of(keras.saving.load_model({os.path.join(out, 'model.keras')!r})); "
+            "print(json.dumps([c.input.preprocessing, list(c.class_names), c.recipe['method'], c.data['examples']]))")
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert printed.returncode == 0, printed.stderr[-2000:]
+    assert json.loads(printed.stdout.strip().splitlines()[-1]) == ["lecun", ["0", "1", "2"], "scratch", 15]
