@@ -38,6 +38,8 @@ import tempfile
 
 import numpy as np
 
+from kerasarch.errors import KerasarchError
+
 __all__ = ["export_model", "export_target", "prepare_model", "ExportError", "FORMATS", "QUANTIZATIONS", "SIGNATURES",
            "preprocess_images", "representative_images", "warmup_images"]
 
@@ -48,7 +50,7 @@ _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
 
-class ExportError(ValueError):
+class ExportError(KerasarchError):
     """The export cannot be made as asked (the message says why, and what is allowed)."""
 
 
