@@ -256,6 +256,7 @@ def main(argv=None):
     p.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, from {list(PAIRS)}")
     p.add_argument("--shots", default="10,50", help="labelled target images per class")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")
+    p.add_argument("--seed-list", default=None, help="comma-separated seeds instead (e.g. 4,3 to run in parallel)")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--out", default=os.path.join("runs", "transfer"), help="work folder (resumable)")
     p.add_argument("--results", default=os.path.join(REPO, "bench", "results", "transfer.json"))
@@ -267,6 +268,7 @@ def main(argv=None):
         p.error(f"unknown pairs {unknown}; choose from {list(PAIRS)}")
     shots = [int(k) for k in args.shots.split(",")]
     methods = [m for m in args.methods.split(",") if m]
+    seeds = [int(v) for v in args.seed_list.split(",")] if args.seed_list else list(range(args.seeds))
     import tensorflow as tf
 
     tf.config.experimental.enable_tensor_float_32_execution(False)
@@ -274,14 +276,14 @@ def main(argv=None):
     cells = []
     for pair in pairs:
         for k in shots:
-            for seed in range(args.seeds):
+            for seed in seeds:
                 cell = run_cell(pair, k, seed, args.out, methods)
                 cells.append(cell)
                 print(f"[transfer {time.perf_counter() - started:6.0f}s] {pair} k={k} seed={seed}: " + ", ".join(
                     f"{m} {100 * cell['accuracy'][m]:.1f}" for m in methods if m in cell["accuracy"]), flush=True)
     results = {"command": "python bench/transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
                "pairs": {p: {k: list(v) if isinstance(v, tuple) else v for k, v in PAIRS[p].items()} for p in pairs},
-               "shots": shots, "seeds": args.seeds, "methods": methods, "precision": "float32",
+               "shots": shots, "seeds": len(seeds), "methods": methods, "precision": "float32",
                "machine": machine(), "seconds": round(time.perf_counter() - started, 1), "cells": cells}
     results["table"] = summarise(cells, pairs, shots)
     results["markdown"] = markdown(results)

@@ -413,11 +413,13 @@ def test_command_line_lists_the_commands():
 
 
 @pytest.mark.slow
-def test_demo_writes_the_markdown_table(tmp_path):
-    from finetune.demo import run_demo
-
-    results = run_demo(str(tmp_path), models=("lenet5",), seeds=(0,), shots=(5,), epochs_scale=0.1, verbose=0)
-    table = open(tmp_path / "transfer.md").read()
-    assert "| lenet5 (F6) | 5 |" in table
-    row = results["rows"][0]
-    assert all(0.0 <= row[k] <= 1.0 for k in ("scratch", "linear", "finetune", "source_accuracy"))
+def test_demo_runs_the_transfer_benchmark(tmp_path):
+    """``finetune demo`` is bench/transfer.py: one pair, one seed, 5 labels per class."""
+    rc = main(["demo", "--", "--pairs", "lenet5-digits", "--seeds", "1", "--shots", "5", "--out", str(tmp_path),
+               "--results", str(tmp_path / "transfer.json"), "--chart", str(tmp_path / "transfer.png")])
+    assert rc == 0
+    results = json.load(open(tmp_path / "transfer.json"))
+    assert "| mnist5k 0-4 → mnist5k 5-9 (lenet5, F6) | 5 |" in results["markdown"]
+    cell = results["cells"][0]
+    assert set(cell["accuracy"]) == {"scratch", "linear", "two-phase", "default"}
+    assert all(0.0 <= v <= 1.0 for v in cell["accuracy"].values()) and os.path.getsize(tmp_path / "transfer.png")
