@@ -171,11 +171,11 @@ VARIANTS = (
              checkpoints=(torchvision_checkpoint("alexnet_owt", "alexnet-owt-7be5be79.pth", map_alexnet, 56.522),),
              notes="torchvision layout: conv4 256 (the paper's footnote: 384), dropout before fc6/fc7, avgpool 6×6"),
     _variant("zfnet", _ZFNET, paper="Zeiler & Fergus 2013, arXiv:1311.2901", params=62_357_608,
-             params_source="derived, see tests/test_alexnet.py", preprocessing="unit", recipe="zfnet",
+             params_source="derived layer by layer (docs/references.md)", preprocessing="unit", recipe="zfnet",
              notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"),
     _variant("zfnet_large", {**_ZFNET, "filters": (96, 256, 512, 1024, 512)},
              paper="Zeiler & Fergus 2013, arXiv:1311.2901 (Table 2: layers 3-5 of 512/1024/512)",
-             params=107_627_624, params_source="derived, see tests/test_alexnet.py", preprocessing="unit",
+             params=107_627_624, params_source="derived layer by layer (docs/references.md)", preprocessing="unit",
              recipe="zfnet", notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"),
 )
 register_models(VARIANTS)

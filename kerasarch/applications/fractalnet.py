@@ -135,7 +135,7 @@ def _variant(columns, params, paper_figure, error):
         name=f"fractalnet{depth}", family="fractalnet", builder=fractalnet, config={"columns": columns},
         paper=_PAPER + f" (CIFAR, B=5, C={columns})", input_shape=(32, 32, 3), min_input_size=32, classes=10,
         params=params,
-        params_source="derived from §4's configuration (tests/test_fractalnet.py); the paper's Table 1 prints "
+        params_source="derived from §4's configuration (docs/references.md); the paper's Table 1 prints "
                       f"{paper_figure}, which this configuration does not give",
         top1=None if error is None else round(100 - error, 2),
         taps={f"block{b}": f"block{b}_out" for b in range(1, 6)}, preprocessing="torch", fit="auto",

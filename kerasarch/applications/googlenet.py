@@ -166,11 +166,10 @@ VARIANTS = (
         paper="Szegedy et al. 2014, arXiv:1409.4842 (Table 1; Caffe bvlc_googlenet)",
         input_shape=(224, 224, 3), min_input_size=31,
         params=6_998_552,
-        params_source="derived from Table 1's filter columns + biases + the 1024→1000 classifier in "
-                      "tests/test_googlenet.py::test_googlenet_parameter_count_from_table1 (the paper rounds to "
-                      "≈6.8M, weights only)",
+        params_source="derived from Table 1's filter columns + biases + the 1024→1000 classifier "
+                      "(docs/references.md; the paper rounds to ≈6.8M, weights only)",
         gmacs=1.583, taps=_TAPS, preprocessing="caffe", fit="resize_crop", resize_size=256, recipe="googlenet",
-        notes="gmacs counted from Table 1's layers (tests/test_googlenet.py); the paper's '1.5 billion multiply-adds' "
+        notes="gmacs counted from Table 1's layers; the paper's '1.5 billion multiply-adds' "
               "(its ops column sums to 1,502M) takes conv1 as 34M where a 7×7×3×64 conv on 112×112 is 118M. Counts "
               "without the auxiliary heads; aux_logits=True adds 6,379,728 parameters."),
     ModelSpec(

@@ -87,7 +87,7 @@ VARIANTS = (
         name="nin_cifar", family="nin", builder=nin, config={"config": "cifar"},
         paper="Lin et al. 2013, arXiv:1312.4400 (CIFAR-10 model released by the authors)",
         input_shape=(32, 32, 3), min_input_size=4, classes=10,
-        params=966_986, params_source="derived layer by layer in tests/test_nin.py::test_nin_parameter_counts",
+        params=966_986, params_source="derived layer by layer (docs/references.md)",
         top1=89.59, taps=_TAPS["cifar"], preprocessing="torch", fit="auto", recipe="nin_cifar",
         notes="Trained on global-contrast-normalised, ZCA-whitened CIFAR-10; top1 = 100 - 10.41% test error without "
               "augmentation (8.81% with)."),
@@ -95,7 +95,7 @@ VARIANTS = (
         name="nin", family="nin", builder=nin, config={"config": "imagenet"},
         paper="Lin et al. 2013, arXiv:1312.4400 (ImageNet model of the authors' Caffe model zoo)",
         input_shape=(224, 224, 3), min_input_size=39,
-        params=7_595_176, params_source="derived layer by layer in tests/test_nin.py::test_nin_parameter_counts",
+        params=7_595_176, params_source="derived layer by layer (docs/references.md)",
         taps=_TAPS["imagenet"], preprocessing="caffe", fit="resize_crop", resize_size=256, recipe="nin_imagenet",
         notes="≈7.6M parameters; Caffe model zoo nin_imagenet: conv1 11×11/4 unpadded, ceil-mode max-pools, dropout "
               "only before mlpconv4."),

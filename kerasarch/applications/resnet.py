@@ -365,7 +365,7 @@ def _variant(name, config, paper, params, total, gmacs, top1, slow, notes):
     if isinstance(params, int):
         source = _TV if "torchvision" in paper else _KA
     elif exact:
-        source = (f"derived in tests/test_resnet.py (conv + FC weights + BN scale/offset); {paper} prints "
+        source = (f"derived (docs/references.md: conv + FC weights + BN scale/offset); {paper} prints "
                   f"{params[0]}{params[1]}, the conv and FC weights alone")
     else:
         source = paper
