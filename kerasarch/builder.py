@@ -169,12 +169,3 @@ def load_weights_file(model, weights):
     from kerasarch.weights.loading import load_weights
 
     return load_weights(model, weights)
-
-
-def _copy_weights(source, target):
-    """Copies weights layer by layer by name; the first layer whose shapes differ is named in the error (the
-    classifier excepted when only its class count differs, see :mod:`kerasarch.weights.loading`)."""
-    from kerasarch.weights.loading import assign_layer_weights
-
-    arrays = {layer.name: layer.get_weights() for layer in source.layers if layer.weights}
-    assign_layer_weights(target, arrays, source=source.name)
