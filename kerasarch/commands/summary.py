@@ -1,4 +1,5 @@
-"""``kerasarch summary MODEL``: per-layer parameters, multiply-adds, activations and receptive fields, with totals.
+"""``kerasarch summary MODEL``: per-layer parameters, multiply-adds, activations and receptive fields, with totals;
+for a ``.keras`` file, its model card first (what it is, its input convention, classes, weights, training).
 
 A rich table on a terminal, a plain table otherwise; ``--format markdown|csv|json`` for files.
 """
@@ -6,16 +7,6 @@ A rich table on a terminal, a plain table otherwise; ``--format markdown|csv|jso
 from __future__ import annotations
 
 import sys
-
-
-def parse_shape(text):
-    """``"224,224,3"`` or ``"224x224x3"`` -> ``(224, 224, 3)``."""
-    if text is None:
-        return None
-    try:
-        return tuple(int(v) for v in text.replace("x", ",").replace("×", ",").split(",") if v.strip())
-    except ValueError:
-        raise SystemExit(f"--input-shape must look like 224,224,3. Received: {text!r}") from None
 
 
 def check_model_argument(name):
@@ -61,7 +52,22 @@ def register(sub):
                    help="build under this Keras dtype policy, e.g. mixed_bfloat16 (registry names only)")
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     p.add_argument("--out", default=None, help="write to this file instead of standard output")
+    p.add_argument("--card", action="store_true", help="print only the model card (a .keras file or a registry name)")
     p.set_defaults(func=run)
+
+
+def card_text(model):
+    """The model card of a ``.keras`` file (read without loading the model) or of a registry name, as text."""
+    from kerasarch.card import read_card
+
+    if str(model).lower().endswith(".keras"):
+        card = read_card(model)
+        if card is None:
+            return f"{model}: no kerasarch model card (saved from a model kerasarch did not build)\n"
+        return f"Model card of {model}\n{card.summary()}\n"
+    from kerasarch.registry import get_spec
+
+    return f"Model card of {model} (as built)\n{get_spec(model).card().summary()}\n"
 
 
 def _plain_table(p):
@@ -123,6 +129,7 @@ def run(args):
     import keras
 
     from kerasarch.analysis import profile
+    from kerasarch.commands import parse_input_shape
 
     check_model_argument(args.model)
     if args.batch < 1:
@@ -130,7 +137,18 @@ def run(args):
     if args.dtype_policy:
         keras.config.set_dtype_policy(args.dtype_policy)
     try:
-        p = profile(args.model, input_shape=parse_shape(args.input_shape), batch=args.batch)
+        card = card_text(args.model) if args.card or str(args.model).lower().endswith(".keras") else ""
+    except ValueError as e:
+        if args.card:
+            raise SystemExit(f"kerasarch summary: error: {e}") from None
+        card = ""  # a damaged file: the profile below reports it
+    if args.card:
+        sys.stdout.write(card)
+        return 0
+    if card and args.format == "table" and args.out is None:
+        sys.stdout.write(card + "\n")
+    try:
+        p = profile(args.model, input_shape=parse_input_shape(args.input_shape), batch=args.batch)
     except Exception as e:  # noqa: BLE001 - Keras raises many types for a damaged archive
         if args.model.lower().endswith(".keras"):
             raise load_error(args.model, e) from e
