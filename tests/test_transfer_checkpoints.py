@@ -312,24 +312,47 @@ def _torchvision_resnet_state(model):
     return state
 
 
-def test_kerasarch_train_starts_from_a_torchvision_pth(rgb_checkpoint, tmp_path, capsys):
+def test_checkpoint_to_served_model_train_evaluate_export_serve(rgb_checkpoint, tmp_path, capsys):
+    """The whole path: a torchvision .pth -> ``kerasarch train --weights`` -> ``kerasarch evaluate`` on the run
+    folder -> ``kerasarch export`` -> the SavedModel serves the test images with the evaluated accuracy."""
+    import keras
+    import tensorflow as tf
+
     _, rgb = rgb_checkpoint
     pth = tmp_path / "resnet18-random.pth"
     _write_pth(pth, _torchvision_resnet_state(rgb))
-    data = _image_folder(tmp_path / "data", {"a": 4, "b": 4}, size=SIZE)
-    out = tmp_path / "run"
+    data = tmp_path / "data"
+    _image_folder(data / "train", {"a": 4, "b": 4}, size=SIZE)
+    _image_folder(data / "test", {"a": 3, "b": 3}, size=SIZE, seed=1)
+    run = tmp_path / "run"
     code, stdout, err = _cli(["train", "resnet18", "--data", str(data), "--weights", str(pth), "--epochs", "1",
-                              "--lr", "1e-9", "--batch-size", "4", "--val-split", "0.25", "--out", str(out),
-                              "--verbose", "0", "--image-size", str(SIZE)], capsys)
+                              "--lr", "1e-9", "--batch-size", "4", "--out", str(run), "--verbose", "0"], capsys)
     assert code == 0, err
-    assert "test accuracy" in stdout
-    import keras
-
-    trained = keras.models.load_model(out / "model.keras", compile=False)
+    trained_line = stdout
+    trained = keras.models.load_model(run / "model.keras", compile=False)
     for name in ("conv1_conv", "conv3_block1_0_conv", "conv5_block2_2_conv"):  # lr 1e-9: still the checkpoint's
         np.testing.assert_allclose(trained.get_layer(name).kernel.numpy(), rgb.get_layer(name).kernel.numpy(),
                                    atol=1e-5)
     assert trained.output_shape[-1] == 2
+
+    code, stdout, err = _cli(["evaluate", str(run), "--data", str(data / "test"), "--out", str(tmp_path / "eval")],
+                             capsys)
+    assert code == 0, err
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["examples"] == 6
+    n_right = int(round(evaluated["top1"] * 6))
+    assert f"({n_right}/6 images" in trained_line  # what `kerasarch train` printed for the same test folder
+
+    code, _, err = _cli(["export", str(run), "--format", "saved_model", "--out", str(tmp_path / "served")], capsys)
+    assert code == 0, err
+    versions = sorted((tmp_path / "served").iterdir())
+    predict = tf.saved_model.load(str(versions[-1])).signatures["predict_images"]
+    right = 0
+    for label, cls in enumerate(("a", "b")):
+        for p in sorted((data / "test" / cls).iterdir()):
+            pixels = np.asarray(Image.open(p).convert("RGB"))[None]
+            right += int(np.argmax(predict(images=tf.constant(pixels))["probabilities"].numpy()[0]) == label)
+    assert right == n_right
 
 
 def test_weights_of_another_architecture_name_the_layer_that_does_not_fit(tmp_path, capsys):
@@ -339,3 +362,174 @@ def test_weights_of_another_architecture_name_the_layer_that_does_not_fit(tmp_pa
     code, _, err = _cli(["predict", "resnet18", str(folder), "--weights", str(other), "--input-size", str(SIZE)],
                         capsys)
     assert code == 2 and "conv1_conv" in err and "squeezenet.weights.h5" in err
+
+
+# ------------------------------------------------------------------ weights="imagenet" behind a file:// origin
+
+# keras.applications' "caffe" convention (imagenet_utils.preprocess_input): RGB -> BGR, minus the BGR mean.
+CAFFE_MEAN_BGR = np.array([103.939, 116.779, 123.68], "float32")
+# 32x32 inputs: the 256/224 evaluation resize gives a shorter side of round(32 * 256 / 224) = 37, crop offset 2.
+SMALL, SMALL_RESIZED, SMALL_OFFSET = 32, 37, 2
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    root = tmp_path / "kerasarch_home"
+    monkeypatch.setenv("KERASARCH_HOME", str(root))
+    return root
+
+
+def _publish(monkeypatch, model_name, path, source):
+    """Points ``model_name``'s published ``source`` checkpoint at ``file://path`` (checked by its SHA-256), the only
+    entry of the table, as a mirror of the publisher would serve it."""
+    import dataclasses
+    import hashlib
+
+    from kerasarch.weights import WEIGHTS, weights_for
+
+    entry = weights_for(model_name, source)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    published = dataclasses.replace(entry, origin=path.as_uri(), file_name=path.name, sha256=digest, md5=None,
+                                    notop=None)
+    monkeypatch.setitem(WEIGHTS, model_name, (published,))
+    return published
+
+
+def _finetune(argv, capsys):
+    from finetune.cli import main
+
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_finetune_extract_vgg16_fc7_from_the_published_keras_checkpoint(tmp_path, home, monkeypatch, capsys):
+    import keras
+
+    from finetune.store import load_features
+
+    peer = keras.applications.VGG16(weights=None, include_top=True, input_shape=(SMALL, SMALL, 3))
+    _randomise(peer)
+    h5 = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels.h5"
+    peer.save(h5)  # the legacy HDF5 layout keras.applications publishes
+    _publish(monkeypatch, "vgg16", h5, "keras")
+    data = _image_folder(tmp_path / "data", {"a": 2, "b": 2}, size=SMALL_RESIZED)
+    out = tmp_path / "fc7"
+    code, _, err = _finetune(["extract", "vgg16", str(data), "--weights", "imagenet", "--tap", "fc7", "--out",
+                              str(out), "--input-shape", f"{SMALL},{SMALL},3", "--quiet"], capsys)
+    assert code == 0, err
+    assert (home / "weights" / h5.name).exists()  # fetched through the cache
+    features = load_features(out)
+    paths = [str(p) for c in ("a", "b") for p in sorted((data / c).iterdir())]
+    crops = np.stack([np.asarray(Image.open(p).convert("RGB"), "float32")[
+        SMALL_OFFSET:SMALL_OFFSET + SMALL, SMALL_OFFSET:SMALL_OFFSET + SMALL] for p in paths])
+    fc2 = keras.Model(peer.input, peer.get_layer("fc2").output)
+    expected = np.asarray(fc2(crops[..., ::-1] - CAFFE_MEAN_BGR, training=False))
+    order = np.argsort(features.index)
+    np.testing.assert_allclose(features.features[order], expected, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name, frozen", [
+    ("resnet18", ("conv1_conv", "conv4_block2_2_conv", "conv5_block2_2_bn")),
+    pytest.param("resnet50", ("conv1_conv", "conv4_block6_3_conv", "conv5_block3_3_bn"), marks=pytest.mark.slow)])
+def test_finetune_train_from_the_published_torchvision_checkpoint(name, frozen, tmp_path, home, monkeypatch, capsys):
+    import keras
+
+    source = _randomise(kerasarch.build_model(name, input_shape=(SMALL, SMALL, 3)))
+    pth = tmp_path / f"{name}-random.pth"
+    _write_pth(pth, _torchvision_resnet_state(source))
+    _publish(monkeypatch, name, pth, "IMAGENET1K_V1")
+    data = _image_folder(tmp_path / "data", {"a": 4, "b": 4}, size=SMALL_RESIZED)
+    out = tmp_path / "run"
+    code, _, err = _finetune(["train", name, str(data), "--weights", "imagenet", "--out", str(out),
+                              "--input-shape", f"{SMALL},{SMALL},3", "--freeze-to", "all", "--epochs-head", "1",
+                              "--epochs-finetune", "0", "--batch-size", "4"], capsys)
+    assert code == 0, err
+    tuned = keras.models.load_model(out / "model.keras", compile=False)
+    for layer in frozen:  # frozen: the checkpoint's weights
+        for got, want in zip(tuned.get_layer(layer).get_weights(), source.get_layer(layer).get_weights()):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+    assert tuned.output_shape[-1] == 2
+
+
+# ----------------------------------------------------------------------------------------- the checkpoint table
+
+# torchvision/models/resnet.py, *_Weights.IMAGENET1K_V2: file (sha256 prefix in the name), resize_size, acc@1.
+TORCHVISION_V2 = {"resnet50": ("resnet50-11ad3fa6.pth", 80.858), "resnet101": ("resnet101-cd907fc2.pth", 81.886),
+                  "resnet152": ("resnet152-f82ba261.pth", 82.284),
+                  "resnext50_32x4d": ("resnext50_32x4d-1a0047aa.pth", 81.198),
+                  "resnext101_32x8d": ("resnext101_32x8d-110c445d.pth", 82.834),
+                  "wide_resnet50_2": ("wide_resnet50_2-9ba9bcbe.pth", 81.602),
+                  "wide_resnet101_2": ("wide_resnet101_2-d733dc28.pth", 82.51)}
+# timm/models/resnet.py (_rcfg: test 288x288, crop_pct 1.0, bicubic) and timm's results table (top-1 at 288).
+TIMM = {"resnet50": ("resnet50.a1_in1k", 81.22), "resnet101": ("resnet101.a1h_in1k", 82.8),
+        "resnet152": ("resnet152.a1h_in1k", 83.46), "resnext50_32x4d": ("resnext50_32x4d.a1h_in1k", 82.03)}
+
+
+def test_torchvision_v2_and_timm_checkpoints_with_their_eval_transforms():
+    from kerasarch.weights import weights_for
+
+    for name, (file_name, top1) in TORCHVISION_V2.items():
+        v2 = weights_for(name, "IMAGENET1K_V2")
+        assert (v2.source, v2.file_name, v2.sha256, v2.top1) == ("torchvision", file_name, file_name[-12:-4], top1)
+        assert (v2.input.resize_size, v2.input.size, v2.input.interpolation) == (232, (224, 224), "bilinear")
+        v1 = weights_for(name, "torchvision:IMAGENET1K_V1")
+        assert v1.input.resize_size == 256 and v1.top1 < top1
+    for name, (timm_name, top1) in TIMM.items():
+        c = weights_for(name, "timm")
+        assert (c.id, c.top1, c.format, c.file_name) == (timm_name, top1, "safetensors", f"{timm_name}.safetensors")
+        assert c.origin == f"https://huggingface.co/timm/{timm_name}/resolve/main/model.safetensors"
+        assert (c.input.size, c.input.resize_size, c.input.interpolation) == ((288, 288), 288, "bicubic")
+        assert weights_for(name, timm_name) is c
+    with pytest.raises(ValueError, match="no checkpoint 'IMAGENET1K_V9'.*torchvision:IMAGENET1K_V2"):
+        weights_for("resnet50", "IMAGENET1K_V9")
+
+
+def test_imagenet_picks_the_best_checkpoint_at_the_variant_input_size():
+    for name in kerasarch.list_models(pretrained=True):
+        spec = kerasarch.get_spec(name)
+        same_size = [c.top1 for c in spec.checkpoints if c.top1 is not None and c.input.size == spec.input_shape[:2]]
+        assert spec.checkpoints[0].top1 == max(same_size), name
+    assert kerasarch.get_spec("resnet50").checkpoints[0].id == "IMAGENET1K_V2"
+    pretrained = kerasarch.list_models(pretrained=True)
+    assert {"resnet50", "vgg16", "alexnet_owt", "densenet121"} <= set(pretrained)
+    assert not {"lenet5", "resnet20", "wrn28_10"} & set(pretrained)
+
+
+def test_kerasarch_list_pretrained_shows_every_checkpoint(capsys):
+    code, stdout, _ = _cli(["list", "resnet50", "--pretrained"], capsys)
+    assert code == 0
+    assert "imagenet = torchvision:IMAGENET1K_V2" in stdout and "80.86%" in stdout and "resize 232 crop 224" in stdout
+    assert "imagenet:torchvision:IMAGENET1K_V1" in stdout and "imagenet:timm:resnet50.a1_in1k" in stdout
+
+
+def test_imagenet_weights_say_which_checkpoint_and_timm_safetensors_load(rgb_checkpoint, tmp_path, home,
+                                                                         monkeypatch, capsys):
+    from safetensors.numpy import save_file
+
+    _, rgb = rgb_checkpoint
+    pth = tmp_path / "resnet18-f37072fd.pth"
+    _write_pth(pth, _torchvision_resnet_state(rgb))
+    _publish(monkeypatch, "resnet18", pth, "torchvision")
+    model = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 3), weights="imagenet")
+    err = capsys.readouterr().err
+    assert "resnet18 weights='imagenet': torchvision IMAGENET1K_V1 (resnet18-f37072fd.pth, published top-1 " \
+           "69.758%; resize 256, centre crop 224, bilinear, torch)" in err
+    x = np.random.default_rng(2).normal(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
+    np.testing.assert_allclose(model(x, training=False), rgb(x, training=False), atol=1e-5)
+    # timm's ResNet keys are torchvision's: its model.safetensors loads the same way.
+    st = tmp_path / "resnet18.a1_in1k.safetensors"
+    save_file({k: np.ascontiguousarray(v) for k, v in _torchvision_resnet_state(rgb).items()}, str(st))
+    timm = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 3), weights=str(st))
+    np.testing.assert_allclose(timm(x, training=False), rgb(x, training=False), atol=1e-5)
+
+
+def test_checkpoints_chart_plots_v1_and_v2_of_a_network(tmp_path):
+    from kerasarch.analysis.charts import checkpoints_chart, published_top1
+
+    points = {p["model"]: p for p in published_top1()}
+    assert sorted(t for _, t in points["resnet50"]["checkpoints"]) == [76.13, 80.858, 81.22]
+    assert points["alexnet_owt"]["checkpoints"] == [("torchvision:IMAGENET1K_V1", 56.522)]
+    assert points["googlenet_bn"]["checkpoints"] == [("torchvision:IMAGENET1K_V1", 69.778)]
+    path = checkpoints_chart(list(points.values()), tmp_path / "chart.png")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
