@@ -27,6 +27,8 @@ import numpy as np
 from keras import layers
 
 from kerasarch.errors import KerasarchError
+from kerasarch.keras_compat import inbound_nodes
+from kerasarch.keras_compat import producer as producer_of
 from kerasarch.weights.download import get_file
 from kerasarch.weights.table import weights_for
 
@@ -186,18 +188,13 @@ def _read_keras_or_safetensors(path, lower):
     return load_file(path)
 
 
-def _producer(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    return history.operation if history is not None else None
-
-
 def head_layers(model):
     """Names of the model's classifier layers: Dense or 1×1 Conv2D layers whose output reaches a model output
     through weight-free layers only, with as many units as that output."""
     heads = set()
     for output in model.outputs:
         units = output.shape[-1]
-        stack, seen = [_producer(output)], set()
+        stack, seen = [producer_of(output)], set()
         while stack:
             layer = stack.pop()
             if layer is None or id(layer) in seen:
@@ -209,8 +206,8 @@ def head_layers(model):
                 if is_head and getattr(layer, "units", getattr(layer, "filters", None)) == units:
                     heads.add(layer.name)
                 continue
-            for node in layer._inbound_nodes:
-                stack.extend(_producer(t) for t in node.input_tensors)
+            for node in inbound_nodes(layer):
+                stack.extend(producer_of(t) for t in node.input_tensors)
     return heads
 
 
@@ -282,9 +279,9 @@ def adapt_input_kernel(kernel: np.ndarray, channels: int) -> np.ndarray:
 
 def _reads_model_input(layer):
     """Whether ``layer`` reads a model input through weight-free layers only (it is a first convolution)."""
-    stack, seen = [node_input for node in layer._inbound_nodes for node_input in node.input_tensors], set()
+    stack, seen = [node_input for node in inbound_nodes(layer) for node_input in node.input_tensors], set()
     while stack:
-        producer = _producer(stack.pop())
+        producer = producer_of(stack.pop())
         if producer is None or id(producer) in seen:
             continue
         seen.add(id(producer))
@@ -292,7 +289,7 @@ def _reads_model_input(layer):
             return True
         if producer.weights:
             continue
-        for node in producer._inbound_nodes:
+        for node in inbound_nodes(producer):
             stack.extend(node.input_tensors)
     return False
 
