@@ -1,4 +1,5 @@
-"""``kerasarch evaluate MODEL_OR_FILE --data DIR|tfds:NAME``: top-1 / top-5 accuracy and a confusion matrix.
+"""``kerasarch evaluate MODEL_OR_FILE --data DIR|tfds:NAME|digits|mnist5k``: top-1 / top-5 accuracy and a confusion
+matrix.
 
 ``MODEL_OR_FILE`` is what ``kerasarch predict`` takes (a registry name with ``--weights``, a ``.keras`` file, a run
 folder); images go through the same evaluation transform (the checkpoint's resize and centre crop, or what the
@@ -145,6 +146,9 @@ def confusion_matrix_png(confusion, class_names: list[str], path: str, title: st
 def _open_data(args, channels):
     from kerasarch import data
 
+    if args.data in data.BUILTIN:  # the built-in offline sets: their held-out test split
+        _, ds = data.load(args.data)
+        return ds, list(ds.class_names), int(ds.cardinality())
     if args.data.startswith("tfds:"):
         ds = data.from_tfds(args.data[5:], args.split, args.data_dir)
         if not ds.class_names:
@@ -163,7 +167,8 @@ def register(sub):
     p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and a confusion matrix on a labelled folder or TFDS set",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("model", metavar="MODEL_OR_FILE", help="registry name, .keras file or run folder")
-    p.add_argument("--data", required=True, help="a folder of class sub-folders, or tfds:NAME")
+    p.add_argument("--data", required=True,
+                   help="a folder of class sub-folders, tfds:NAME, or mnist5k / digits (their test split)")
     p.add_argument("--split", default="test", help="TFDS split (default test)")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir")
     p.add_argument("--weights", default="imagenet",
@@ -178,8 +183,11 @@ def register(sub):
 def run(args):
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1. Received: --batch-size {args.batch_size}")
-    if not args.data.startswith("tfds:") and not os.path.isdir(args.data):
-        raise FileNotFoundError(f"--data must be an image folder or tfds:NAME. Received: --data {args.data}")
+    from kerasarch.data import BUILTIN
+
+    if not args.data.startswith("tfds:") and args.data not in BUILTIN and not os.path.isdir(args.data):
+        raise FileNotFoundError(f"--data must be an image folder, tfds:NAME or one of {', '.join(BUILTIN)}. "
+                                f"Received: --data {args.data}")
     net = load_for_inference(args.model, args.weights, preprocessing=args.preprocessing, input_size=args.input_size)
     channels = net.input_shape[-1]
     dataset, classes, total = _open_data(args, channels)
