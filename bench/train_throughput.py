@@ -249,7 +249,8 @@ def model_macs(build):
     return macs
 
 
-def run_jobs(args):
+def run_jobs(args, after_round=None):
+    """``{job: [measurement per round]}``; ``after_round(rounds)`` is called as each round completes."""
     import keras
 
     jobs = []
@@ -292,6 +293,8 @@ def run_jobs(args):
                                 "cpu_seconds": cpu_seconds, "load_before": load, "load_after": os.getloadavg()[0]})
             print(f"round {r + 1}  {subject:18s} {mode:5s} {precision:15s} {impl:18s} {ips:8.2f} img/s "
                   f"{per_cpu:8.2f} img/CPU-s (load {load:.1f})", flush=True)
+        if after_round is not None:
+            after_round(rounds)
     if torch_client is not None:
         torch_client.close()
     keras.backend.clear_session(free_memory=True)
@@ -329,7 +332,7 @@ def summarise(rounds, args, macs):
     return rows, targets
 
 
-def chart(rows, path):
+def chart(rows, path, note=""):
     import matplotlib
 
     matplotlib.use("Agg")
@@ -354,7 +357,7 @@ def chart(rows, path):
     labels = [f"{m}\n{mode} {'bf16' if 'bfloat16' in p else 'fp32'}" for m, mode, p in groups]
     ax.set_xticks(range(len(groups)), labels, fontsize=7)
     ax.set_ylabel("images/s (median of rounds)")
-    ax.set_title("CPU throughput, same run, interleaved rounds", fontsize=9)
+    ax.set_title(f"CPU throughput, same run, interleaved rounds; {note}", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -394,8 +397,21 @@ def main(argv=None):
           f"steps after {args.warmup} warm-up, {args.rounds} interleaved rounds; load {os.getloadavg()}", flush=True)
     macs = {s: model_macs(kerasarch_build(s)) for s in args.models.split(",")}
     start = time.perf_counter()
-    rounds = run_jobs(args)
-    rows, targets = summarise(rounds, args, macs)
+
+    def write(rounds, final=False):
+        rows, targets = summarise(rounds, args, macs)
+        loads = [r[k] for row in rows for r in row["rounds"] for k in ("load_before", "load_after")]
+        if args.out and rows:  # after every round, so that an interrupted run leaves what it measured
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out + ".json", "w") as f:
+                json.dump({"command": "python bench/train_throughput.py " + " ".join(argv), "machine": info,
+                           "args": vars(args), "macs": macs, "complete": final, "rows": rows, "targets": targets,
+                           "load_mean": statistics.mean(loads), "load_max": max(loads)}, f, indent=1)
+            chart(rows, args.out + ".png", f"load average {statistics.mean(loads):.1f} on {info['cpus']} CPUs")
+        return rows, targets, loads
+
+    rounds = run_jobs(args, after_round=write)
+    rows, targets, loads = write(rounds, final=True)
 
     def fmt(v, w, d=2):
         return f"{v:>{w}.{d}f}" if v else f"{'-':>{w}s}"
@@ -418,16 +434,9 @@ def main(argv=None):
             verdict = "met" if t["met"] else "not met"
             print(f"  {t['target']:62s} {t['ratio']:5.2f}  per CPU-s {t['ratio_cpu']:5.2f}  (goal ≥ {t['goal']:.1f} "
                   f"on wall time: {verdict})")
-    loads = [r[k] for row in rows for r in row["rounds"] for k in ("load_before", "load_after")]
     print(f"\n# {time.perf_counter() - start:.0f} s; 1-min load average during the run: mean "
           f"{statistics.mean(loads):.1f}, max {max(loads):.1f} (on {info['cpus']} CPUs)")
     if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out + ".json", "w") as f:
-            json.dump({"command": "python bench/train_throughput.py " + " ".join(argv), "machine": info,
-                       "args": vars(args), "macs": macs, "rows": rows, "targets": targets,
-                       "load_mean": statistics.mean(loads), "load_max": max(loads)}, f, indent=1)
-        chart(rows, args.out + ".png")
         print(f"# wrote {args.out}.json and {args.out}.png")
     return 0
 
