@@ -1,8 +1,9 @@
 """What :func:`kerasarch.training.train` checks before any work, and the lock that keeps one writer per run folder.
 
 * :func:`check_training_inputs` refuses degenerate input before a model is built: a learning rate that is not a
-  positive finite number, fewer than one epoch or a batch of fewer than one image, an empty training set, data
-  with a single class (a classifier of one class is 100% accurate and has learnt nothing).
+  finite number >= 0 (0 evaluates the objective without moving the weights), fewer than one epoch or a batch of
+  fewer than one image, an empty training set, data with a single class (a classifier of one class is 100%
+  accurate and has learnt nothing).
 * :class:`RunFolderLock` holds an exclusive ``flock`` on ``<run folder>/.lock`` for the life of a training: a
   second ``train`` into the same folder is refused with :class:`~kerasarch.errors.RunLockedError` naming the
   process that holds it. The kernel drops the lock when its holder exits, normally or not, so the lock of a
@@ -36,9 +37,9 @@ def _is_number(value):
 def check_recipe(recipe: dict) -> None:
     """Refuses a resolved recipe whose learning rate, epochs or batch size cannot train."""
     lr, epochs, batch = recipe.get("lr"), recipe.get("epochs"), recipe.get("batch_size")
-    if not _is_number(lr) or not math.isfinite(lr) or lr <= 0:
-        raise KerasarchError(f"The learning rate must be a finite number > 0 (a negative one climbs the loss). "
-                             f"Received: lr={lr!r}")
+    if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
+        raise KerasarchError(f"The learning rate must be a finite number >= 0 (a negative one climbs the loss; 0 "
+                             f"only evaluates the objective). Received: lr={lr!r}")
     if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
         raise KerasarchError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
     if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
@@ -70,8 +71,8 @@ def check_training_inputs(train_ds, val_ds=None, *, lr=None, epochs=None, batch_
             :func:`check_recipe`).
         classes: the class count given to ``train``.
     """
-    if lr is not None and (not _is_number(lr) or not math.isfinite(lr) or lr <= 0):
-        raise KerasarchError(f"`lr` must be a finite number > 0 (a negative one climbs the loss). Received: lr={lr!r}")
+    if lr is not None and (not _is_number(lr) or not math.isfinite(lr) or lr < 0):
+        raise KerasarchError(f"`lr` must be a finite number >= 0 (a negative one climbs the loss). Received: lr={lr!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
             raise KerasarchError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
