@@ -205,7 +205,8 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
     ax.set_title(title)
     ax.grid(True, alpha=0.3, zorder=0)
     fig.text(0.01, 0.01, "Each point: one published checkpoint's top-1 (its own evaluation transform). A line joins "
-             "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters.",
+             "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters. "
+             "A checkpoint evaluated at another size (timm's, 288×288) costs (size/224)² × the GMACs shown.",
              fontsize=7, ha="left", va="bottom", wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
