@@ -7,6 +7,7 @@ and 50 labels per class, five seeds), passing its arguments on.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 
@@ -31,9 +32,11 @@ def load_bench():
 def register(sub):
     p = sub.add_parser("demo", help="the transfer benchmark (bench/transfer.py): scratch, probe, old and new defaults",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("args", nargs="*", help="arguments of bench/transfer.py (after --), e.g. -- --pairs lenet5-digits")
+    p.add_argument("args", nargs=argparse.REMAINDER,
+                   help="arguments of bench/transfer.py, e.g. --pairs lenet5-digits --seeds 1 (see its --help)")
     p.set_defaults(func=run)
 
 
 def run(args):
-    return load_bench().main(list(args.args))
+    rest = list(args.args)
+    return load_bench().main(rest[1:] if rest[:1] == ["--"] else rest)
