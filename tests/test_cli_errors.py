@@ -89,7 +89,13 @@ def _named_cases(tmp):
     a_file = os.path.join(tmp, "a_file.txt")
     with open(a_file, "w") as f:
         f.write("mine")
+    broken_run = os.path.join(tmp, "broken_run")
+    os.makedirs(broken_run)
+    with open(os.path.join(broken_run, "checkpoint.npz"), "wb") as f:
+        f.write(b"PK\x03\x04" + bytes(100))  # a run folder whose checkpoint was damaged
     return [
+        ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", broken_run]],
+        ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", "/proc/no_such_dir/run"]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "0"]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--lr", "-0.5"]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--lr", "nan"]],
@@ -167,6 +173,9 @@ def test_named_mistakes_say_what_was_received_and_what_is_allowed(results):
         f"kerasarch compare lenet5 {BAD} --out TMP/cmp": f"Unknown model name '{BAD}'",
         "kerasarch compare lenet5 --out TMP/a_file.txt": "exists and is not a folder",
         "kerasarch list --family nosuchfamily": "--family must be one of",
+        "kerasarch train lenet5 --data digits --epochs 1 --out TMP/broken_run":
+            "Checkpoint 'TMP/broken_run/checkpoint.npz' is not readable",
+        "kerasarch train lenet5 --data digits --epochs 1 --out /proc/no_such_dir/run": "'/proc/no_such_dir",
     }
     for call, text in want.items():
         line = _check(by_call[call])
