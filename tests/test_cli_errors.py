@@ -93,7 +93,15 @@ def _named_cases(tmp):
     os.makedirs(broken_run)
     with open(os.path.join(broken_run, "checkpoint.npz"), "wb") as f:
         f.write(b"PK\x03\x04" + bytes(100))  # a run folder whose checkpoint was damaged
+    from tests.helpers import torch_checkpoint_bytes
+
+    crafted = os.path.join(tmp, "crafted.pth")  # issue 11's segfault: a view far outside its 96-byte storage
+    with open(crafted, "wb") as f:
+        f.write(torch_checkpoint_bytes({"features.0.weight": ("0", 24, 1 << 33, (64, 3, 3, 3), (27, 9, 3, 1))},
+                                       {"0": bytes(96)}))
     return [
+        ["kerasarch", ["export", "squeezenet1_1", "--weights", crafted, "--format", "tflite", "--out",
+                       os.path.join(tmp, "exported")]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", broken_run]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", "/proc/no_such_dir/run"]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "0"]],
@@ -173,6 +181,8 @@ def test_named_mistakes_say_what_was_received_and_what_is_allowed(results):
         f"kerasarch compare lenet5 {BAD} --out TMP/cmp": f"Unknown model name '{BAD}'",
         "kerasarch compare lenet5 --out TMP/a_file.txt": "exists and is not a folder",
         "kerasarch list --family nosuchfamily": "--family must be one of",
+        "kerasarch export squeezenet1_1 --weights TMP/crafted.pth --format tflite --out TMP/exported":
+            "'TMP/crafted.pth': tensor 'features.0.weight': offset 8589934592",
         "kerasarch train lenet5 --data digits --epochs 1 --out TMP/broken_run":
             "Checkpoint 'TMP/broken_run/checkpoint.npz' is not readable",
         "kerasarch train lenet5 --data digits --epochs 1 --out /proc/no_such_dir/run": "'/proc/no_such_dir",
