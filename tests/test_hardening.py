@@ -237,7 +237,7 @@ def _bmp_folder(root, seed=0):
     return images
 
 
-def test_bmp_images_decode_to_grey_for_one_channel_models(tmp_path):
+def test_bmp_and_gif_images_decode_to_grey_for_one_channel_models(tmp_path):
     images = _bmp_folder(tmp_path)
     pixels = images["cat/0.bmp"]
     # ITU-R 601 luma, as Pillow's convert("L"): 0.299 R + 0.587 G + 0.114 B.
@@ -246,8 +246,15 @@ def test_bmp_images_decode_to_grey_for_one_channel_models(tmp_path):
     assert grey.shape == (12, 12, 1)
     assert np.abs(grey[..., 0].astype(int) - np.round(luma)).max() <= 1
     np.testing.assert_array_equal(read_image(tmp_path / "cat" / "0.bmp", channels=3), pixels)
+    # GIF has the same gap in TensorFlow (its decoder gives RGB only); compare with its own RGB decoding.
+    from PIL import Image
+
+    Image.fromarray(pixels).save(tmp_path / "dog" / "9.gif")
+    rgb = read_image(tmp_path / "dog" / "9.gif", channels=3).astype(np.float64)
+    grey = read_image(tmp_path / "dog" / "9.gif", channels=1)
+    assert np.abs(grey[..., 0].astype(int) - np.round(rgb @ np.array([0.299, 0.587, 0.114]))).max() <= 1
     ds = from_directory(str(tmp_path), image_size=12, channels=1)
-    assert len(list(ds)) == 6  # none dropped
+    assert len(list(ds)) == 7  # none dropped
 
 
 def test_extract_on_bmps_with_a_grey_model_and_a_content_fingerprint(tmp_path):

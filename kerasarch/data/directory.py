@@ -12,8 +12,8 @@ skipped and counted like a corrupt file. The limit follows Pillow's ``Image.MAX_
 threshold, 2 × 89,478,485 pixels ≈ a 13,400×13,400 image); raise it with ``kerasarch.data.MAX_IMAGE_PIXELS = n``
 or the ``KERASARCH_MAX_IMAGE_PIXELS`` environment variable (read at import), ``None`` / ``0`` to turn it off.
 
-BMP files decode to grey for one-channel models too (TensorFlow's BMP decoder has no grey mode: they are decoded
-as RGB and converted with the ITU-R 601 luma weights, as Pillow's ``convert("L")`` does).
+BMP and GIF files decode to grey for one-channel models too (TensorFlow's BMP and GIF decoders have no grey mode:
+they are decoded as RGB and converted with the ITU-R 601 luma weights, as Pillow's ``convert("L")`` does).
 """
 
 from __future__ import annotations
@@ -201,12 +201,14 @@ def _decode(contents, channels):
 
     if channels != 1:
         image = tf.io.decode_image(contents, channels=channels, expand_animations=False, dtype=tf.uint8)
-    else:  # TensorFlow's BMP decoder cannot give one channel: decode BMPs as RGB and convert
-        is_bmp = tf.equal(tf.strings.substr(contents, 0, 2), b"BM")
+    else:  # TensorFlow's BMP and GIF decoders cannot give one channel: decode those as RGB and convert
+        head = tf.strings.substr(contents, 0, 3)
+        rgb_only = tf.logical_or(tf.equal(tf.strings.substr(head, 0, 2), b"BM"), tf.equal(head, b"GIF"))
         image = tf.cond(
-            is_bmp,
-            lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(tf.io.decode_bmp(contents, channels=3),
-                                                                       tf.float32))), tf.uint8),
+            rgb_only,
+            lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(
+                tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8), tf.float32))),
+                tf.uint8),
             lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8))
     image.set_shape((None, None, channels))
     return image
