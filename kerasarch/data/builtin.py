@@ -80,7 +80,8 @@ def load(name, *, image_size=None, channels=None, model=None, fit="auto"):
     """
     import tensorflow as tf
 
-    from kerasarch.data.transforms import _fix_channels, fit_image
+    from kerasarch.data.transforms import fit_image
+    from kerasarch.preprocessing import convert_channels
 
     (xtr, ytr), (xte, yte) = load_arrays(name)
     if model is not None:
@@ -97,7 +98,7 @@ def load(name, *, image_size=None, channels=None, model=None, fit="auto"):
             if image_size is not None:
                 image = fit_image(image, image_size, channels, method=fit)
             elif channels is not None:
-                image = _fix_channels(image, channels)
+                image = convert_channels(image, channels)
             return image, label
 
         out = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)

@@ -35,7 +35,8 @@ def from_tfds(name, split="train", data_dir=None, download=False, *, image_key="
     import tensorflow as tf
     import tensorflow_datasets as tfds
 
-    from kerasarch.data.transforms import _fix_channels, fit_image
+    from kerasarch.data.transforms import fit_image
+    from kerasarch.preprocessing import convert_channels
 
     try:
         builder = tfds.builder(name, data_dir=data_dir)
@@ -68,7 +69,7 @@ def from_tfds(name, split="train", data_dir=None, download=False, *, image_key="
         if image_size is not None:
             image = fit_image(image, image_size, channels, method="resize")
         elif channels is not None:
-            image = _fix_channels(image, channels)
+            image = convert_channels(image, channels)
         return image, tf.cast(features[label_key], tf.int32)
 
     out = ds.map(convert, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
