@@ -533,3 +533,24 @@ def test_checkpoints_chart_plots_v1_and_v2_of_a_network(tmp_path):
     assert points["googlenet_bn"]["checkpoints"] == [("torchvision:IMAGENET1K_V1", 69.778)]
     path = checkpoints_chart(list(points.values()), tmp_path / "chart.png")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_predict_a_keras_file_made_outside_kerasarch_needs_the_preprocessing(tmp_path, capsys):
+    import keras
+
+    inputs = keras.Input((16, 16, 3))
+    x = keras.layers.Conv2D(4, 3, name="conv")(inputs)
+    outputs = keras.layers.Dense(3, activation="softmax", name="predictions")(keras.layers.GlobalAveragePooling2D()(x))
+    plain = keras.Model(inputs, outputs)
+    path = tmp_path / "plain.keras"
+    plain.save(path)
+    folder = _image_folder(tmp_path / "photos", {"x": 2}, size=16)
+    code, _, err = _cli(["predict", str(path), str(folder)], capsys)
+    assert code == 2 and "--preprocessing" in err and "plain.keras" in err
+    code, stdout, err = _cli(["predict", str(path), str(folder), "--preprocessing", "unit", "--top", "1"], capsys)
+    assert code == 0, err
+    rows = [line.split(",") for line in stdout.strip().splitlines()[1:]]
+    images = np.stack([np.asarray(Image.open(p), "float32") for p in sorted((folder / "x").iterdir())])
+    probs = np.asarray(plain(images / 255.0))  # "unit": x / 255; 16x16 images need no fitting
+    assert [r[2] for r in rows] == [f"class_{i}" for i in probs.argmax(1)]
+    np.testing.assert_allclose([float(r[3]) for r in rows], probs.max(1), rtol=1e-4)
