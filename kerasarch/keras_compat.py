@@ -2,7 +2,8 @@
 
 Keras has no public API for walking a built model's graph backwards (which operation produced a tensor, which
 calls an operation received, the nodes of a Functional model by depth), for a progress bar's position or for
-computing with a backend other than the running one; keras-tuner has none for its distributed-search state.
+computing with a backend other than the running one; TensorFlow has none saying whether it uses oneDNN;
+keras-tuner has none for its distributed-search state.
 kerasarch needs each of these and reads them here only, so that a release that renames one breaks one module and
 one test (``tests/test_keras_compat.py``) instead of the call sites spread over the package.
 
@@ -29,6 +30,7 @@ __all__ = [
     "fill_in_arguments",
     "progbar_position",
     "backend_module",
+    "tensorflow_onednn_enabled",
     "tuner_has_chief_oracle",
     "tuner_is_chief_oracle",
     "set_tuner_oracle_timeout",
@@ -79,6 +81,21 @@ def backend_module(name: str) -> Any:
     from keras.src.utils.backend_utils import DynamicBackend
 
     return DynamicBackend(name)
+
+
+def tensorflow_onednn_enabled() -> bool:
+    """Whether TensorFlow runs its CPU kernels with oneDNN (TensorFlow's internal ``IsMklEnabled``); where that
+    cannot be read, TensorFlow's documented default: on for x86-64 unless ``TF_ENABLE_ONEDNN_OPTS`` is 0."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except (ImportError, AttributeError):
+        import os
+        import platform
+
+        flag = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower()
+        return platform.machine().lower() in ("x86_64", "amd64") and flag not in ("0", "false")
 
 
 # --- keras-tuner: distributed search ---------------------------------------------------------------------------

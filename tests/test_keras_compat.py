@@ -163,3 +163,10 @@ def test_backend_module_computes_on_the_named_backend():
     assert tf.is_tensor(y) and np.asarray(y).tolist() == [2.0, 2.0, 2.0]
     j = keras_compat.backend_module("jax").numpy.multiply(np.arange(3.0, dtype="float32"), 2.0)
     assert not tf.is_tensor(j) and type(j).__module__.startswith("jax") and np.asarray(j).tolist() == [0, 2, 4]
+
+
+def test_tensorflow_onednn_flag_is_read_from_tensorflow():
+    from tensorflow.python.util import _pywrap_util_port
+
+    assert callable(_pywrap_util_port.IsMklEnabled)  # the internal keras_compat reads
+    assert keras_compat.tensorflow_onednn_enabled() is bool(_pywrap_util_port.IsMklEnabled())

@@ -13,8 +13,6 @@ slow — two orders of magnitude in the backward pass (ResNeXt-50 trained 35× s
 from __future__ import annotations
 
 import functools
-import os
-import platform
 
 import keras
 from keras import ops
@@ -38,13 +36,9 @@ def _tf_has_gpu():
 def _tf_onednn_enabled():
     """Whether TensorFlow runs its CPU convolutions with oneDNN (which implements grouped convolutions); the
     plain Eigen kernel rejects them."""
-    try:
-        from tensorflow.python.util import _pywrap_util_port
+    from kerasarch.keras_compat import tensorflow_onednn_enabled
 
-        return bool(_pywrap_util_port.IsMklEnabled())
-    except (ImportError, AttributeError):  # TensorFlow's own default: on for x86-64 unless switched off
-        flag = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower()
-        return platform.machine().lower() in ("x86_64", "amd64") and flag not in ("0", "false")
+    return tensorflow_onednn_enabled()
 
 
 def _tf_in_xla():
