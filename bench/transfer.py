@@ -24,8 +24,10 @@ methods learn the target, each through the public API a user calls:
 - ``default``: ``finetune train --weights W`` with today's defaults (LP-FT, step budget, early stopping).
 
 No augmentation anywhere (the defaults), float32, test images never used for any choice. Every finished cell is
-kept in ``OUT/cells/`` (an interrupted run continues), and the results go to ``bench/results/transfer.json`` with
-the table (mean ± std over the seeds, ddof 0) and a chart ``docs/img/transfer.png``.
+kept in ``OUT/cells/`` (an interrupted or parallel run continues from them: ``--seed-list`` splits the work between
+processes), and the results go to ``bench/results/transfer.json`` (``seconds``: this invocation's wall time;
+``method_seconds``: the methods' own times summed over the cells) with the table (mean ± std over the seeds, ddof 0)
+and a chart ``docs/img/transfer.png``.
 
     python bench/transfer.py                                         # the full benchmark (see docs/transfer.md)
     python bench/transfer.py --pairs lenet5-digits --seeds 1 --shots 10 --out /tmp/t   # one cell
@@ -205,7 +207,9 @@ def markdown(results):
         cfg = PAIRS[pair]
         tap = next((c.get("tap") for c in results["cells"] if c["pair"] == pair and c.get("tap")), "?")
         for k, row in rows.items():
-            cells = [f"{row[m][0]:.1f} ± {row[m][1]:.1f}" if m in row else "" for m in ("source_accuracy", *METHODS)]
+            one = {m for m in ("source_accuracy",) if m in row and not row[m][1]}  # one source network: no spread
+            cells = [("" if m not in row else f"{row[m][0]:.1f}" if m in one else f"{row[m][0]:.1f} ± {row[m][1]:.1f}")
+                     for m in ("source_accuracy", *METHODS)]
             best = max((row[m][0], m) for m in METHODS if m in row)[1]
             cells = [f"**{c}**" if m == best else c for m, c in zip(("source_accuracy", *METHODS), cells)]
             lines.append(f"| {cfg['source']} → {cfg['target']} ({cfg['model']}, {tap}) | {k} | " + " | ".join(cells)
@@ -232,9 +236,9 @@ def chart(results, path):
     ax.set_xticklabels([f"{PAIRS[p]['model']}\n{PAIRS[p]['source']}→{PAIRS[p]['target']}\n{k}/class"
                         for p, k in groups], fontsize=7)
     ax.set_ylabel("target test accuracy (%)")
-    lo = min(results["table"][p][k].get("scratch", [50])[0] for p, k in groups)
-    ax.set_ylim(max(0, lo - 15), 100)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylim(0, 112)
+    ax.set_yticks(range(0, 101, 20))
+    ax.legend(fontsize=7, loc="upper center", ncol=len(METHODS), frameon=False)
     ax.set_title(f"Transfer with few labels (mean ± std over {results['seeds']} seeds)", fontsize=9)
     fig.tight_layout()
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -285,6 +289,7 @@ def main(argv=None):
                "pairs": {p: {k: list(v) if isinstance(v, tuple) else v for k, v in PAIRS[p].items()} for p in pairs},
                "shots": shots, "seeds": len(seeds), "methods": methods, "precision": "float32",
                "machine": machine(), "seconds": round(time.perf_counter() - started, 1), "cells": cells}
+    results["method_seconds"] = round(sum(d.get("seconds", 0) for c in cells for d in c["details"].values()), 1)
     results["table"] = summarise(cells, pairs, shots)
     results["markdown"] = markdown(results)
     os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
