@@ -543,8 +543,8 @@ def fit_steps(model, train_ds, val_ds=None, *, steps, lr, batch_size=32, optimiz
         else:
             bad += 1
         if log:
-            log(f"update {step_done}/{steps}: loss {history['loss'][-1]:.4f}, val_loss {loss:.4f}, "
-                f"val_accuracy {acc:.4f}")
+            trained = f"loss {history['loss'][-1]:.4f}, " if seen else ""
+            log(f"update {step_done}/{steps}: {trained}val_loss {loss:.4f}, val_accuracy {acc:.4f}")
         return bad >= patience
 
     record(0)
