@@ -35,7 +35,6 @@ and a chart ``docs/img/transfer.png``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import platform
@@ -255,8 +254,10 @@ def machine():
             "keras": keras.__version__}
 
 
-def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv=None, prog=None):
+    from kerasarch.cli import OneLineErrorParser  # bad arguments: one `error:` line, exit status 2
+
+    p = OneLineErrorParser(prog=prog, description=__doc__.split("\n\n")[0])
     p.add_argument("--pairs", default=",".join(PAIRS), help=f"comma-separated, from {list(PAIRS)}")
     p.add_argument("--shots", default="10,50", help="labelled target images per class")
     p.add_argument("--seeds", type=int, default=5, help="seeds 0 .. N-1")

@@ -39,4 +39,4 @@ def register(sub):
 
 def run(args):
     rest = list(args.args)
-    return load_bench().main(rest[1:] if rest[:1] == ["--"] else rest)
+    return load_bench().main(rest[1:] if rest[:1] == ["--"] else rest, prog="finetune demo")
