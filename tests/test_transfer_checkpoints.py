@@ -554,3 +554,56 @@ def test_predict_a_keras_file_made_outside_kerasarch_needs_the_preprocessing(tmp
     probs = np.asarray(plain(images / 255.0))  # "unit": x / 255; 16x16 images need no fitting
     assert [r[2] for r in rows] == [f"class_{i}" for i in probs.argmax(1)]
     np.testing.assert_allclose([float(r[3]) for r in rows], probs.max(1), rtol=1e-4)
+
+
+_TFDS_BUILDER = '''
+import sys
+import numpy as np
+import tensorflow_datasets as tfds
+
+class KerasarchTinyImagenet(tfds.core.GeneratorBasedBuilder):
+    """Five 73x73 images of three ImageNet classes, prepared offline."""
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+            "image": tfds.features.Image(shape=(73, 73, 3)),
+            "label": tfds.features.ClassLabel(names=["tench", "goldfish", "great white shark"])}))
+
+    def _split_generators(self, dl_manager):
+        return {"test": self._generate_examples()}
+
+    def _generate_examples(self):
+        rng = np.random.default_rng(5)
+        for i, label in enumerate([0, 1, 2, 2, 0]):
+            yield i, {"image": rng.integers(0, 256, (73, 73, 3), dtype=np.uint8), "label": label}
+
+KerasarchTinyImagenet(data_dir=sys.argv[1]).download_and_prepare()
+'''
+
+
+def test_evaluate_a_tfds_split_offline(rgb_checkpoint, tmp_path, capsys):
+    import subprocess
+
+    path, rgb = rgb_checkpoint
+    script = tmp_path / "prepare.py"
+    script.write_text(_TFDS_BUILDER)
+    subprocess.run([sys.executable, str(script), str(tmp_path / "tfds")], check=True, timeout=300,
+                   capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    rng = np.random.default_rng(5)  # the builder's images, drawn again
+    images = [rng.integers(0, 256, (RESIZED, RESIZED, 3), dtype=np.uint8) for _ in range(5)]
+    truth = np.array([0, 1, 2, 2, 0])  # tench 0, goldfish 1, great white shark 2 in ImageNet's order
+    crops = np.stack([im[OFFSET:OFFSET + SIZE, OFFSET:OFFSET + SIZE].astype("float32") for im in images])
+    probs = np.asarray(rgb((crops / 255.0 - TORCH_MEAN) / TORCH_STD, training=False))
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    want1, want5 = float(np.mean(top5[:, 0] == truth)), float(np.mean((top5 == truth[:, None]).any(1)))
+    code, stdout, err = _cli(["evaluate", "resnet18", "--weights", str(path), "--input-size", str(SIZE), "--data",
+                              "tfds:kerasarch_tiny_imagenet", "--data-dir", str(tmp_path / "tfds"), "--out",
+                              str(tmp_path / "eval")], capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["examples"] == 5 and metrics["class_names"] == ["tench", "goldfish", "great white shark"]
+    assert metrics["top1"] == pytest.approx(want1) and metrics["top5"] == pytest.approx(want5)
+    confusion = np.array(metrics["confusion"])  # rows: true class; the last column: another ImageNet class
+    assert list(confusion.sum(1)) == [2, 1, 2]
+    assert confusion[:, 3].sum() == int(np.sum(~np.isin(top5[:, 0], [0, 1, 2])))
