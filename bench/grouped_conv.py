@@ -131,6 +131,7 @@ def main(argv=None):
     p.add_argument("--engines", default="tf,xla,jax", help="tf (graph), xla (TF jit_compile), jax")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--formulations", default=None, help="comma-separated subset of keras, grouped_op, split, ungrouped")
     p.add_argument("--skip-slow", action="store_true",
                    help="leave out 'keras' under XLA and JAX (tens of seconds per backward pass on a CPU)")
     p.add_argument("--out", default=None, help="write OUT.json")
@@ -142,7 +143,9 @@ def main(argv=None):
         p.error(f"unknown layers {unknown}; allowed: {list(LAYERS)}")
 
     def formulations(engine):
-        return [f for f in FORMULATIONS[engine] if not (args.skip_slow and engine != "tf" and f == "keras")]
+        chosen = FORMULATIONS[engine] if args.formulations is None else args.formulations.split(",")
+        slow = args.skip_slow and engine != "tf"
+        return [f for f in FORMULATIONS[engine] if f in chosen and not (slow and f == "keras")]
 
     if args.engine_child:
         print(json.dumps(measure(args.engine_child, names, formulations(args.engine_child), args.reps, args.rounds)))
