@@ -582,13 +582,14 @@ KerasarchTinyImagenet(data_dir=sys.argv[1]).download_and_prepare()
 '''
 
 
+@pytest.mark.slow  # preparing even five examples takes TFDS 40 s to several minutes on an offline machine
 def test_evaluate_a_tfds_split_offline(rgb_checkpoint, tmp_path, capsys):
     import subprocess
 
     path, rgb = rgb_checkpoint
     script = tmp_path / "prepare.py"
     script.write_text(_TFDS_BUILDER)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "tfds")], check=True, timeout=300,
+    subprocess.run([sys.executable, str(script), str(tmp_path / "tfds")], check=True, timeout=900,
                    capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
     rng = np.random.default_rng(5)  # the builder's images, drawn again
     images = [rng.integers(0, 256, (RESIZED, RESIZED, 3), dtype=np.uint8) for _ in range(5)]
