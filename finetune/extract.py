@@ -37,7 +37,7 @@ _IDENTITY = ("model", "tap", "tap_layer", "weights_sha256", "seed", "preprocessi
              "dataset", "feature_shape", "shard_size", "batch_size", "dtype")
 
 
-def extract(model, data, tap, out, *, weights=None, split="train", input_shape=None, classes=None, fit="auto",
+def extract(model, data, tap, out, *, weights=None, split="train", input_shape=None, classes=None, fit=None,
             preprocessing=None,
             batch_size=64, shard_size=1024, seed=0, overwrite=False, data_dir=None, verbose=1, on_shard=None):
     """Extracts the features of ``tap`` for every image of ``data`` into the directory ``out``.
@@ -52,9 +52,9 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
         split: the data set split (built-in and TFDS data).
         input_shape: ``(H, W, C)`` to build the network for; default: the weights file's, else the spec's.
         classes: the classifier width of a ``.weights.h5`` file.
-        fit: how images reach the input size (:func:`kerasarch.data.fit_image`): ``"auto"``, ``"pad"``,
-            ``"resize"``.
-        preprocessing: the input convention, if not the spec's (weights trained with another one).
+        fit: how images reach the input size (``"auto"``, ``"pad"``, ``"resize"``, ``"resize_crop"``; see
+            :class:`kerasarch.InputConfig`); default: the model card's.
+        preprocessing: the input convention, if not the model card's (weights trained with another one).
         batch_size: images per forward pass.
         shard_size: images per shard file.
         seed: initialisation seed when ``weights`` is None.
@@ -72,11 +72,13 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
 
     if batch_size < 1 or shard_size < 1:
         raise FinetuneError(f"batch_size and shard_size must be >= 1. Received: {batch_size}, {shard_size}")
-    if fit not in FIT_MODES:
+    if fit is not None and fit not in FIT_MODES:
         raise FinetuneError(f"fit must be one of {FIT_MODES}. Received: {fit!r}")
     source = data if isinstance(data, ImageSource) else open_source(data, split=split, data_dir=data_dir)
     backbone = load_backbone(model, weights, input_shape=input_shape, classes=classes, seed=seed,
                              preprocessing=preprocessing)
+    config = backbone.input_for(fit)  # the model card's fit unless --fit says otherwise
+    fit = config.fit
     try:
         tap_layer = resolve_taps(backbone.model, [tap], backbone.spec)[tap]
     except ValueError as e:
@@ -108,7 +110,7 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
             for b in range(lo, hi, batch_size):
                 images, lab, idx = source.read(b, min(hi, b + batch_size), channels=backbone.input_shape[-1])
                 if len(idx):
-                    x = prepare_batch(images, backbone.input_shape, backbone.preprocessing, fit=fit)
+                    x = prepare_batch(images, backbone.input_shape, backbone.preprocessing, input_config=config)
                     feats.append(np.asarray(fx.predict_on_batch(x)[tap], dtype="float32"))
                     labels.append(lab)
                     index.append(idx)
@@ -200,7 +202,8 @@ def register(sub):
     p.add_argument("--split", default="train", help="data set split (built-in: train, test, all)")
     p.add_argument("--input-shape", default=None, help="H,W,C (default: the weights file's, else the model's)")
     p.add_argument("--classes", type=int, default=None, help="classifier width of a .weights.h5 file")
-    p.add_argument("--fit", choices=("auto", "pad", "resize"), default="auto", help="how images reach the input size")
+    p.add_argument("--fit", choices=("auto", "pad", "resize", "resize_crop"), default=None,
+                   help="how images reach the input size (default: the model card's)")
     p.add_argument("--preprocessing", default=None, help="input convention if not the model's (caffe, torch, tf, "
                    "unit, none)")
     p.add_argument("--batch-size", type=int, default=64)
