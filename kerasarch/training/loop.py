@@ -34,7 +34,7 @@ from kerasarch.training import checkpoint as ckpt
 from kerasarch.training.distribute import is_chief, make_strategy
 from kerasarch.training.guard import check_recipe, guarded_train
 from kerasarch.training.logs import ProgressReporter, TensorBoardWriter, write_csv
-from kerasarch.training.precision import resolve_precision
+from kerasarch.training.precision import dtype_policy, resolve_precision
 from kerasarch.training.recipes import PlateauState, get_recipe, lr_at
 
 __all__ = ["train", "evaluate", "TrainResult"]
@@ -178,9 +178,7 @@ def _build_model(model, spec, recipe, classes, input_shape, build_kwargs, policy
 
     if isinstance(model, keras.Model):
         return model
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(policy)
-    try:
+    with dtype_policy(policy):
         if isinstance(model, str):
             params = inspect.signature(spec.builder).parameters
             kw = {}
@@ -195,8 +193,6 @@ def _build_model(model, spec, recipe, classes, input_shape, build_kwargs, policy
             kw.update(build_kwargs or {})
             return spec.build(**kw)
         return model()
-    finally:
-        keras.config.set_dtype_policy(previous)
 
 
 def _policy_of(model):
