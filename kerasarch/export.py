@@ -7,18 +7,17 @@ TFLite takes the model's size), the preprocessing the weights expect (``caffe``,
 and gets float32 probabilities back. The class names travel in ``labels.txt`` and ``kerasarch_export.json``
 (SavedModel: ``assets.extra/``), and in the SavedModel's ``top5_classes`` output.
 
-=========== ====================================================== ===============================================
-format      input                                                  outputs
-=========== ====================================================== ===============================================
-saved_model ``serving_default``: ``image_bytes``, string ``[batch]``  ``probabilities`` float32 ``[batch, classes]``,
-            (encoded JPEG, PNG, GIF or BMP files of any sizes);    ``top5_indices`` int32, ``top5_probabilities``,
-            ``predict_images``: ``images``, uint8 ``[batch,        ``top5_classes`` string; ``features``: the tap
-            height, width, channels]`` (1-4 channels, any size);
-            ``features`` (with ``tap``): as ``predict_images``
-tflite      ``images``: uint8 ``[1, H, W, 3]`` at the model's size ``probabilities`` float32 ``[1, classes]``
-onnx        ``images``: uint8 ``[batch, height, width, 3]``, any   ``probabilities``, ``top5_indices``
-            size
-=========== ====================================================== ===============================================
+=========== ========================================================== ===========================================
+format      input                                                      outputs
+=========== ========================================================== ===========================================
+saved_model ``serving_default``: ``image_bytes``, string ``[batch]``:  ``probabilities`` float32 ``[batch,
+            encoded JPEG, PNG, GIF or BMP files of any sizes;          classes]``, ``top5_indices`` int32,
+            ``predict_images``: ``images``, uint8 ``[batch, height,    ``top5_probabilities``, ``top5_classes``
+            width, channels]``, 1-4 channels, any size; ``features``   string; ``features``: the tap
+            (with ``tap``): as ``predict_images``
+tflite      ``images``: uint8 ``[1, H, W, 3]`` at the model's size     ``probabilities`` float32 ``[1, classes]``
+onnx        ``images``: uint8 ``[batch, height, width, 3]``, any size  ``probabilities``, ``top5_indices``
+=========== ========================================================== ===========================================
 
 A SavedModel is written as the version folder ``out/<version>/`` of model base ``out`` (TensorFlow Serving loads
 the highest version and picks up new ones live), with TF Serving's warm-up requests in
@@ -40,34 +39,15 @@ import numpy as np
 
 from kerasarch.errors import KerasarchError
 
-__all__ = ["export_model", "export_target", "prepare_model", "ExportError", "FORMATS", "QUANTIZATIONS", "SIGNATURES",
-           "preprocess_images", "representative_images", "warmup_images"]
+__all__ = ["export_model", "export_target", "prepare_model", "load_for_export", "serving_input", "ExportError",
+           "FORMATS", "QUANTIZATIONS", "SIGNATURES", "representative_images", "warmup_images"]
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = (None, "float16", "int8")
-_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
-_TORCH_MEAN = (0.485, 0.456, 0.406)
-_TORCH_STD = (0.229, 0.224, 0.225)
 
 
 class ExportError(KerasarchError):
     """The export cannot be made as asked (the message says why, and what is allowed)."""
-
-
-def preprocess_images(x, mode):
-    """Applies preprocessing ``mode`` to float32 RGB pixels in [0, 255] (TensorFlow ops; numpy arrays work too)."""
-    import tensorflow as tf
-
-    x = tf.cast(x, tf.float32)
-    if mode == "caffe":
-        return x[..., ::-1] - tf.constant(_CAFFE_MEAN_BGR, tf.float32)
-    if mode == "torch":
-        return (x / 255.0 - tf.constant(_TORCH_MEAN, tf.float32)) / tf.constant(_TORCH_STD, tf.float32)
-    if mode == "tf":
-        return x / 127.5 - 1.0
-    if mode == "none":
-        return x
-    raise ExportError(f"Unknown preprocessing {mode!r}: expected 'caffe', 'torch', 'tf' or 'none'.")
 
 
 def _ends_in_softmax(model):
@@ -88,63 +68,107 @@ def _ends_in_softmax(model):
         tensor = nodes[0].input_tensors[0]
 
 
-def _resolve_tap(model, spec, tap):
+def _resolve_tap(model, tap):
+    from kerasarch.card import card_of, has_card
+
+    taps = {t: v["layer"] for t, v in card_of(model).taps.items()} if has_card(model) else {}
     names = {layer.name for layer in model.layers}
-    if spec is not None and tap in spec.taps:
-        return spec.taps[tap]
+    if tap in taps:
+        return taps[tap]
     if tap in names:
         return tap
-    known = sorted(spec.taps) if spec is not None else []
-    raise ExportError(f"Unknown tap {tap!r} for {model.name}: use a paper tap name ({', '.join(known) or 'none'}) "
+    raise ExportError(f"Unknown tap {tap!r} for {model.name}: use a paper tap name ({', '.join(taps) or 'none'}) "
                       f"or a layer name. Received: tap={tap!r}")
 
 
-def _spec_of(model):
+def _run_file(source):
+    """The ``.keras`` file a source names: the file itself, or ``model.keras`` in a training run folder."""
+    source = os.fspath(source)
+    if os.path.isdir(source):
+        path = os.path.join(source, "model.keras")
+        if not os.path.isfile(path):
+            raise ExportError(f"{source!r} is a folder without a model.keras (a kerasarch training run folder holds "
+                              f"one once training finished). Received: {source!r}")
+        return path
+    return source
+
+
+def load_for_export(source, weights=None, *, input_size=None):
+    """The model to export: a registry name built with ``weights`` (``input_size`` × ``input_size`` inputs when
+    given), or a ``.keras`` file / training run folder loaded as saved, with its card."""
+    import keras
+
     from kerasarch.registry import get_spec
 
-    try:
-        return get_spec(model.name)
-    except ValueError:
-        return None
+    source = os.fspath(source)
+    if source.lower().endswith(".keras") or os.path.isdir(source):
+        path = _run_file(source)
+        if weights is not None or input_size is not None:
+            raise ExportError(f"--weights and --input-size apply to a registry name; {source!r} is a saved model. "
+                              f"Received: weights={weights!r}, input_size={input_size!r}")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"Model file not found: {path!r}.")
+        return keras.models.load_model(path, compile=False)
+    spec = get_spec(source)
+    kwargs = {"input_shape": (input_size, input_size, spec.input_shape[-1])} if input_size else {}
+    return spec.build(weights=weights, **kwargs)
 
 
-def prepare_model(name, weights=None, *, preprocessing=None, class_names=None, input_size=None):
-    """Builds registry model ``name`` with ``weights`` for export and works out what the weights expect.
+def serving_input(model, *, preprocessing=None, fit=None, class_names=None):
+    """``(InputConfig, class names)`` a served model applies: its card's, with each explicit option replacing
+    the card's value (a warning names every option that contradicts the card). A model without a card (a
+    ``.keras`` made outside kerasarch) needs ``preprocessing``; its fit is then ``fit`` or ``"resize"``."""
+    import warnings
 
-    ``input_size`` (an int) builds the model for ``input_size`` × ``input_size`` inputs instead of its default.
+    from kerasarch.card import InputConfig, card_of, has_card
+
+    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    if not has_card(model):
+        if preprocessing is None:
+            raise ExportError(f"Model '{model.name}' has no kerasarch model card, so how its inputs are prepared is "
+                              f"unknown: state it with --preprocessing (preprocessing=) one of caffe, torch, tf, unit, "
+                              f"lecun, none, and optionally --fit (fit=) resize, pad, resize_crop or auto.")
+        size = tuple(shape[1:3]) if None not in shape[1:3] else None
+        resize = int(round(min(size) * 256 / 224)) if fit == "resize_crop" and size else None
+        return InputConfig(preprocessing=preprocessing, size=size, channels=shape[-1], fit=fit or "resize",
+                           resize_size=resize), class_names
+    card = card_of(model)
+    config = card.input.for_size(shape[1:3], shape[-1])
+    names = card.class_names if class_names is None else class_names
+    changes = {k: v for k, v in (("preprocessing", preprocessing), ("fit", fit)) if v is not None}
+    clashes = [f"{k}={v!r} (the card says {getattr(config, k)!r})" for k, v in changes.items()
+               if v != getattr(config, k)]
+    if class_names is not None and card.class_names is not None and list(class_names) != list(card.class_names):
+        clashes.append("class_names (the card lists others)")
+    if clashes:
+        warnings.warn(f"Exporting '{model.name}' with {', '.join(clashes)}: the explicit options win.", stacklevel=3)
+    if changes.get("fit") == "resize_crop" and not config.resize_size and config.size and None not in config.size:
+        changes["resize_size"] = int(round(min(config.size) * 256 / 224))
+    return config.replace(**changes), (list(names) if names is not None else None)
+
+
+def prepare_model(name, weights=None, *, preprocessing=None, class_names=None, input_size=None, fit=None):
+    """The model to export and what its inputs need: a registry name built with ``weights``, or a ``.keras`` file
+    or training run folder as saved (see :func:`load_for_export`).
 
     Returns:
-        ``(model, preprocessing, class_names)``. Preprocessing: the argument, else the weights table's entry for
-        ``"imagenet"`` or for a file named like a published checkpoint (``vgg16-397923af.pth``), else for another
-        ``.pth``/``.safetensors`` file the model's torchvision entry, else the model's spec. Class names: the
-        argument, else ImageNet's where the weights are a published 1,000-class checkpoint, else ``None``.
+        ``(model, preprocessing, class_names)``, from the model's card (which records the weights' convention and
+        classes); explicit ``preprocessing`` / ``fit`` / ``class_names`` win, with a warning when they contradict
+        it, and are written on the returned model's card.
     """
-    from kerasarch.registry import get_spec
-    from kerasarch.weights import WEIGHTS, imagenet_class_names, weights_for
+    from kerasarch.card import ModelCard, card_of, has_card, with_card
 
-    spec = get_spec(name)
-    info, labelled = None, False
-    entries = WEIGHTS.get(spec.name, ())
-    if isinstance(weights, str) and weights.split(":", 1)[0] == "imagenet":
-        info, labelled = weights_for(spec.name, weights.split(":", 1)[1] if ":" in weights else None), True
-    elif isinstance(weights, (str, os.PathLike)):
-        base = os.path.basename(os.fspath(weights))
-        named = [i for i in entries for j in (i, i.notop) if j is not None and j.file_name == base]
-        torch_like = base.lower().endswith((".pth", ".pt", ".safetensors"))
-        torch_entries = [i for i in entries if i.format == "torch_pth"] if torch_like else []
-        info, labelled = (named[0], True) if named else ((torch_entries[0], False) if torch_entries else (None, False))
-    kwargs = {"input_shape": (input_size, input_size, spec.input_shape[-1])} if input_size else {}
-    model = spec.build(weights=weights, **kwargs)
-    preprocessing = preprocessing or (info.preprocessing if info else spec.preprocessing)
-    if class_names is None and labelled and info.class_names == "imagenet1k" and model.outputs[0].shape[-1] == 1000:
-        class_names = imagenet_class_names()
-    return model, preprocessing, class_names
+    model = load_for_export(name, weights, input_size=input_size)
+    config, names = serving_input(model, preprocessing=preprocessing, fit=fit, class_names=class_names)
+    card = card_of(model) if has_card(model) else ModelCard()
+    model = with_card(model, card.replace(input=config, class_names=names))
+    return model, config.preprocessing, names
 
 
-def _single_output(model, spec):
+def _single_output(model):
     if len(model.outputs) == 1:
         return model
-    if spec is not None and spec.family == "googlenet":
+    if "predictions" in {layer.name for layer in model.layers}:  # GoogLeNet's auxiliary heads are discarded
         from kerasarch.applications.googlenet import strip_auxiliary
 
         return strip_auxiliary(model)
@@ -223,7 +247,10 @@ def export_target(out, *, format="saved_model", version=None, overwrite=False):
         return os.path.join(out, str(int(version or 1)))
     entries = [e for e in os.listdir(out) if not e.startswith(_TMP)]
     if "saved_model.pb" in entries:  # an export in the flat layout (before version folders)
-        if not (overwrite and _is_export(out)):
+        if overwrite and not _is_export(out):
+            raise ExportError(f"{out} holds saved_model.pb beside other files, so it is not recognisably an earlier "
+                              f"export; --overwrite replaces only exports. Nothing was changed; choose another --out.")
+        if not overwrite:
             raise FileExistsError(f"{out} holds a SavedModel at its top (the flat layout); TF Serving needs "
                                   f"numbered version folders. Pass overwrite=True (--overwrite) to replace it with "
                                   f"{os.path.join(out, str(int(version or 1)))}, or choose another --out.")
@@ -307,15 +334,16 @@ def representative_images(size, count=32, seed=0):
 class _Serving:
     """The graph pieces shared by every format."""
 
-    def __init__(self, model, preprocessing, class_names, tap_layer=None):
+    def __init__(self, model, config, class_names, tap_layer=None):
         import keras
 
         self.model = model
+        self.config = config  # the kerasarch.card.InputConfig the served images are fitted and preprocessed with
         self.size = tuple(int(s) for s in model.input_shape[1:3]) if None not in model.input_shape[1:3] else None
         self.channels = model.input_shape[-1]
         if self.channels not in (1, 3):
             raise ExportError(f"{model.name} takes {self.channels} channels; export serves RGB (3) or grey (1).")
-        self.preprocessing = preprocessing
+        self.preprocessing = config.preprocessing
         self.softmax = not _ends_in_softmax(model)
         self.classes = int(model.outputs[0].shape[-1])
         self.class_names = list(class_names) if class_names is not None else None
@@ -325,18 +353,16 @@ class _Serving:
             self.tap_model = keras.Model(model.inputs, model.get_layer(tap_layer).output, name=f"{model.name}_tap")
 
     def inputs(self, images):
-        import tensorflow as tf
+        """Images of any size, grey or RGB → the model's input, exactly as the library prepares them
+        (:func:`kerasarch.preprocessing.prepare_images` with the card's input convention)."""
+        from kerasarch.preprocessing import prepare_images
 
-        x = tf.cast(images, tf.float32)
-        if self.size is not None:
-            x = tf.image.resize(x, self.size, method="bilinear")
-        if self.channels == 1:  # grey-scale models (LeNet) take RGB and convert
-            x = tf.image.rgb_to_grayscale(x)
-        return preprocess_images(x, self.preprocessing)
+        return prepare_images(images, self.config)
 
     def checked(self, images):
-        """A batch of uint8 pixels with 1 (grey), 2 (grey + alpha), 3 (RGB) or 4 (RGBA) channels as RGB; a clear
-        InvalidArgument error for a batch of 0 images, an image of 0 pixels or another channel count."""
+        """A batch of uint8 pixels with 1 (grey), 2 (grey + alpha: alpha dropped), 3 (RGB) or 4 (RGBA) channels,
+        checked: a clear InvalidArgument error for a batch of 0 images, an image of 0 pixels or another channel
+        count. :meth:`inputs` converts the channels to the model's."""
         import tensorflow as tf
 
         shape = tf.shape(images)
@@ -349,20 +375,20 @@ class _Serving:
                 shape[3])])]
         with tf.control_dependencies(checks):
             images = tf.identity(images)
-        rgb = tf.cond(shape[3] >= 3, lambda: images[..., :3], lambda: tf.repeat(images[..., :1], 3, axis=-1))
-        return tf.ensure_shape(rgb, [None, None, None, 3])
+        return tf.cond(tf.equal(shape[3], 2), lambda: images[..., :1], lambda: images)
 
     def decode(self, image_bytes):
         """A batch of encoded images (JPEG, PNG, GIF or BMP, any sizes) → the model's input batch: each image
-        decoded as RGB and fitted by :meth:`inputs` on its own, then stacked. Images that cannot be decoded give
-        one InvalidArgument error naming them (their positions in the request and their sizes in bytes)."""
+        decoded with the model's channels as the library reads image files, fitted and preprocessed by
+        :meth:`inputs` on its own, then stacked. Images that cannot be decoded give one InvalidArgument error
+        naming them (their positions in the request and their sizes in bytes)."""
         import tensorflow as tf
 
         n = tf.size(image_bytes)
         tf.debugging.Assert(n > 0, ["The request holds no images (a batch of 0); send at least one."])
         # Which images decode: a tf.data pass that drops failures (a graph cannot catch an error otherwise).
         decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
-        decoded = decoded.map(lambda i, s: (i, tf.shape(_decode_rgb(s))[0])).ignore_errors()
+        decoded = decoded.map(lambda i, s: (i, tf.shape(_decode(s, self.channels))[0])).ignore_errors()
         ok = decoded.reduce(tf.zeros([n], tf.bool),
                             lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True]))
         bad = tf.where(~ok)[:, 0]
@@ -373,7 +399,7 @@ class _Serving:
         with tf.control_dependencies([check]):
             image_bytes = tf.identity(image_bytes)
         shape = (*self.size, self.channels) if self.size is not None else (None, None, self.channels)
-        return tf.map_fn(lambda s: self.inputs(_decode_rgb(s)[None])[0], image_bytes,
+        return tf.map_fn(lambda s: self.inputs(_decode(s, self.channels)[None])[0], image_bytes,
                          fn_output_signature=tf.TensorSpec(shape, tf.float32))
 
     def predict(self, x):
@@ -413,12 +439,25 @@ class _Serving:
         return {"features": tf.cast(self.tap_model(x, training=False), tf.float32)}
 
 
-def _decode_rgb(contents):
-    """One encoded image (JPEG, PNG, GIF: its first frame, BMP) as uint8 RGB ``[H, W, 3]``."""
+def _decode(contents, channels):
+    """One encoded image (JPEG, PNG, GIF: its first frame, BMP) as uint8 ``[H, W, channels]``, decoded as
+    :func:`kerasarch.data.read_image` decodes files: RGB (grey and palette images expanded, alpha dropped) or grey,
+    which TensorFlow's JPEG and PNG decoders convert to themselves; BMP and GIF, which they cannot give in one
+    channel, are decoded as RGB and converted by luma (rounded)."""
     import tensorflow as tf
 
-    image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape((None, None, 3))
+    if channels == 3:
+        image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
+    else:
+        head = tf.strings.substr(contents, 0, 3)
+        rgb_only = tf.logical_or(tf.equal(tf.strings.substr(head, 0, 2), b"BM"), tf.equal(head, b"GIF"))
+        image = tf.cond(
+            rgb_only,
+            lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(
+                tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8), tf.float32))),
+                tf.uint8),
+            lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8))
+    image.set_shape((None, None, channels))
     return image
 
 
@@ -568,7 +607,8 @@ def _export_onnx(serving, folder, opset=17):
 
 
 def export_model(model, out, *, format="saved_model", tap=None, overwrite=False, quantize=None,
-                 preprocessing=None, class_names=None, calibration_images=None, version=None, warmup=True):
+                 preprocessing=None, class_names=None, calibration_images=None, version=None, warmup=True,
+                 fit=None):
     """Exports a classifier for serving (see the module docstring for each format's inputs and outputs).
 
     Args:
@@ -583,15 +623,23 @@ def export_model(model, out, *, format="saved_model", tap=None, overwrite=False,
         overwrite: replace an earlier export at the target (never anything else).
         quantize: TFLite only: ``None`` (float32), ``"float16"`` or ``"int8"`` (full-integer, calibrated on
             ``calibration_images``, default :func:`representative_images`).
-        preprocessing: the input convention (default: the model's spec).
-        class_names: labels of the classifier's outputs (default: indices).
+        preprocessing: the pixel convention (default: the model card's; required for a model without a card).
+        class_names: labels of the classifier's outputs (default: the card's, else indices).
         calibration_images: uint8 ``[N, H, W, 3]`` images for int8 calibration.
         version: SavedModel only: the version folder's number (default: one more than the highest present).
         warmup: SavedModel only: write TF Serving's warm-up requests (``assets.extra/tf_serving_warmup_requests``).
+        fit: how images are fitted to the input (default: the card's; see :class:`kerasarch.card.InputConfig`).
+            An explicit ``preprocessing``, ``fit`` or ``class_names`` that contradicts the card warns and wins.
 
     Returns:
         The absolute path of the export folder (for a SavedModel, the version folder).
+
+    TensorFlow backend only (every format is converted from a TensorFlow graph): raises a ``RuntimeError`` under
+    another ``KERAS_BACKEND``.
     """
+    from kerasarch.keras_compat import require_tensorflow
+
+    require_tensorflow("kerasarch.export.export_model()")
     if format not in FORMATS:
         raise ExportError(f"`format` must be one of {', '.join(FORMATS)}. Received: format={format!r}")
     if quantize not in QUANTIZATIONS:
@@ -603,14 +651,12 @@ def export_model(model, out, *, format="saved_model", tap=None, overwrite=False,
     out = os.path.abspath(os.fspath(out))
     target = export_target(out, format=format, version=version, overwrite=overwrite)
     flat = os.path.dirname(target) if target != out and os.path.lexists(os.path.join(out, "saved_model.pb")) else None
-    spec = _spec_of(model)
-    model = _single_output(model, spec)
-    preprocessing = preprocessing or (spec.preprocessing if spec is not None else "none")
-    preprocess_images(np.zeros((1, 1, 1, 3), "float32"), preprocessing)  # validates the mode early
-    tap_layer = _resolve_tap(model, spec, tap) if tap is not None else None
+    model = _single_output(model)
+    config, class_names = serving_input(model, preprocessing=preprocessing, fit=fit, class_names=class_names)
+    tap_layer = _resolve_tap(model, tap) if tap is not None else None
     if class_names is not None and len(class_names) != int(model.outputs[0].shape[-1]):
         raise ExportError(f"{len(class_names)} class names for {model.outputs[0].shape[-1]} outputs.")
-    serving = _Serving(model, preprocessing, class_names, tap_layer)
+    serving = _Serving(model, config, class_names, tap_layer)
     with _atomic_directory(target, replace_parent=flat) as tmp:
         if format == "saved_model":
             _export_saved_model(serving, tmp)

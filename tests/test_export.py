@@ -4,7 +4,9 @@ images (scikit-learn's digits, upscaled), plus the `kerasarch export` command's 
 
 The references never use the export's own preprocessing: the 'tf' convention (x / 127.5 - 1) is written here, the
 others come from keras.applications' preprocess_input. Serving encoded images (the SavedModel's serving_default),
-TF Serving's layout and warm-up are tested in test_serving.py.
+TF Serving's layout and warm-up are tested in test_serving.py, and so are issue 11's export findings: --overwrite
+of a folder that is not an export (and of --out .), batches of 0 images, 1-, 2- and 4-channel images, and export
+folders that honour the umask.
 
 Stated tolerances (probabilities; the reference is the Keras model with the same preprocessing):
 SavedModel, TFLite float32, ONNX: max abs diff <= 1e-5 and identical top-1; TFLite float16: <= 1e-2 and >= 98 %
@@ -224,16 +226,17 @@ def test_export_arguments_are_checked():
 def test_prepare_model_takes_preprocessing_and_labels_from_the_weights(tmp_path, monkeypatch):
     from kerasarch.export import prepare_model
     from kerasarch.weights import WEIGHTS, WeightsInfo
+    from kerasarch.weights.published import imagenet_eval
 
     monkeypatch.setenv("KERASARCH_HOME", str(tmp_path / "home"))
     src = tmp_path / "published_squeezenet.h5"
     kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3)).save(src)
-    info = WeightsInfo(model="squeezenet1_1", source="keras", origin=src.as_uri(), file_name=src.name,
-                       format="keras_h5", md5="0" * 32, preprocessing="tf")
+    info = WeightsInfo(model="squeezenet1_1", id="test", source="keras", origin=src.as_uri(), file_name=src.name,
+                       format="keras_h5", input=imagenet_eval("tf"), md5="0" * 32)
     monkeypatch.setitem(WEIGHTS, "squeezenet1_1", (info,))
     monkeypatch.setattr(WeightsInfo, "file_hash", property(lambda self: None))  # the test file has no known hash
     _, preprocessing, names = prepare_model("squeezenet1_1", "imagenet", input_size=64)
-    assert preprocessing == "tf" and len(names) == 1000 and names[0] == "n01440764"
+    assert preprocessing == "tf" and len(names) == 1000 and names[0] == "tench"
     _, preprocessing, names = prepare_model("squeezenet1_1", str(src), input_size=64)  # named like the entry
     assert preprocessing == "tf" and len(names) == 1000
     renamed = tmp_path / "my_finetuned.h5"

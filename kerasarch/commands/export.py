@@ -1,5 +1,6 @@
-"""``kerasarch export MODEL --format saved_model|tflite|onnx --out DIR``: a registered model, with its weights,
-exported for serving (see :mod:`kerasarch.export`)."""
+"""``kerasarch export MODEL --format saved_model|tflite|onnx --out DIR``: a registered model with its weights, a
+``.keras`` file or a training run folder, exported for serving with the input convention its model card records
+(see :mod:`kerasarch.export`)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ def register(sub):
                                    "SavedModel) or uint8 pixels in, float32 probabilities (and top-5 with class "
                                    "names) out, with decoding, fitting and preprocessing inside the graph. See "
                                    "docs/serving.md for TensorFlow Serving.")
-    p.add_argument("model", help="registry name, e.g. vgg16 (see `kerasarch list`)")
+    p.add_argument("model", help="registry name, e.g. vgg16 (see `kerasarch list`), a .keras file, or a training run "
+                                 "folder (its model.keras)")
     p.add_argument("--weights", default=None,
                    help="'imagenet', 'imagenet:keras', 'imagenet:torchvision' or a weights file (.keras, .weights.h5, "
                         "keras.applications .h5, torchvision .pth, .safetensors); default: random initialisation")
@@ -33,8 +35,10 @@ def register(sub):
                    help="SavedModel only: leave out TF Serving's warm-up requests (assets.extra/"
                         "tf_serving_warmup_requests)")
     p.add_argument("--quantize", default=None, choices=("float16", "int8"), help="TFLite only")
-    p.add_argument("--preprocessing", default=None, choices=("caffe", "torch", "tf", "none"),
-                   help="input convention (default: what the weights expect, else the model's spec)")
+    p.add_argument("--preprocessing", default=None, choices=("caffe", "torch", "tf", "unit", "lecun", "none"),
+                   help="pixel convention (default: the model card's; needed for a .keras made outside kerasarch)")
+    p.add_argument("--fit", default=None, choices=("resize", "pad", "resize_crop", "auto"),
+                   help="how images are fitted to the input size (default: the model card's)")
     p.add_argument("--input-size", type=int, default=None,
                    help="build the model for SIZE x SIZE inputs (the TFLite input size)")
     p.add_argument("--calibration", default=None,
@@ -70,7 +74,7 @@ def run(args):
     try:
         calibration = np.load(args.calibration) if args.calibration else None
         model, preprocessing, class_names = prepare_model(args.model, args.weights, preprocessing=args.preprocessing,
-                                                          input_size=args.input_size)
+                                                          input_size=args.input_size, fit=args.fit)
         path = export_model(model, out, format=args.format, tap=args.tap, overwrite=args.overwrite,
                             quantize=args.quantize, preprocessing=preprocessing, class_names=class_names,
                             calibration_images=calibration, version=args.version, warmup=args.warmup)
