@@ -33,7 +33,7 @@ def register(sub):
     p = sub.add_parser("demo", help="the transfer benchmark (bench/transfer.py): scratch, probe, old and new defaults",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("args", nargs=argparse.REMAINDER,
-                   help="arguments of bench/transfer.py after --, e.g. -- --pairs lenet5-digits --seeds 1 (see -- --help)")
+                   help="bench/transfer.py arguments after --, e.g. -- --pairs lenet5-digits --seeds 1")
     p.set_defaults(func=run)
 
 
