@@ -57,12 +57,14 @@ def preprocess(images: Any, mode: str, channels: int | None = None) -> Any:
     scale, mean, std, bgr = preprocessing_constants(mode, int(channels))
     if bgr:
         x = B.numpy.flip(x, axis=-1)
-    if scale != 1.0:
-        x = x * scale
-    if any(m != 0.0 for m in mean):
-        x = x - B.core.convert_to_tensor(mean, "float32")
-    if any(s != 1.0 for s in std):
-        x = x / B.core.convert_to_tensor(std, "float32")
+    # One multiply-add, x · (scale / std) − mean / std, with the constants folded in float64: graph optimisers have
+    # nothing left to reorder, so eager code, tf.data and a serving graph give bit-identical inputs.
+    gain = [scale / d for d in std]
+    offset = [-m / d for m, d in zip(mean, std)]
+    if any(g != 1.0 for g in gain):
+        x = x * B.core.convert_to_tensor(gain, "float32")
+    if any(o != 0.0 for o in offset):
+        x = x + B.core.convert_to_tensor(offset, "float32")
     return x
 
 
