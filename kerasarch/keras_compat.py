@@ -2,10 +2,10 @@
 
 Keras has no public API for walking a built model's graph backwards (which operation produced a tensor, which
 calls an operation received, the nodes of a Functional model by depth), for a progress bar's position or for
-computing with a backend other than the running one; TensorFlow has none saying whether it uses oneDNN;
-keras-tuner has none for its distributed-search state.
-kerasarch needs each of these and reads them here only, so that a release that renames one breaks one module and
-one test (``tests/test_keras_compat.py``) instead of the call sites spread over the package.
+computing with a backend other than the running one; TensorFlow has none saying whether it uses oneDNN or
+traces into XLA; keras-tuner has none for its distributed-search state. kerasarch needs each of these and reads
+them here only, so that a release that renames one breaks one module and one test
+(``tests/test_keras_compat.py``) instead of the call sites spread over the package.
 
 Tested against Keras 3.15 and keras-tuner 1.4; ``setup.cfg`` pins ``keras<3.16`` and ``keras-tuner<1.5``, the
 first releases not yet tested. To support a newer release, run ``pytest tests/test_keras_compat.py`` under it,
@@ -31,6 +31,7 @@ __all__ = [
     "progbar_position",
     "backend_module",
     "tensorflow_onednn_enabled",
+    "tensorflow_in_xla_context",
     "tuner_has_chief_oracle",
     "tuner_is_chief_oracle",
     "set_tuner_oracle_timeout",
@@ -96,6 +97,18 @@ def tensorflow_onednn_enabled() -> bool:
 
         flag = os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1").strip().lower()
         return platform.machine().lower() in ("x86_64", "amd64") and flag not in ("0", "false")
+
+
+def tensorflow_in_xla_context() -> bool:
+    """Whether TensorFlow is tracing into an XLA cluster (``tf.function(jit_compile=True)``) right now (TensorFlow's
+    internal ``control_flow_util.GraphOrParentsInXlaContext``); ``False`` eagerly or where it cannot be read."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+
+        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+    except (ImportError, AttributeError):
+        return False
 
 
 # --- keras-tuner: distributed search ---------------------------------------------------------------------------

@@ -170,3 +170,18 @@ def test_tensorflow_onednn_flag_is_read_from_tensorflow():
 
     assert callable(_pywrap_util_port.IsMklEnabled)  # the internal keras_compat reads
     assert keras_compat.tensorflow_onednn_enabled() is bool(_pywrap_util_port.IsMklEnabled())
+
+
+def test_tensorflow_xla_context_is_seen_inside_jit_compiled_functions_only():
+    import tensorflow as tf
+
+    seen = {}
+
+    def probe(key):
+        seen[key] = keras_compat.tensorflow_in_xla_context()
+        return tf.constant(0.0)
+
+    tf.function(lambda: probe("xla"), jit_compile=True)()
+    tf.function(lambda: probe("graph"))()
+    probe("eager")
+    assert seen == {"xla": True, "graph": False, "eager": False}

@@ -43,13 +43,9 @@ def _tf_onednn_enabled():
 
 def _tf_in_xla():
     """Whether the convolution is being traced into an XLA cluster (``tf.function(jit_compile=True)``)."""
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
+    from kerasarch.keras_compat import tensorflow_in_xla_context
 
-        return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-    except (ImportError, AttributeError):
-        return False
+    return tensorflow_in_xla_context()
 
 
 def auto_formulation(data_format="channels_last"):
