@@ -68,7 +68,7 @@ TARGETS = [
 
 
 # ----------------------------------------------------------------------------------------------------- Keras side
-def keras_runner(build, precision, batch, mode, jit=False):
+def keras_runner(build, precision, batch, mode, jit=False, from_logits=True):
     """Builds a model under ``precision`` and returns ``(run, model)``: ``run()`` does one step and waits for it."""
     import keras
     import tensorflow as tf
@@ -87,7 +87,7 @@ def keras_runner(build, precision, batch, mode, jit=False):
     y = tf.random.uniform((batch,), 0, classes, dtype=tf.int32)
     optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 
     @tf.function(jit_compile=jit)
     def step(x, y):
@@ -113,10 +113,10 @@ def keras_app_build(subject):
 
 
 def bench_keras(build, precision, batch, warmup, steps, mode="train"):
-    """Images/s of ``build()``'s model: one measurement (used by ``bench/input_pipeline.py``)."""
+    """Images/s of ``build()``'s model (softmax outputs): one measurement (used by ``bench/input_pipeline.py``)."""
     import keras
 
-    run, model = keras_runner(build, precision, batch, mode)
+    run, model = keras_runner(build, precision, batch, mode, from_logits=False)
     seconds = time_steps(run, warmup, steps)
     del model
     keras.backend.clear_session(free_memory=True)
