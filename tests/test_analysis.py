@@ -321,7 +321,7 @@ def _tiny(name, width, top1, **kwargs):
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return keras.Model(inputs, keras.layers.Dense(classes, name="predictions")(x), name=name)
     return registry.ModelSpec(name=name, family="tiny", builder=build, input_shape=(32, 32, 3), classes=10,
-                              params=1, top1=top1, **kwargs)
+                              params=1, top1=top1, preprocessing="unit", **kwargs)
 
 
 @pytest.fixture
