@@ -60,9 +60,10 @@ def resolve_precision(precision="auto", *, gpus=None, tpu=None, cpu_flags_=None)
 
     ``"auto"``: ``"mixed_float16"`` when every visible GPU has compute capability ≥ 7.0 (tensor cores),
     ``"mixed_bfloat16"`` on a TPU or on a CPU with AVX512-BF16/AMX (``/proc/cpuinfo``), ``"float32"`` otherwise.
-    On the 2-core AVX512-BF16/AMX development CPU, ResNet-50 training at batch 8 ran 2.3× faster under the
-    ``mixed_bfloat16`` policy than in float32, ahead of TensorFlow's oneDNN bfloat16 grappler rewrite (2.0×) and of
-    the policy with ``jit_compile`` (0.7×) (``bench/precision.py``, ``bench/README.md``).
+    On the 2-core AVX512-BF16/AMX development CPU, ResNet-50 training at batch 8 ran faster under the
+    ``mixed_bfloat16`` policy than in float32 (1.2× near idle; 2.3× in a loaded run, where it was also ahead of
+    TensorFlow's oneDNN bfloat16 grappler rewrite, 2.0×, and of the policy with ``jit_compile``, 0.7×):
+    ``bench/precision.py``, ``bench/README.md``.
 
     Args:
         precision: one of :data:`PRECISIONS`.
