@@ -23,8 +23,14 @@ MODELS = ["resnet50", "resnet50_keras", "vgg16", "googlenet", "densenet121", "re
 # kerasarch name -> keras.applications constructor name (same architecture and layer names)
 KERAS_PEERS = {"resnet50_keras": "ResNet50", "vgg16": "VGG16", "densenet121": "DenseNet121"}
 # kerasarch name -> torchvision constructor (same architecture)
-TORCH_PEERS = {"resnet50": "resnet50", "vgg16": "vgg16", "googlenet": None, "densenet121": "densenet121",
-               "resnext50_32x4d": "resnext50_32x4d", "googlenet_bn": "googlenet"}
+TORCH_PEERS = {
+    "resnet50": "resnet50",
+    "vgg16": "vgg16",
+    "googlenet": None,
+    "densenet121": "densenet121",
+    "resnext50_32x4d": "resnext50_32x4d",
+    "googlenet_bn": "googlenet",
+}
 
 
 def _time_steps(step, warmup, steps):
@@ -47,8 +53,11 @@ def bench_keras(name, precision, batch, warmup, steps, peer=False):
         import kerasarch
 
         model = kerasarch.build_model(name)
-    model.compile(optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
-                  loss=keras.losses.SparseCategoricalCrossentropy(), jit_compile=True)
+    model.compile(
+        optimizer=keras.optimizers.SGD(0.01, momentum=0.9),
+        loss=keras.losses.SparseCategoricalCrossentropy(),
+        jit_compile=True,
+    )
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (batch, 224, 224, 3)).astype("float32")
     y = rng.integers(0, 1000, (batch,))
@@ -95,8 +104,10 @@ def report(paths):
     for path in paths:
         for r in json.load(open(path)):
             rows.setdefault((r["model"], r["precision"]), {})[r["impl"]] = r["images_per_s"]
-    lines = ["| model | precision | kerasarch img/s | keras.applications img/s | ratio | torchvision img/s | ratio |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| model | precision | kerasarch img/s | keras.applications img/s | ratio | torchvision img/s | ratio |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for (model, precision), d in rows.items():
         k, ka, tv = d.get("kerasarch"), d.get("keras.applications"), d.get("torchvision")
         f = lambda v: f"{v:,.0f}" if v else "—"  # noqa: E731
@@ -126,11 +137,19 @@ def main(argv=None):
             if args.framework == "keras":
                 jobs.append(("kerasarch", lambda: bench_keras(name, precision, args.batch, args.warmup, args.steps)))
                 if name in KERAS_PEERS:
-                    jobs.append(("keras.applications", lambda: bench_keras(name, precision, args.batch, args.warmup,
-                                                                           args.steps, peer=True)))
+                    jobs.append(
+                        (
+                            "keras.applications",
+                            lambda: bench_keras(name, precision, args.batch, args.warmup, args.steps, peer=True),
+                        )
+                    )
             elif TORCH_PEERS.get(name):
-                jobs.append(("torchvision", lambda: bench_torch(TORCH_PEERS[name], precision, args.batch,
-                                                                args.warmup, args.steps)))
+                jobs.append(
+                    (
+                        "torchvision",
+                        lambda: bench_torch(TORCH_PEERS[name], precision, args.batch, args.warmup, args.steps),
+                    )
+                )
             for impl, job in jobs:
                 t0 = time.perf_counter()
                 try:
@@ -138,11 +157,22 @@ def main(argv=None):
                 except Exception as e:  # report and go on: one failing model must not lose the others' figures
                     print(f"{name:18s} {precision:14s} {impl:20s} FAILED: {type(e).__name__}: {e}", flush=True)
                     continue
-                print(f"{name:18s} {precision:14s} {impl:20s} {ips:10.1f} img/s  ({time.perf_counter() - t0:.0f} s)",
-                      flush=True)
-                results.append({"model": name, "precision": precision, "impl": impl, "images_per_s": ips,
-                                "batch": args.batch, "backend": os.environ.get("KERAS_BACKEND", "tensorflow")
-                                if args.framework == "keras" else "torch"})
+                print(
+                    f"{name:18s} {precision:14s} {impl:20s} {ips:10.1f} img/s  ({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
+                results.append(
+                    {
+                        "model": name,
+                        "precision": precision,
+                        "impl": impl,
+                        "images_per_s": ips,
+                        "batch": args.batch,
+                        "backend": os.environ.get("KERAS_BACKEND", "tensorflow")
+                        if args.framework == "keras"
+                        else "torch",
+                    }
+                )
                 if args.json:
                     json.dump(results, open(args.json, "w"), indent=1)
     return 0

@@ -34,8 +34,11 @@ LAYERS = {
     "alexnet_conv2": (8, 27, 96, 256, 5, 1, 2),
     "alexnet_conv4": (8, 13, 384, 384, 3, 1, 2),
 }
-FORMULATIONS = {"tf": ("keras", "grouped_op", "split", "ungrouped"), "xla": ("keras", "split", "ungrouped"),
-                "jax": ("keras", "split", "ungrouped")}
+FORMULATIONS = {
+    "tf": ("keras", "grouped_op", "split", "ungrouped"),
+    "xla": ("keras", "split", "ungrouped"),
+    "jax": ("keras", "split", "ungrouped"),
+}
 
 
 def _layer(spec, how):
@@ -89,8 +92,10 @@ def jax_runners(spec, how):
     kernel = layer.kernel.value
     forward = jax.jit(lambda x, k: layer.convolution_op(x, k))
     backward = jax.jit(jax.grad(lambda x, k: (layer.convolution_op(x, k) ** 2).sum(), argnums=(0, 1)))
-    return {"fwd": lambda: jax.block_until_ready(forward(x, kernel)),
-            "fwd+bwd": lambda: jax.block_until_ready(backward(x, kernel))}
+    return {
+        "fwd": lambda: jax.block_until_ready(forward(x, kernel)),
+        "fwd+bwd": lambda: jax.block_until_ready(backward(x, kernel)),
+    }
 
 
 def measure(engine, names, formulations, reps, rounds):
@@ -116,11 +121,22 @@ def measure(engine, names, formulations, reps, rounds):
     rows = []
     for (name, how, pass_), ts in times.items():
         seconds = statistics.median(ts)
-        rows.append({"layer": name, "shape": LAYERS[name], "engine": engine, "formulation": how, "pass": pass_,
-                     "ms": seconds * 1e3, "gmac_per_s": _macs(LAYERS[name], how) * (1 if pass_ == "fwd" else 3)
-                     / seconds / 1e9})
-        print(f"{engine:4s} {name:20s} {how:11s} {pass_:8s} {seconds * 1e3:9.1f} ms  "
-              f"{rows[-1]['gmac_per_s']:7.1f} GMAC/s", flush=True)
+        rows.append(
+            {
+                "layer": name,
+                "shape": LAYERS[name],
+                "engine": engine,
+                "formulation": how,
+                "pass": pass_,
+                "ms": seconds * 1e3,
+                "gmac_per_s": _macs(LAYERS[name], how) * (1 if pass_ == "fwd" else 3) / seconds / 1e9,
+            }
+        )
+        print(
+            f"{engine:4s} {name:20s} {how:11s} {pass_:8s} {seconds * 1e3:9.1f} ms  "
+            f"{rows[-1]['gmac_per_s']:7.1f} GMAC/s",
+            flush=True,
+        )
     return rows
 
 
@@ -132,8 +148,11 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--formulations", default=None, help="comma-separated subset of keras, grouped_op, split, ungrouped")
-    p.add_argument("--skip-slow", action="store_true",
-                   help="leave out 'keras' under XLA and JAX (tens of seconds per backward pass on a CPU)")
+    p.add_argument(
+        "--skip-slow",
+        action="store_true",
+        help="leave out 'keras' under XLA and JAX (tens of seconds per backward pass on a CPU)",
+    )
     p.add_argument("--out", default=None, help="write OUT.json")
     p.add_argument("--engine-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -153,8 +172,18 @@ def main(argv=None):
     rows = []
     for engine in args.engines.split(","):
         if engine == "jax":  # its own process: Keras picks its backend once
-            cmd = [sys.executable, os.path.abspath(__file__), "--engine-child", "jax", "--layers", args.layers,
-                   "--reps", str(args.reps), "--rounds", str(args.rounds)] + (["--skip-slow"] if args.skip_slow else [])
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--engine-child",
+                "jax",
+                "--layers",
+                args.layers,
+                "--reps",
+                str(args.reps),
+                "--rounds",
+                str(args.rounds),
+            ] + (["--skip-slow"] if args.skip_slow else [])
             env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
             lines = done.stdout.strip().splitlines()
@@ -169,9 +198,18 @@ def main(argv=None):
         import tensorflow as tf
 
         with open(args.out + ".json", "w") as f:
-            json.dump({"command": "python bench/grouped_conv.py " + " ".join(argv), "cpus": os.cpu_count(),
-                       "tensorflow": tf.__version__, "load_after": os.getloadavg(),
-                       "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "command": "python bench/grouped_conv.py " + " ".join(argv),
+                    "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__,
+                    "load_after": os.getloadavg(),
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
         print(f"# wrote {args.out}.json")
     return 0
 

@@ -84,19 +84,36 @@ def main(argv=None):
     decode_only = source.map(lambda x, y: (tf.image.resize(x, size[:2]), y), num_parallel_calls=tf.data.AUTOTUNE)
     decode_only = decode_only.repeat().batch(args.batch).prefetch(tf.data.AUTOTUNE)
     decode_rate = measure(decode_only, batches)
-    pipe = data.InputPipeline(source.repeat(), size, batch_size=args.batch, training=True, augment=args.augment,
-                              preprocessing=args.preprocessing, cache=False, shuffle_buffer=256)
+    pipe = data.InputPipeline(
+        source.repeat(),
+        size,
+        batch_size=args.batch,
+        training=True,
+        augment=args.augment,
+        preprocessing=args.preprocessing,
+        cache=False,
+        shuffle_buffer=256,
+    )
     augment_rate = measure(pipe.dataset(0), batches)
-    print(f"# {n_files} JPEGs from {'synthetic ' + args.image_size if args.dir is None else folder}, "
-          f"{os.cpu_count()} CPUs, batch {args.batch}, {batches} timed batches")
+    print(
+        f"# {n_files} JPEGs from {'synthetic ' + args.image_size if args.dir is None else folder}, "
+        f"{os.cpu_count()} CPUs, batch {args.batch}, {batches} timed batches"
+    )
     print(f"decode + resize            {decode_rate:9.1f} images/s")
     print(f"decode + '{args.augment}' augment {augment_rate:9.1f} images/s")
     if args.model:
         import kerasarch
         from bench.train_throughput import bench_keras
 
-        model_rate = bench_keras(lambda: kerasarch.build_model(args.model, input_shape=size if args.model not in (
-            "lenet5", "lenet5_relu") else None), args.precision, args.batch, 1, args.model_steps)
+        model_rate = bench_keras(
+            lambda: kerasarch.build_model(
+                args.model, input_shape=size if args.model not in ("lenet5", "lenet5_relu") else None
+            ),
+            args.precision,
+            args.batch,
+            1,
+            args.model_steps,
+        )
         print(f"{args.model} training step ({args.precision}) {model_rate:9.1f} images/s")
         print(f"pipeline / model           {augment_rate / model_rate:9.2f}  (>1: the input keeps up)")
     if tmp is not None:

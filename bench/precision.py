@@ -100,14 +100,26 @@ def serve(run):
         start, start_cpu = time.perf_counter(), time.process_time()
         for _ in range(job["steps"]):
             run()
-        print(json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu}),
-              flush=True)
+        print(
+            json.dumps({"seconds": time.perf_counter() - start, "cpu_seconds": time.process_time() - start_cpu}),
+            flush=True,
+        )
 
 
 class Worker:
     def __init__(self, variant, args, grad_path):
-        cmd = [sys.executable, os.path.abspath(__file__), "--worker", variant, "--model", args.model,
-               "--batch", str(args.batch), "--grad-path", grad_path]
+        cmd = [
+            sys.executable,
+            os.path.abspath(__file__),
+            "--worker",
+            variant,
+            "--model",
+            args.model,
+            "--batch",
+            str(args.batch),
+            "--grad-path",
+            grad_path,
+        ]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         self.info = json.loads(line) if line else {"error": "worker exited"}
@@ -135,8 +147,9 @@ def cosine(a, b):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--variants", default=DEFAULT,
-                   help=f"comma-separated: {', '.join([*KERAS_VARIANTS, *TORCH_VARIANTS])}")
+    p.add_argument(
+        "--variants", default=DEFAULT, help=f"comma-separated: {', '.join([*KERAS_VARIANTS, *TORCH_VARIANTS])}"
+    )
     p.add_argument("--model", default="resnet50")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
@@ -165,24 +178,34 @@ def main(argv=None):
         print(f"# {v}: {workers[v].info}", flush=True)
     times = {v: [] for v in variants if "error" not in workers[v].info}
     for r in range(args.rounds):
-        for v in (list(times) if r % 2 == 0 else list(times)[::-1]):
+        for v in list(times) if r % 2 == 0 else list(times)[::-1]:
             load = os.getloadavg()[0]
             got = workers[v].measure(args.warmup, args.steps)
             if got is None:
                 continue
-            got.update(images_per_s=args.batch * args.steps / got["seconds"],
-                       images_per_cpu_s=args.batch * args.steps / got["cpu_seconds"], load=load)
+            got.update(
+                images_per_s=args.batch * args.steps / got["seconds"],
+                images_per_cpu_s=args.batch * args.steps / got["cpu_seconds"],
+                load=load,
+            )
             times[v].append(got)
-            print(f"round {r + 1} {v:22s} {got['images_per_s']:7.2f} img/s {got['images_per_cpu_s']:7.2f} img/CPU-s "
-                  f"(load {load:.1f})", flush=True)
+            print(
+                f"round {r + 1} {v:22s} {got['images_per_s']:7.2f} img/s {got['images_per_cpu_s']:7.2f} img/CPU-s "
+                f"(load {load:.1f})",
+                flush=True,
+            )
     reference = os.path.join(tmp, "float32.npy")
     rows = []
     for v, ts in times.items():
         if not ts:
             continue
-        row = {"variant": v, "images_per_s": statistics.median(t["images_per_s"] for t in ts),
-               "images_per_cpu_s": statistics.median(t["images_per_cpu_s"] for t in ts), "rounds": ts,
-               "loss0": workers[v].info.get("loss0")}
+        row = {
+            "variant": v,
+            "images_per_s": statistics.median(t["images_per_s"] for t in ts),
+            "images_per_cpu_s": statistics.median(t["images_per_cpu_s"] for t in ts),
+            "rounds": ts,
+            "loss0": workers[v].info.get("loss0"),
+        }
         grad = os.path.join(tmp, f"{v}.npy")
         if v in KERAS_VARIANTS and os.path.exists(reference) and os.path.exists(grad):
             row["grad_cosine_vs_float32"] = cosine(np.load(grad), np.load(reference))
@@ -191,23 +214,38 @@ def main(argv=None):
     torch_bf16 = next((r for r in rows if r["variant"] == "torch_bfloat16"), None)
     torch_fp32 = next((r for r in rows if r["variant"] == "torch_float32"), None)
     print(f"\n{args.model}, batch {args.batch}, median of {args.rounds} interleaved rounds")
-    print(f"{'variant':22s} {'img/s':>7s} {'img/CPU-s':>9s} {'vs fp32':>7s} {'vs torch bf16':>13s} "
-          f"{'vs torch fp32':>13s} {'grad cos':>8s} {'loss0':>7s}")
+    print(
+        f"{'variant':22s} {'img/s':>7s} {'img/CPU-s':>9s} {'vs fp32':>7s} {'vs torch bf16':>13s} "
+        f"{'vs torch fp32':>13s} {'grad cos':>8s} {'loss0':>7s}"
+    )
     for r in rows:
+
         def ratio(other, key="images_per_s"):
             return f"{r[key] / other[key]:.2f}" if other else "-"
 
         cos = r.get("grad_cosine_vs_float32")
-        print(f"{r['variant']:22s} {r['images_per_s']:7.2f} {r['images_per_cpu_s']:9.2f} {ratio(base):>7s} "
-              f"{ratio(torch_bf16):>13s} {ratio(torch_fp32):>13s} {'-' if cos is None else f'{cos:.4f}':>8s} "
-              f"{'-' if r['loss0'] is None else format(r['loss0'], '.4f'):>7s}")
+        print(
+            f"{r['variant']:22s} {r['images_per_s']:7.2f} {r['images_per_cpu_s']:9.2f} {ratio(base):>7s} "
+            f"{ratio(torch_bf16):>13s} {ratio(torch_fp32):>13s} {'-' if cos is None else f'{cos:.4f}':>8s} "
+            f"{'-' if r['loss0'] is None else format(r['loss0'], '.4f'):>7s}"
+        )
     if args.out:
         import tensorflow as tf
 
         with open(args.out + ".json", "w") as f:
-            json.dump({"command": "python bench/precision.py " + " ".join(argv), "cpus": os.cpu_count(),
-                       "tensorflow": tf.__version__, "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
-                       "model": args.model, "batch": args.batch, "rows": rows}, f, indent=1)
+            json.dump(
+                {
+                    "command": "python bench/precision.py " + " ".join(argv),
+                    "cpus": os.cpu_count(),
+                    "tensorflow": tf.__version__,
+                    "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+                    "model": args.model,
+                    "batch": args.batch,
+                    "rows": rows,
+                },
+                f,
+                indent=1,
+            )
         print(f"# wrote {args.out}.json")
     for w in workers.values():
         w.close()

@@ -49,21 +49,55 @@ DEFAULT_MODELS = "resnet50,resnext50_32x4d,alexnet,alexnet_one_tower"
 # Issue 12's "Done when": (label, numerator job, denominator job, per MAC, target). A job is
 # (subject, mode, precision, implementation).
 TARGETS = [
-    ("ResNeXt-50 training float32 vs torchvision", ("resnext50_32x4d", "train", "float32", "kerasarch"),
-     ("resnext50_32x4d", "train", "float32", "torchvision"), False, 1.0),
-    ("ResNeXt-50 training mixed_bfloat16 vs torchvision", ("resnext50_32x4d", "train", "mixed_bfloat16", "kerasarch"),
-     ("resnext50_32x4d", "train", "mixed_bfloat16", "torchvision"), False, 1.0),
-    ("ResNeXt-50 inference float32 vs kerasarch ResNet-50", ("resnext50_32x4d", "infer", "float32", "kerasarch"),
-     ("resnet50", "infer", "float32", "kerasarch"), False, 0.8),
-    ("AlexNet two towers vs one tower training float32, per MAC", ("alexnet", "train", "float32", "kerasarch"),
-     ("alexnet_one_tower", "train", "float32", "kerasarch"), True, 1.0),
-    ("AlexNet two towers vs one tower training mixed_bfloat16, per MAC",
-     ("alexnet", "train", "mixed_bfloat16", "kerasarch"),
-     ("alexnet_one_tower", "train", "mixed_bfloat16", "kerasarch"), True, 1.0),
-    ("ResNet-50 training mixed_bfloat16 vs torchvision", ("resnet50", "train", "mixed_bfloat16", "kerasarch"),
-     ("resnet50", "train", "mixed_bfloat16", "torchvision"), False, 1.1),
-    ("ResNet-50 training float32 vs torchvision", ("resnet50", "train", "float32", "kerasarch"),
-     ("resnet50", "train", "float32", "torchvision"), False, 1.2),
+    (
+        "ResNeXt-50 training float32 vs torchvision",
+        ("resnext50_32x4d", "train", "float32", "kerasarch"),
+        ("resnext50_32x4d", "train", "float32", "torchvision"),
+        False,
+        1.0,
+    ),
+    (
+        "ResNeXt-50 training mixed_bfloat16 vs torchvision",
+        ("resnext50_32x4d", "train", "mixed_bfloat16", "kerasarch"),
+        ("resnext50_32x4d", "train", "mixed_bfloat16", "torchvision"),
+        False,
+        1.0,
+    ),
+    (
+        "ResNeXt-50 inference float32 vs kerasarch ResNet-50",
+        ("resnext50_32x4d", "infer", "float32", "kerasarch"),
+        ("resnet50", "infer", "float32", "kerasarch"),
+        False,
+        0.8,
+    ),
+    (
+        "AlexNet two towers vs one tower training float32, per MAC",
+        ("alexnet", "train", "float32", "kerasarch"),
+        ("alexnet_one_tower", "train", "float32", "kerasarch"),
+        True,
+        1.0,
+    ),
+    (
+        "AlexNet two towers vs one tower training mixed_bfloat16, per MAC",
+        ("alexnet", "train", "mixed_bfloat16", "kerasarch"),
+        ("alexnet_one_tower", "train", "mixed_bfloat16", "kerasarch"),
+        True,
+        1.0,
+    ),
+    (
+        "ResNet-50 training mixed_bfloat16 vs torchvision",
+        ("resnet50", "train", "mixed_bfloat16", "kerasarch"),
+        ("resnet50", "train", "mixed_bfloat16", "torchvision"),
+        False,
+        1.1,
+    ),
+    (
+        "ResNet-50 training float32 vs torchvision",
+        ("resnet50", "train", "float32", "kerasarch"),
+        ("resnet50", "train", "float32", "torchvision"),
+        False,
+        1.2,
+    ),
 ]
 
 
@@ -190,8 +224,12 @@ class TorchClient:
     def __init__(self):
         import subprocess
 
-        self.proc = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--torch-worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), "--torch-worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         self.info = self._read()
 
     def _read(self):
@@ -199,8 +237,12 @@ class TorchClient:
         return json.loads(line) if line else {"error": "the torch worker exited"}
 
     def measure(self, arch, precision, batch, mode, warmup, steps):
-        self.proc.stdin.write(json.dumps({"arch": arch, "precision": precision, "batch": batch, "mode": mode,
-                                          "warmup": warmup, "steps": steps}) + "\n")
+        self.proc.stdin.write(
+            json.dumps(
+                {"arch": arch, "precision": precision, "batch": batch, "mode": mode, "warmup": warmup, "steps": steps}
+            )
+            + "\n"
+        )
         self.proc.stdin.flush()
         reply = self._read()
         if "error" in reply:
@@ -232,10 +274,17 @@ def machine_info():
             flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
     except (OSError, StopIteration):
         model_name = platform.processor()
-    return {"cpu": model_name or platform.machine(), "cpus": os.cpu_count(), "machine": platform.machine(),
-            "bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}), "tensorflow": tf.__version__,
-            "keras": keras.__version__, "keras_backend": keras.backend.backend(), "python": platform.python_version(),
-            "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    return {
+        "cpu": model_name or platform.machine(),
+        "cpus": os.cpu_count(),
+        "machine": platform.machine(),
+        "bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "keras_backend": keras.backend.backend(),
+        "python": platform.python_version(),
+        "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
+    }
 
 
 def model_macs(build):
@@ -279,8 +328,9 @@ def run_jobs(args, after_round=None):
             batch = args.batch if mode == "train" else args.infer_batch
             load = os.getloadavg()[0]
             if impl == "torchvision":
-                seconds, cpu_seconds = torch_client.measure(SUBJECTS[subject]["torch"], precision, batch, mode,
-                                               args.warmup, args.steps)
+                seconds, cpu_seconds = torch_client.measure(
+                    SUBJECTS[subject]["torch"], precision, batch, mode, args.warmup, args.steps
+                )
             else:
                 if job not in runners:
                     build = kerasarch_build(subject) if impl == "kerasarch" else keras_app_build(subject)
@@ -289,10 +339,21 @@ def run_jobs(args, after_round=None):
             if seconds is None:
                 continue
             ips, per_cpu = batch * args.steps / seconds, batch * args.steps / cpu_seconds
-            rounds[job].append({"images_per_s": ips, "images_per_cpu_s": per_cpu, "seconds": seconds,
-                                "cpu_seconds": cpu_seconds, "load_before": load, "load_after": os.getloadavg()[0]})
-            print(f"round {r + 1}  {subject:18s} {mode:5s} {precision:15s} {impl:18s} {ips:8.2f} img/s "
-                  f"{per_cpu:8.2f} img/CPU-s (load {load:.1f})", flush=True)
+            rounds[job].append(
+                {
+                    "images_per_s": ips,
+                    "images_per_cpu_s": per_cpu,
+                    "seconds": seconds,
+                    "cpu_seconds": cpu_seconds,
+                    "load_before": load,
+                    "load_after": os.getloadavg()[0],
+                }
+            )
+            print(
+                f"round {r + 1}  {subject:18s} {mode:5s} {precision:15s} {impl:18s} {ips:8.2f} img/s "
+                f"{per_cpu:8.2f} img/CPU-s (load {load:.1f})",
+                flush=True,
+            )
         if after_round is not None:
             after_round(rounds)
     if torch_client is not None:
@@ -308,10 +369,19 @@ def summarise(rounds, args, macs):
             continue
         ips = statistics.median(r["images_per_s"] for r in results)
         per_cpu = statistics.median(r["images_per_cpu_s"] for r in results)
-        rows.append({"model": subject, "mode": mode, "precision": precision, "impl": impl, "images_per_s": ips,
-                     "images_per_cpu_s": per_cpu, "rounds": results,
-                     "batch": args.batch if mode == "train" else args.infer_batch,
-                     "gmacs": macs.get(subject, 0) / 1e9 if impl == "kerasarch" else None})
+        rows.append(
+            {
+                "model": subject,
+                "mode": mode,
+                "precision": precision,
+                "impl": impl,
+                "images_per_s": ips,
+                "images_per_cpu_s": per_cpu,
+                "rounds": results,
+                "batch": args.batch if mode == "train" else args.infer_batch,
+                "gmacs": macs.get(subject, 0) / 1e9 if impl == "kerasarch" else None,
+            }
+        )
     by_job = {(r["model"], r["mode"], r["precision"], r["impl"]): r for r in rows}
     for row in rows:
         for peer, key in (("keras.applications", "ratio_keras"), ("torchvision", "ratio_torch")):
@@ -327,8 +397,16 @@ def summarise(rounds, args, macs):
         scale = macs[num[0]] / macs[den[0]] if per_mac else 1.0
         ratio = a["images_per_s"] / b["images_per_s"] * scale
         ratio_cpu = a["images_per_cpu_s"] / b["images_per_cpu_s"] * scale
-        targets.append({"target": label, "ratio": ratio, "ratio_cpu": ratio_cpu, "goal": target,
-                        "met": ratio >= target, "per_mac": per_mac})
+        targets.append(
+            {
+                "target": label,
+                "ratio": ratio,
+                "ratio_cpu": ratio_cpu,
+                "goal": target,
+                "met": ratio >= target,
+                "per_mac": per_mac,
+            }
+        )
     return rows, targets
 
 
@@ -346,8 +424,14 @@ def chart(rows, path, note=""):
     for i, impl in enumerate(impls):
         xs, ys = [], []
         for g, (model, mode, precision) in enumerate(groups):
-            row = next((r for r in rows if (r["model"], r["mode"], r["precision"], r["impl"]) ==
-                        (model, mode, precision, impl)), None)
+            row = next(
+                (
+                    r
+                    for r in rows
+                    if (r["model"], r["mode"], r["precision"], r["impl"]) == (model, mode, precision, impl)
+                ),
+                None,
+            )
             if row:
                 xs.append(g + (i - 1) * width)
                 ys.append(row["images_per_s"])
@@ -370,8 +454,9 @@ def main(argv=None):
         torch_worker()
         return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=DEFAULT_MODELS,
-                   help=f"comma-separated: {', '.join(SUBJECTS)} or any registry name")
+    p.add_argument(
+        "--models", default=DEFAULT_MODELS, help=f"comma-separated: {', '.join(SUBJECTS)} or any registry name"
+    )
     p.add_argument("--modes", default="train,infer", help="train, infer or both")
     p.add_argument("--precisions", default="float32,mixed_bfloat16")
     p.add_argument("--batch", type=int, default=8, help="training batch")
@@ -392,9 +477,12 @@ def main(argv=None):
         print("# torch/torchvision not installed: torchvision columns skipped", flush=True)
         args.torch = False
     info = machine_info()
-    print(f"# {info['cpu']}, {info['cpus']} CPUs ({', '.join(info['bf16']) or 'no bf16'}), TF {tf.__version__}, "
-          f"Keras {keras.__version__}; train batch {args.batch}, infer batch {args.infer_batch}, {args.steps} timed "
-          f"steps after {args.warmup} warm-up, {args.rounds} interleaved rounds; load {os.getloadavg()}", flush=True)
+    print(
+        f"# {info['cpu']}, {info['cpus']} CPUs ({', '.join(info['bf16']) or 'no bf16'}), TF {tf.__version__}, "
+        f"Keras {keras.__version__}; train batch {args.batch}, infer batch {args.infer_batch}, {args.steps} timed "
+        f"steps after {args.warmup} warm-up, {args.rounds} interleaved rounds; load {os.getloadavg()}",
+        flush=True,
+    )
     macs = {s: model_macs(kerasarch_build(s)) for s in args.models.split(",")}
     start = time.perf_counter()
 
@@ -404,9 +492,21 @@ def main(argv=None):
         if args.out and rows:  # after every round, so that an interrupted run leaves what it measured
             os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
             with open(args.out + ".json", "w") as f:
-                json.dump({"command": "python bench/train_throughput.py " + " ".join(argv), "machine": info,
-                           "args": vars(args), "macs": macs, "complete": final, "rows": rows, "targets": targets,
-                           "load_mean": statistics.mean(loads), "load_max": max(loads)}, f, indent=1)
+                json.dump(
+                    {
+                        "command": "python bench/train_throughput.py " + " ".join(argv),
+                        "machine": info,
+                        "args": vars(args),
+                        "macs": macs,
+                        "complete": final,
+                        "rows": rows,
+                        "targets": targets,
+                        "load_mean": statistics.mean(loads),
+                        "load_max": max(loads),
+                    },
+                    f,
+                    indent=1,
+                )
             chart(rows, args.out + ".png", f"load average {statistics.mean(loads):.1f} on {info['cpus']} CPUs")
         return rows, targets, loads
 
@@ -416,26 +516,37 @@ def main(argv=None):
     def fmt(v, w, d=2):
         return f"{v:>{w}.{d}f}" if v else f"{'-':>{w}s}"
 
-    print(f"\nimages/s, median of rounds; ratio = kerasarch / peer on wall time, (cpu) = on images per CPU-second\n"
-          f"{'model':18s} {'mode':5s} {'precision':15s} {'kerasarch':>10s} {'keras.app':>10s} {'ratio':>6s} "
-          f"{'(cpu)':>6s} {'torchvision':>11s} {'ratio':>6s} {'(cpu)':>6s}")
+    print(
+        f"\nimages/s, median of rounds; ratio = kerasarch / peer on wall time, (cpu) = on images per CPU-second\n"
+        f"{'model':18s} {'mode':5s} {'precision':15s} {'kerasarch':>10s} {'keras.app':>10s} {'ratio':>6s} "
+        f"{'(cpu)':>6s} {'torchvision':>11s} {'ratio':>6s} {'(cpu)':>6s}"
+    )
     for row in rows:
         if row["impl"] != "kerasarch":
             continue
-        find = {r["impl"]: r["images_per_s"] for r in rows
-                if (r["model"], r["mode"], r["precision"]) == (row["model"], row["mode"], row["precision"])}
-        print(f"{row['model']:18s} {row['mode']:5s} {row['precision']:15s} {fmt(row['images_per_s'], 10)} "
-              f"{fmt(find.get('keras.applications'), 10)} {fmt(row.get('ratio_keras'), 6)} "
-              f"{fmt(row.get('ratio_keras_cpu'), 6)} {fmt(find.get('torchvision'), 11)} "
-              f"{fmt(row.get('ratio_torch'), 6)} {fmt(row.get('ratio_torch_cpu'), 6)}")
+        find = {
+            r["impl"]: r["images_per_s"]
+            for r in rows
+            if (r["model"], r["mode"], r["precision"]) == (row["model"], row["mode"], row["precision"])
+        }
+        print(
+            f"{row['model']:18s} {row['mode']:5s} {row['precision']:15s} {fmt(row['images_per_s'], 10)} "
+            f"{fmt(find.get('keras.applications'), 10)} {fmt(row.get('ratio_keras'), 6)} "
+            f"{fmt(row.get('ratio_keras_cpu'), 6)} {fmt(find.get('torchvision'), 11)} "
+            f"{fmt(row.get('ratio_torch'), 6)} {fmt(row.get('ratio_torch_cpu'), 6)}"
+        )
     if targets:
         print("\nissue 12 targets:")
         for t in targets:
             verdict = "met" if t["met"] else "not met"
-            print(f"  {t['target']:62s} {t['ratio']:5.2f}  per CPU-s {t['ratio_cpu']:5.2f}  (goal ≥ {t['goal']:.1f} "
-                  f"on wall time: {verdict})")
-    print(f"\n# {time.perf_counter() - start:.0f} s; 1-min load average during the run: mean "
-          f"{statistics.mean(loads):.1f}, max {max(loads):.1f} (on {info['cpus']} CPUs)")
+            print(
+                f"  {t['target']:62s} {t['ratio']:5.2f}  per CPU-s {t['ratio_cpu']:5.2f}  (goal ≥ {t['goal']:.1f} "
+                f"on wall time: {verdict})"
+            )
+    print(
+        f"\n# {time.perf_counter() - start:.0f} s; 1-min load average during the run: mean "
+        f"{statistics.mean(loads):.1f}, max {max(loads):.1f} (on {info['cpus']} CPUs)"
+    )
     if args.out:
         print(f"# wrote {args.out}.json and {args.out}.png")
     return 0

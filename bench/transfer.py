@@ -48,16 +48,34 @@ import numpy as np  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 METHODS = ("scratch", "linear", "two-phase", "default")
-LABELS = {"scratch": "scratch", "linear": "linear probe", "two-phase": "two-phase (old defaults)",
-          "default": "default (LP-FT)"}
+LABELS = {
+    "scratch": "scratch",
+    "linear": "linear probe",
+    "two-phase": "two-phase (old defaults)",
+    "default": "default (LP-FT)",
+}
 PAIRS = {
-    "lenet5-digits": {"model": "lenet5", "source": "mnist5k 0-4", "target": "mnist5k 5-9",
-                      "input_shape": (32, 32, 1), "pretrain": {"epochs": 20}},
-    "lenet5-sklearn": {"model": "lenet5", "source": "mnist5k 0-9", "target": "sklearn digits",
-                       "input_shape": (32, 32, 1), "pretrain": {"epochs": 20}},
-    "resnet20-digits": {"model": "resnet20", "source": "mnist5k 0-4", "target": "mnist5k 5-9",
-                        "input_shape": (32, 32, 3),
-                        "pretrain": {"epochs": 15, "batch_size": 64, "augment": "lenet"}},
+    "lenet5-digits": {
+        "model": "lenet5",
+        "source": "mnist5k 0-4",
+        "target": "mnist5k 5-9",
+        "input_shape": (32, 32, 1),
+        "pretrain": {"epochs": 20},
+    },
+    "lenet5-sklearn": {
+        "model": "lenet5",
+        "source": "mnist5k 0-9",
+        "target": "sklearn digits",
+        "input_shape": (32, 32, 1),
+        "pretrain": {"epochs": 20},
+    },
+    "resnet20-digits": {
+        "model": "resnet20",
+        "source": "mnist5k 0-4",
+        "target": "mnist5k 5-9",
+        "input_shape": (32, 32, 3),
+        "pretrain": {"epochs": 15, "batch_size": 64, "augment": "lenet"},
+    },
 }
 
 
@@ -84,20 +102,27 @@ def tasks(pair):
     if PAIRS[pair]["target"] == "sklearn digits":
         names = [str(d) for d in range(10)]
         (dtr, dyr), (dte, dye) = _sklearn_digits_as_mnist()
-        return (ArraySource("mnist5k:train", xtr, ytr, names), ArraySource("mnist5k:test", xte, yte, names),
-                ArraySource("digits:train@28", dtr, dyr, names), ArraySource("digits:test@28", dte, dye, names))
+        return (
+            ArraySource("mnist5k:train", xtr, ytr, names),
+            ArraySource("mnist5k:test", xte, yte, names),
+            ArraySource("digits:train@28", dtr, dyr, names),
+            ArraySource("digits:test@28", dte, dye, names),
+        )
     lo, hi = [str(d) for d in range(5)], [str(d) for d in range(5, 10)]
-    return (ArraySource("mnist5k:train[0-4]", xtr[ytr < 5], ytr[ytr < 5], lo),
-            ArraySource("mnist5k:test[0-4]", xte[yte < 5], yte[yte < 5], lo),
-            ArraySource("mnist5k:train[5-9]", xtr[ytr >= 5], ytr[ytr >= 5] - 5, hi),
-            ArraySource("mnist5k:test[5-9]", xte[yte >= 5], yte[yte >= 5] - 5, hi))
+    return (
+        ArraySource("mnist5k:train[0-4]", xtr[ytr < 5], ytr[ytr < 5], lo),
+        ArraySource("mnist5k:test[0-4]", xte[yte < 5], yte[yte < 5], lo),
+        ArraySource("mnist5k:train[5-9]", xtr[ytr >= 5], ytr[ytr >= 5] - 5, hi),
+        ArraySource("mnist5k:test[5-9]", xte[yte >= 5], yte[yte >= 5] - 5, hi),
+    )
 
 
 def few_shot_index(labels, k, seed):
     """``k`` indices per class, drawn with ``seed``, sorted."""
     rng = np.random.default_rng(seed)
-    return np.sort(np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False)
-                                   for c in np.unique(labels)]))
+    return np.sort(
+        np.concatenate([rng.choice(np.flatnonzero(labels == c), k, replace=False) for c in np.unique(labels)])
+    )
 
 
 def pretrain(pair, source, source_test, out):
@@ -109,9 +134,19 @@ def pretrain(pair, source, source_test, out):
     done = os.path.join(folder, "model.keras")
     if not os.path.exists(done):
         channels = cfg["input_shape"][-1]
-        training.train(cfg["model"], source.to_dataset(channels), source_test.to_dataset(channels),
-                       recipe=cfg["pretrain"], classes=len(source.class_names), input_shape=cfg["input_shape"],
-                       precision="float32", strategy=None, out_dir=folder, seed=0, verbose=0)
+        training.train(
+            cfg["model"],
+            source.to_dataset(channels),
+            source_test.to_dataset(channels),
+            recipe=cfg["pretrain"],
+            classes=len(source.class_names),
+            input_shape=cfg["input_shape"],
+            precision="float32",
+            strategy=None,
+            out_dir=folder,
+            seed=0,
+            verbose=0,
+        )
     with open(os.path.join(folder, "history.json")) as f:
         return done, json.load(f)["val_accuracy"][-1]
 
@@ -131,8 +166,12 @@ def linear_probe(model, weights, few, test):
     for source in (few, test):
         x, y = load_arrays(source, backbone)
         feats = fx.predict(x, batch_size=256, verbose=0)[tap]
-        meta = {**backbone.describe(), "tap": tap, "class_names": list(source.class_names),
-                "feature_shape": list(feats.shape[1:])}
+        meta = {
+            **backbone.describe(),
+            "tap": tap,
+            "class_names": list(source.class_names),
+            "feature_shape": list(feats.shape[1:]),
+        }
         sets.append(FeatureSet("<memory>", meta, feats, y, np.arange(len(y))))
     return fit_linear(sets[0], sets[1])[1]["accuracy"], tap
 
@@ -154,8 +193,7 @@ def run_cell(pair, k, seed, out, methods=METHODS):
     source, source_test, pool, test = tasks(pair)
     weights, source_accuracy = pretrain(pair, source, source_test, out)
     few = pool.subset(few_shot_index(pool.labels, k, seed=1000 * seed + k))
-    cell.update(pair=pair, model=cfg["model"], shots=k, seed=seed, source_accuracy=source_accuracy,
-                num_test=len(test))
+    cell.update(pair=pair, model=cfg["model"], shots=k, seed=seed, source_accuracy=source_accuracy, num_test=len(test))
     acc, extra = cell.setdefault("accuracy", {}), cell.setdefault("details", {})
     common = dict(test=test, input_shape=cfg["input_shape"], precision="float32", seed=seed, verbose=0)
     runs = os.path.join(out, "runs", f"{pair}-k{k}-seed{seed}")
@@ -168,12 +206,27 @@ def run_cell(pair, k, seed, out, methods=METHODS):
             acc[method], cell["tap"] = linear_probe(cfg["model"], weights, few, test)
             extra[method] = {}
         else:
-            kw = {"scratch": {}, "two-phase": {"weights": weights, "method": "two-phase"},
-                  "default": {"weights": weights}}[method]
+            kw = {
+                "scratch": {},
+                "two-phase": {"weights": weights, "method": "two-phase"},
+                "default": {"weights": weights},
+            }[method]
             result = train(cfg["model"], few, os.path.join(runs, method), **kw, **common)
             acc[method] = result["test_accuracy"]
-            extra[method] = {k2: result.get(k2) for k2 in ("steps", "updates", "best_step", "val_accuracy",
-                                                           "layer_decay", "lr", "head_tap", "num_train", "num_val")}
+            extra[method] = {
+                k2: result.get(k2)
+                for k2 in (
+                    "steps",
+                    "updates",
+                    "best_step",
+                    "val_accuracy",
+                    "layer_decay",
+                    "lr",
+                    "head_tap",
+                    "num_train",
+                    "num_val",
+                )
+            }
         extra[method]["seconds"] = round(time.perf_counter() - started, 1)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         from finetune.store import write_json
@@ -192,27 +245,39 @@ def summarise(cells, pairs, shots):
                 continue
             row = table.setdefault(pair, {}).setdefault(str(k), {})
             for m in ("source_accuracy", *METHODS):
-                v = 100 * np.asarray([c["source_accuracy"] if m == "source_accuracy" else c["accuracy"][m]
-                                      for c in sel if m == "source_accuracy" or m in c["accuracy"]], float)
+                v = 100 * np.asarray(
+                    [
+                        c["source_accuracy"] if m == "source_accuracy" else c["accuracy"][m]
+                        for c in sel
+                        if m == "source_accuracy" or m in c["accuracy"]
+                    ],
+                    float,
+                )
                 if len(v):
                     row[m] = [round(float(v.mean()), 2), round(float(v.std()), 2), len(v)]
     return table
 
 
 def markdown(results):
-    lines = ["| pair (network, tap) | labels/class | source acc. | scratch | linear probe | two-phase (old) | "
-             "default (LP-FT) |", "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [
+        "| pair (network, tap) | labels/class | source acc. | scratch | linear probe | two-phase (old) | "
+        "default (LP-FT) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for pair, rows in results["table"].items():
         cfg = PAIRS[pair]
         tap = next((c.get("tap") for c in results["cells"] if c["pair"] == pair and c.get("tap")), "?")
         for k, row in rows.items():
             one = {m for m in ("source_accuracy",) if m in row and not row[m][1]}  # one source network: no spread
-            cells = [("" if m not in row else f"{row[m][0]:.1f}" if m in one else f"{row[m][0]:.1f} ± {row[m][1]:.1f}")
-                     for m in ("source_accuracy", *METHODS)]
+            cells = [
+                ("" if m not in row else f"{row[m][0]:.1f}" if m in one else f"{row[m][0]:.1f} ± {row[m][1]:.1f}")
+                for m in ("source_accuracy", *METHODS)
+            ]
             best = max((row[m][0], m) for m in METHODS if m in row)[1]
             cells = [f"**{c}**" if m == best else c for m, c in zip(("source_accuracy", *METHODS), cells)]
-            lines.append(f"| {cfg['source']} → {cfg['target']} ({cfg['model']}, {tap}) | {k} | " + " | ".join(cells)
-                         + " |")
+            lines.append(
+                f"| {cfg['source']} → {cfg['target']} ({cfg['model']}, {tap}) | {k} | " + " | ".join(cells) + " |"
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -232,8 +297,9 @@ def chart(results, path):
         xs = np.arange(len(groups)) + (j - (len(METHODS) - 1) / 2) * width
         ax.bar(xs, means, width, yerr=stds, capsize=2, label=LABELS[m], color=colours[m])
     ax.set_xticks(np.arange(len(groups)))
-    ax.set_xticklabels([f"{PAIRS[p]['model']}\n{PAIRS[p]['source']}→{PAIRS[p]['target']}\n{k}/class"
-                        for p, k in groups], fontsize=7)
+    ax.set_xticklabels(
+        [f"{PAIRS[p]['model']}\n{PAIRS[p]['source']}→{PAIRS[p]['target']}\n{k}/class" for p, k in groups], fontsize=7
+    )
     ax.set_ylabel("target test accuracy (%)")
     ax.set_ylim(0, 112)
     ax.set_yticks(range(0, 101, 20))
@@ -249,9 +315,14 @@ def machine():
     import keras
     import tensorflow as tf
 
-    return {"cpu_count": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
-            "gpus": [g.name for g in tf.config.list_physical_devices("GPU")], "tensorflow": tf.__version__,
-            "keras": keras.__version__}
+    return {
+        "cpu_count": os.cpu_count(),
+        "platform": platform.platform(),
+        "processor": platform.processor(),
+        "gpus": [g.name for g in tf.config.list_physical_devices("GPU")],
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
 
 
 def main(argv=None, prog=None):
@@ -284,12 +355,22 @@ def main(argv=None, prog=None):
             for seed in seeds:
                 cell = run_cell(pair, k, seed, args.out, methods)
                 cells.append(cell)
-                print(f"[transfer {time.perf_counter() - started:6.0f}s] {pair} k={k} seed={seed}: " + ", ".join(
-                    f"{m} {100 * cell['accuracy'][m]:.1f}" for m in methods if m in cell["accuracy"]), flush=True)
-    results = {"command": "python bench/transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
-               "pairs": {p: {k: list(v) if isinstance(v, tuple) else v for k, v in PAIRS[p].items()} for p in pairs},
-               "shots": shots, "seeds": len(seeds), "methods": methods, "precision": "float32",
-               "machine": machine(), "seconds": round(time.perf_counter() - started, 1), "cells": cells}
+                print(
+                    f"[transfer {time.perf_counter() - started:6.0f}s] {pair} k={k} seed={seed}: "
+                    + ", ".join(f"{m} {100 * cell['accuracy'][m]:.1f}" for m in methods if m in cell["accuracy"]),
+                    flush=True,
+                )
+    results = {
+        "command": "python bench/transfer.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "pairs": {p: {k: list(v) if isinstance(v, tuple) else v for k, v in PAIRS[p].items()} for p in pairs},
+        "shots": shots,
+        "seeds": len(seeds),
+        "methods": methods,
+        "precision": "float32",
+        "machine": machine(),
+        "seconds": round(time.perf_counter() - started, 1),
+        "cells": cells,
+    }
     results["method_seconds"] = round(sum(d.get("seconds", 0) for c in cells for d in c["details"].values()), 1)
     results["table"] = summarise(cells, pairs, shots)
     results["markdown"] = markdown(results)

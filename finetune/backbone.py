@@ -15,8 +15,15 @@ import numpy as np
 from finetune.errors import FinetuneError
 from kerasarch.data import PREPROCESSING_MODES
 
-__all__ = ["FIT_MODES", "Backbone", "default_preprocessing", "load_backbone", "parse_shape", "prepare_batch",
-           "resolve_weights"]
+__all__ = [
+    "FIT_MODES",
+    "Backbone",
+    "default_preprocessing",
+    "load_backbone",
+    "parse_shape",
+    "prepare_batch",
+    "resolve_weights",
+]
 
 FIT_MODES = ("auto", "pad", "resize", "resize_crop")
 
@@ -48,8 +55,11 @@ class Backbone:
         self.seed = seed
         config = card_of(model).input
         if preprocessing is not None and preprocessing != config.preprocessing:
-            warnings.warn(f"--preprocessing {preprocessing} contradicts the model card of {spec.name} "
-                          f"({config.preprocessing}); using {preprocessing}.", stacklevel=3)
+            warnings.warn(
+                f"--preprocessing {preprocessing} contradicts the model card of {spec.name} "
+                f"({config.preprocessing}); using {preprocessing}.",
+                stacklevel=3,
+            )
             config = config.replace(preprocessing=preprocessing)
         self.input_config = config
         self.preprocessing = config.preprocessing
@@ -87,9 +97,15 @@ class Backbone:
         weights = self.weights
         if weights and os.path.exists(os.fspath(weights)):
             weights = os.path.basename(os.path.normpath(os.fspath(weights)))
-        return {"model": self.spec.name, "weights": weights, "weights_sha256": self.weights_sha256,
-                "seed": None if self.weights else self.seed, "input_shape": list(self.input_shape),
-                "preprocessing": self.preprocessing, "fit": self.input_config.fit}
+        return {
+            "model": self.spec.name,
+            "weights": weights,
+            "weights_sha256": self.weights_sha256,
+            "seed": None if self.weights else self.seed,
+            "input_shape": list(self.input_shape),
+            "preprocessing": self.preprocessing,
+            "fit": self.input_config.fit,
+        }
 
 
 def default_preprocessing(spec, weights=None):
@@ -120,15 +136,19 @@ def resolve_weights(weights):
     if os.path.isdir(path):
         model_file = os.path.join(path, "model.keras")
         if not os.path.isfile(model_file):
-            raise FinetuneError(f"{path!r} is a folder without a model.keras; --weights takes 'imagenet', "
-                                f"'imagenet:keras', 'imagenet:torchvision', a weights file or a training run folder.")
+            raise FinetuneError(
+                f"{path!r} is a folder without a model.keras; --weights takes 'imagenet', "
+                f"'imagenet:keras', 'imagenet:torchvision', a weights file or a training run folder."
+            )
         return model_file
     if not os.path.isfile(path):
         raise FinetuneError(f"Weights file not found: {path!r}.")
     suffixes = (".keras", ".weights.h5", ".h5", ".hdf5", ".pth", ".pt", ".safetensors")
     if not path.lower().endswith(suffixes):
-        raise FinetuneError(f"--weights takes 'imagenet', 'imagenet:keras', 'imagenet:torchvision', a "
-                            f"{' / '.join(suffixes)} file or a training run folder. Received: {path!r}")
+        raise FinetuneError(
+            f"--weights takes 'imagenet', 'imagenet:keras', 'imagenet:torchvision', a "
+            f"{' / '.join(suffixes)} file or a training run folder. Received: {path!r}"
+        )
     return path
 
 
@@ -164,8 +184,7 @@ def _peek_keras_file(path):
     return config.get("config", {}).get("name"), shape, classes
 
 
-def load_backbone(name, weights=None, *, input_shape=None, classes=None, seed=0, preprocessing=None,
-                  include_top=True):
+def load_backbone(name, weights=None, *, input_shape=None, classes=None, seed=0, preprocessing=None, include_top=True):
     """Builds registry model ``name`` and loads ``weights`` into it, failing clearly when they do not fit.
 
     Args:
@@ -204,8 +223,9 @@ def load_backbone(name, weights=None, *, input_shape=None, classes=None, seed=0,
             if name is None and card is not None and card.variant:
                 name = card.variant
     if name is None:
-        raise FinetuneError("Name the model (a registry name), or give --weights a .keras file whose model card "
-                            "names its variant.")
+        raise FinetuneError(
+            "Name the model (a registry name), or give --weights a .keras file whose model card names its variant."
+        )
     try:
         spec = get_spec(name)
     except ValueError as e:
@@ -248,8 +268,13 @@ def prepare_batch(images, input_shape, preprocessing, *, fit="auto", input_confi
             raise FinetuneError(f"--fit must be one of {FIT_MODES}. Received: {fit!r}")
         if preprocessing not in PREPROCESSING_MODES:
             raise FinetuneError(f"Unknown preprocessing {preprocessing!r}; expected one of {PREPROCESSING_MODES}.")
-        input_config = InputConfig(preprocessing=preprocessing, size=(h, w), channels=c, fit=fit,
-                                   resize_size=int(round(min(h, w) * 256 / 224)) if fit == "resize_crop" else None)
+        input_config = InputConfig(
+            preprocessing=preprocessing,
+            size=(h, w),
+            channels=c,
+            fit=fit,
+            resize_size=int(round(min(h, w) * 256 / 224)) if fit == "resize_crop" else None,
+        )
     if len(images) == 0:
         return np.zeros((0, h, w, c), "float32")
     if isinstance(images, np.ndarray) and images.ndim == 3:

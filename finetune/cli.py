@@ -46,6 +46,7 @@ def main(argv=None):
 def _command_main(name):
     def entry(argv=None):
         return main([name, *(sys.argv[1:] if argv is None else argv)])
+
     entry.__name__ = f"{name}_main"
     entry.__doc__ = f"Console entry point ``finetune-{name}``."
     return entry

@@ -21,8 +21,10 @@ BENCH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def load_bench():
     """The ``bench/transfer.py`` module of the source checkout."""
     if not os.path.exists(BENCH):
-        raise FinetuneError(f"The transfer benchmark is bench/transfer.py of a kerasarch source checkout; it is not "
-                            f"installed with the package. Looked for: {BENCH!r}")
+        raise FinetuneError(
+            f"The transfer benchmark is bench/transfer.py of a kerasarch source checkout; it is not "
+            f"installed with the package. Looked for: {BENCH!r}"
+        )
     spec = importlib.util.spec_from_file_location("kerasarch_bench_transfer", BENCH)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -30,10 +32,16 @@ def load_bench():
 
 
 def register(sub):
-    p = sub.add_parser("demo", help="the transfer benchmark (bench/transfer.py): scratch, probe, old and new defaults",
-                       description=__doc__.split("\n\n")[0])
-    p.add_argument("args", nargs=argparse.REMAINDER,
-                   help="bench/transfer.py arguments after --, e.g. -- --pairs lenet5-digits --seeds 1")
+    p = sub.add_parser(
+        "demo",
+        help="the transfer benchmark (bench/transfer.py): scratch, probe, old and new defaults",
+        description=__doc__.split("\n\n")[0],
+    )
+    p.add_argument(
+        "args",
+        nargs=argparse.REMAINDER,
+        help="bench/transfer.py arguments after --, e.g. -- --pairs lenet5-digits --seeds 1",
+    )
     p.set_defaults(func=run)
 
 

@@ -33,13 +33,43 @@ from finetune.store import (
 __all__ = ["extract", "register", "run"]
 
 # Metadata entries that must agree for a rerun to resume (rather than refuse) an existing directory.
-_IDENTITY = ("model", "tap", "tap_layer", "weights_sha256", "seed", "preprocessing", "input_shape", "fit",
-             "dataset", "feature_shape", "shard_size", "batch_size", "dtype")
+_IDENTITY = (
+    "model",
+    "tap",
+    "tap_layer",
+    "weights_sha256",
+    "seed",
+    "preprocessing",
+    "input_shape",
+    "fit",
+    "dataset",
+    "feature_shape",
+    "shard_size",
+    "batch_size",
+    "dtype",
+)
 
 
-def extract(model, data, tap, out, *, weights=None, split="train", input_shape=None, classes=None, fit=None,
-            preprocessing=None,
-            batch_size=64, shard_size=1024, seed=0, overwrite=False, data_dir=None, verbose=1, on_shard=None):
+def extract(
+    model,
+    data,
+    tap,
+    out,
+    *,
+    weights=None,
+    split="train",
+    input_shape=None,
+    classes=None,
+    fit=None,
+    preprocessing=None,
+    batch_size=64,
+    shard_size=1024,
+    seed=0,
+    overwrite=False,
+    data_dir=None,
+    verbose=1,
+    on_shard=None,
+):
     """Extracts the features of ``tap`` for every image of ``data`` into the directory ``out``.
 
     Args:
@@ -75,8 +105,9 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
     if fit is not None and fit not in FIT_MODES:
         raise FinetuneError(f"fit must be one of {FIT_MODES}. Received: {fit!r}")
     source = data if isinstance(data, ImageSource) else open_source(data, split=split, data_dir=data_dir)
-    backbone = load_backbone(model, weights, input_shape=input_shape, classes=classes, seed=seed,
-                             preprocessing=preprocessing)
+    backbone = load_backbone(
+        model, weights, input_shape=input_shape, classes=classes, seed=seed, preprocessing=preprocessing
+    )
     config = backbone.input_for(fit)  # the model card's fit unless --fit says otherwise
     fit = config.fit
     try:
@@ -86,12 +117,25 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
     fx = feature_extractor(backbone.model, [tap], spec=backbone.spec)
     feature_shape = [int(d) for d in fx.output[tap].shape[1:]]
     n = len(source)
-    meta = {"format": "kerasarch-features", "version": FORMAT_VERSION, **backbone.describe(), "tap": tap,
-            "tap_layer": tap_layer, "fit": fit, "dataset": {**source.describe(), "split": split},
-            "class_names": list(source.class_names), "feature_shape": feature_shape, "dtype": "float32",
-            "num_images": n, "shard_size": shard_size, "batch_size": batch_size,
-            "num_shards": -(-n // shard_size), "complete": False, "shards": [],
-            "unusable_files": [list(f) for f in getattr(source, "skipped", [])]}
+    meta = {
+        "format": "kerasarch-features",
+        "version": FORMAT_VERSION,
+        **backbone.describe(),
+        "tap": tap,
+        "tap_layer": tap_layer,
+        "fit": fit,
+        "dataset": {**source.describe(), "split": split},
+        "class_names": list(source.class_names),
+        "feature_shape": feature_shape,
+        "dtype": "float32",
+        "num_images": n,
+        "shard_size": shard_size,
+        "batch_size": batch_size,
+        "num_shards": -(-n // shard_size),
+        "complete": False,
+        "shards": [],
+        "unusable_files": [list(f) for f in getattr(source, "skipped", [])],
+    }
     out = os.fspath(out)
     if _prepare_out(out, meta, overwrite):
         if verbose:
@@ -118,9 +162,13 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
                 if verbose and now - last >= 2.0:
                     last = now
                     _progress(min(hi, b + batch_size), n, done_now + min(hi, b + batch_size) - lo, now - started)
-            save_npz(path, features=np.concatenate(feats) if feats else np.zeros((0, *feature_shape), "float32"),
-                     labels=np.concatenate(labels) if labels else np.zeros((0,), "int64"),
-                     index=np.concatenate(index) if index else np.zeros((0,), "int64"), tmp_dir=tmp_dir)
+            save_npz(
+                path,
+                features=np.concatenate(feats) if feats else np.zeros((0, *feature_shape), "float32"),
+                labels=np.concatenate(labels) if labels else np.zeros((0,), "int64"),
+                index=np.concatenate(index) if index else np.zeros((0,), "int64"),
+                tmp_dir=tmp_dir,
+            )
             done_now += hi - lo
             if verbose:
                 _progress(hi, n, done_now, time.perf_counter() - started)
@@ -134,14 +182,19 @@ def extract(model, data, tap, out, *, weights=None, split="train", input_shape=N
     meta.update(complete=True, shards=shards, skipped=skipped, num_extracted=sum(sh["count"] for sh in shards))
     if n and not meta["num_extracted"]:
         clean_temporaries(out)
-        raise FinetuneError(f"No image of {source.name} could be read for {meta['model']} (all {n} skipped as "
-                            f"unreadable; the warnings above say why). Nothing was extracted into {out!r}.")
+        raise FinetuneError(
+            f"No image of {source.name} could be read for {meta['model']} (all {n} skipped as "
+            f"unreadable; the warnings above say why). Nothing was extracted into {out!r}."
+        )
     write_json(os.path.join(out, METADATA), meta, tmp_dir=tmp_dir)
     clean_temporaries(out)
     if verbose:
         took = time.perf_counter() - started
-        print(f"[extract] done: {meta['num_extracted']} features of {meta['model']}/{tap} {feature_shape} in {out}"
-              f" ({done_now} computed in {took:.1f}s, {len(skipped)} unreadable images skipped)", file=sys.stderr)
+        print(
+            f"[extract] done: {meta['num_extracted']} features of {meta['model']}/{tap} {feature_shape} in {out}"
+            f" ({done_now} computed in {took:.1f}s, {len(skipped)} unreadable images skipped)",
+            file=sys.stderr,
+        )
     return meta
 
 
@@ -154,8 +207,10 @@ def _prepare_out(out, meta, overwrite):
         others = sorted(f for f in os.listdir(out) if f != TMP_DIR)
         if others:
             shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
-            raise FinetuneError(f"--out {out!r} is not empty ({shown}) and is not a features directory (no "
-                                f"{METADATA}); give a new or empty directory.")
+            raise FinetuneError(
+                f"--out {out!r} is not empty ({shown}) and is not a features directory (no "
+                f"{METADATA}); give a new or empty directory."
+            )
         clean_temporaries(out)  # left by a run killed while writing its first metadata
         return False
     old = read_metadata(out)
@@ -166,8 +221,10 @@ def _prepare_out(out, meta, overwrite):
     if diffs or overwrite:
         if not overwrite:
             detail = "; ".join(f"{k}: {old.get(k)!r} -> {meta.get(k)!r}" for k in diffs[:4])
-            raise FinetuneError(f"{out!r} holds another extraction ({old.get('model')}/{old.get('tap')}; differs in "
-                                f"{detail}). Use another --out, or --overwrite to replace it.")
+            raise FinetuneError(
+                f"{out!r} holds another extraction ({old.get('model')}/{old.get('tap')}; differs in "
+                f"{detail}). Use another --out, or --overwrite to replace it."
+            )
         for f in os.listdir(out):  # exactly the files an extraction writes, nothing else
             if re.fullmatch(r"shard-\d{5}\.npz", f) or f == METADATA:
                 os.remove(os.path.join(out, f))
@@ -187,13 +244,17 @@ def _valid_shard(path, expected):
 def _progress(done, total, done_now, seconds):
     rate = done_now / seconds if seconds > 0 else float("inf")
     eta = (total - done) / rate if rate > 0 else 0.0
-    print(f"[extract] {done}/{total} images ({100 * done / total:.0f}%)  {rate:.1f} img/s  ETA {eta:.0f}s",
-          file=sys.stderr, flush=True)
+    print(
+        f"[extract] {done}/{total} images ({100 * done / total:.0f}%)  {rate:.1f} img/s  ETA {eta:.0f}s",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def register(sub):
-    p = sub.add_parser("extract", help="write a tap's features of a data set to disk (resumable)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "extract", help="write a tap's features of a data set to disk (resumable)", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("model", help="registry name, e.g. lenet5, resnet20, vgg16")
     p.add_argument("data", help="a folder with one sub-folder per class, mnist5k, digits, or tfds:NAME")
     p.add_argument("--tap", required=True, help="paper tap name (kerasarch.features.list_taps) or layer name")
@@ -202,10 +263,15 @@ def register(sub):
     p.add_argument("--split", default="train", help="data set split (built-in: train, test, all)")
     p.add_argument("--input-shape", default=None, help="H,W,C (default: the weights file's, else the model's)")
     p.add_argument("--classes", type=int, default=None, help="classifier width of a .weights.h5 file")
-    p.add_argument("--fit", choices=("auto", "pad", "resize", "resize_crop"), default=None,
-                   help="how images reach the input size (default: the model card's)")
-    p.add_argument("--preprocessing", default=None, help="input convention if not the model's (caffe, torch, tf, "
-                   "unit, none)")
+    p.add_argument(
+        "--fit",
+        choices=("auto", "pad", "resize", "resize_crop"),
+        default=None,
+        help="how images reach the input size (default: the model card's)",
+    )
+    p.add_argument(
+        "--preprocessing", default=None, help="input convention if not the model's (caffe, torch, tf, unit, none)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--shard-size", type=int, default=1024)
     p.add_argument("--seed", type=int, default=0)
@@ -218,11 +284,26 @@ def register(sub):
 def run(args):
     from finetune.backbone import parse_shape
 
-    meta = extract(args.model, args.data, args.tap, args.out, weights=args.weights, split=args.split,
-                   input_shape=parse_shape(args.input_shape), classes=args.classes, fit=args.fit,
-                   preprocessing=args.preprocessing,
-                   batch_size=args.batch_size, shard_size=args.shard_size, seed=args.seed, overwrite=args.overwrite,
-                   data_dir=args.data_dir, verbose=0 if args.quiet else 1)
-    print(f"{meta['num_extracted']} features {tuple(meta['feature_shape'])} of {meta['model']}/{meta['tap']} "
-          f"in {args.out}")
+    meta = extract(
+        args.model,
+        args.data,
+        args.tap,
+        args.out,
+        weights=args.weights,
+        split=args.split,
+        input_shape=parse_shape(args.input_shape),
+        classes=args.classes,
+        fit=args.fit,
+        preprocessing=args.preprocessing,
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        data_dir=args.data_dir,
+        verbose=0 if args.quiet else 1,
+    )
+    print(
+        f"{meta['num_extracted']} features {tuple(meta['feature_shape'])} of {meta['model']}/{meta['tap']} "
+        f"in {args.out}"
+    )
     return 0

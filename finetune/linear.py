@@ -47,13 +47,25 @@ class LinearProbe:
 
     def save(self, directory):
         os.makedirs(directory, exist_ok=True)
-        save_npz(os.path.join(directory, "classifier.npz"), kernel=self.kernel, bias=self.bias, mean=self.mean,
-                 std=self.std)
+        save_npz(
+            os.path.join(directory, "classifier.npz"), kernel=self.kernel, bias=self.bias, mean=self.mean, std=self.std
+        )
         write_json(os.path.join(directory, "classifier.json"), {"class_names": self.class_names, **self.source})
 
 
-def fit_linear(train, test=None, *, test_fraction=0.2, backend="sklearn", C=1.0, pool="auto", seed=0,
-               epochs=300, model=None, tap=None):
+def fit_linear(
+    train,
+    test=None,
+    *,
+    test_fraction=0.2,
+    backend="sklearn",
+    C=1.0,
+    pool="auto",
+    seed=0,
+    epochs=300,
+    model=None,
+    tap=None,
+):
     """Fits a linear classifier on the features of ``train`` and measures its accuracy on ``test``.
 
     Args:
@@ -90,10 +102,16 @@ def fit_linear(train, test=None, *, test_fraction=0.2, backend="sklearn", C=1.0,
     kernel, bias, mean, std = solve_linear(x_train, y_train, classes, C=C, backend=backend, seed=seed, epochs=epochs)
     source = {k: train.metadata.get(k) for k in ("model", "tap", "weights_sha256", "preprocessing", "input_shape")}
     probe = LinearProbe(kernel, bias, mean, std, train.class_names, source)
-    result = {"accuracy": float(np.mean(probe.predict(x_test) == y_test)) if len(y_test) else float("nan"),
-              "train_accuracy": float(np.mean(probe.predict(x_train) == y_train)),
-              "num_train": len(y_train), "num_test": len(y_test), "backend": backend, "C": C,
-              "feature_dim": int(x_train.shape[1]), **source}
+    result = {
+        "accuracy": float(np.mean(probe.predict(x_test) == y_test)) if len(y_test) else float("nan"),
+        "train_accuracy": float(np.mean(probe.predict(x_train) == y_train)),
+        "num_train": len(y_train),
+        "num_test": len(y_test),
+        "backend": backend,
+        "C": C,
+        "feature_dim": int(x_train.shape[1]),
+        **source,
+    }
     return probe, result
 
 
@@ -114,8 +132,9 @@ def solve_linear(x, y, classes, *, C=1.0, backend="sklearn", seed=0, epochs=300)
     x = np.asarray(x, "float32")
     y = np.asarray(y)
     if len(np.unique(y)) < 2:
-        raise FinetuneError(f"A classifier needs training images of at least 2 classes. Received labels: "
-                            f"{sorted(set(y.tolist()))}")
+        raise FinetuneError(
+            f"A classifier needs training images of at least 2 classes. Received labels: {sorted(set(y.tolist()))}"
+        )
     mean = x.mean(axis=0)
     std = x.std(axis=0) + 1e-6
     z = (x - mean) / std
@@ -162,8 +181,11 @@ def _keras_softmax_regression(z, y, classes, C, seed, epochs):
 
 
 def register(sub):
-    p = sub.add_parser("linear", help="fit a linear classifier on extracted features; report held-out accuracy",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "linear",
+        help="fit a linear classifier on extracted features; report held-out accuracy",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("features", help="features directory written by `extract`")
     p.add_argument("--test", default=None, help="held-out features directory (same model, weights and tap)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="held out of FEATURES when no --test")
@@ -178,12 +200,23 @@ def register(sub):
 
 
 def run(args):
-    probe, result = fit_linear(args.features, args.test, test_fraction=args.test_fraction, backend=args.backend,
-                               C=args.C, pool=args.pool, seed=args.seed, model=args.model, tap=args.tap)
+    probe, result = fit_linear(
+        args.features,
+        args.test,
+        test_fraction=args.test_fraction,
+        backend=args.backend,
+        C=args.C,
+        pool=args.pool,
+        seed=args.seed,
+        model=args.model,
+        tap=args.tap,
+    )
     if args.out:
         probe.save(args.out)
         write_json(os.path.join(args.out, "result.json"), result)
-    print(f"linear probe on {result['model']}/{result['tap']} ({result['feature_dim']} features, {args.backend}): "
-          f"held-out accuracy {100 * result['accuracy']:.2f}% on {result['num_test']} images "
-          f"(train {100 * result['train_accuracy']:.2f}% on {result['num_train']})")
+    print(
+        f"linear probe on {result['model']}/{result['tap']} ({result['feature_dim']} features, {args.backend}): "
+        f"held-out accuracy {100 * result['accuracy']:.2f}% on {result['num_test']} images "
+        f"(train {100 * result['train_accuracy']:.2f}% on {result['num_train']})"
+    )
     return 0

@@ -27,7 +27,6 @@ __all__ = [
 ]
 
 
-
 class ImageSource:
     """A fixed sequence of labelled images.
 
@@ -75,8 +74,9 @@ class ImageSource:
 
         first = np.asarray(self.read(0, 1, channels)[0][0])
         c = 1 if first.ndim == 2 else first.shape[-1]
-        ds = tf.data.Dataset.from_generator(generate, output_signature=(
-            tf.TensorSpec((None, None, c), tf.float32), tf.TensorSpec((), tf.int32)))
+        ds = tf.data.Dataset.from_generator(
+            generate, output_signature=(tf.TensorSpec((None, None, c), tf.float32), tf.TensorSpec((), tf.int32))
+        )
         ds.class_names = list(self.class_names)
         ds.num_examples = len(self)
         return ds
@@ -138,8 +138,9 @@ class FolderSource(ImageSource):
             listing = from_directory(root, channels=3, validate="quick")
         except ValueError as e:
             loose = [f for f in os.listdir(root) if f.lower().endswith(IMAGE_EXTENSIONS)]
-            hint = (f" It holds {len(loose)} image files directly; put them in one sub-folder per class."
-                    if loose else "")
+            hint = (
+                f" It holds {len(loose)} image files directly; put them in one sub-folder per class." if loose else ""
+            )
             raise FinetuneError(f"No usable images in {root!r}: {e}{hint}") from e
         self.root = root
         self.name = f"folder:{os.path.basename(os.path.abspath(root))}"
@@ -189,8 +190,10 @@ def stratified_split(labels, fraction, seed):
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
         if len(idx) < 2:
-            raise FinetuneError(f"Class {c} has {len(idx)} image(s): at least 2 are needed to hold one out; "
-                                f"give a separate held-out data set instead.")
+            raise FinetuneError(
+                f"Class {c} has {len(idx)} image(s): at least 2 are needed to hold one out; "
+                f"give a separate held-out data set instead."
+            )
         k = min(len(idx) - 1, max(1, round(fraction * len(idx))))
         held += idx[:k].tolist()
         kept += idx[k:].tolist()

@@ -114,8 +114,10 @@ def read_metadata(directory):
     if not os.path.isdir(directory):
         raise FinetuneError(f"Features directory not found: {os.fspath(directory)!r}.")
     if not os.path.exists(path):
-        raise FinetuneError(f"{os.fspath(directory)!r} is not a features directory: it has no {METADATA} "
-                            f"(make one with `python -m finetune extract`).")
+        raise FinetuneError(
+            f"{os.fspath(directory)!r} is not a features directory: it has no {METADATA} "
+            f"(make one with `python -m finetune extract`)."
+        )
     try:
         with open(path) as f:
             meta = json.load(f)
@@ -158,26 +160,35 @@ def load_features(directory, *, model=None, tap=None):
     meta = read_metadata(directory)
     where = os.fspath(directory)
     if model is not None and meta["model"] != model or tap is not None and meta["tap"] != tap:
-        raise FinetuneError(f"{where!r} holds features of {meta['model']}/{meta['tap']}, not of "
-                            f"{model or meta['model']}/{tap or meta['tap']}: features of one network or tap "
-                            f"cannot stand in for another's.")
+        raise FinetuneError(
+            f"{where!r} holds features of {meta['model']}/{meta['tap']}, not of "
+            f"{model or meta['model']}/{tap or meta['tap']}: features of one network or tap "
+            f"cannot stand in for another's."
+        )
     if not meta.get("complete"):
-        raise FinetuneError(f"The extraction in {where!r} is not finished; run the same `extract` command again "
-                            f"to resume it.")
+        raise FinetuneError(
+            f"The extraction in {where!r} is not finished; run the same `extract` command again to resume it."
+        )
     feats, labels, index = [], [], []
     for shard in meta["shards"]:
         path = os.path.join(where, shard["file"])
         if not os.path.exists(path) or file_sha256(path) != shard["sha256"]:
-            raise FinetuneError(f"Shard {path!r} is missing or does not match the checksum in {METADATA}; "
-                                f"re-run `extract` with --overwrite.")
+            raise FinetuneError(
+                f"Shard {path!r} is missing or does not match the checksum in {METADATA}; "
+                f"re-run `extract` with --overwrite."
+            )
         with np.load(path, allow_pickle=False) as z:
             feats.append(z["features"])
             labels.append(z["labels"])
             index.append(z["index"])
     shape = (0, *meta["feature_shape"])
-    return FeatureSet(where, meta, np.concatenate(feats) if feats else np.zeros(shape, "float32"),
-                      np.concatenate(labels) if labels else np.zeros((0,), "int64"),
-                      np.concatenate(index) if index else np.zeros((0,), "int64"))
+    return FeatureSet(
+        where,
+        meta,
+        np.concatenate(feats) if feats else np.zeros(shape, "float32"),
+        np.concatenate(labels) if labels else np.zeros((0,), "int64"),
+        np.concatenate(index) if index else np.zeros((0,), "int64"),
+    )
 
 
 # What must agree for two features directories to be used together (training one, evaluating the other).
@@ -190,9 +201,13 @@ def check_same_source(a: FeatureSet, b: FeatureSet):
     diffs = [k for k in _SAME_SOURCE_KEYS if a.metadata.get(k) != b.metadata.get(k)]
     if diffs:
         detail = "; ".join(f"{k}: {a.metadata.get(k)!r} vs {b.metadata.get(k)!r}" for k in diffs)
-        raise FinetuneError(f"Features in {a.directory!r} ({a.source}) and {b.directory!r} ({b.source}) come from "
-                            f"different extractions ({detail}); a classifier fitted on one cannot be evaluated "
-                            f"on the other. Extract both with the same model, weights and tap.")
+        raise FinetuneError(
+            f"Features in {a.directory!r} ({a.source}) and {b.directory!r} ({b.source}) come from "
+            f"different extractions ({detail}); a classifier fitted on one cannot be evaluated "
+            f"on the other. Extract both with the same model, weights and tap."
+        )
     if a.class_names != b.class_names:
-        raise FinetuneError(f"Features in {a.directory!r} and {b.directory!r} name different classes: "
-                            f"{a.class_names} vs {b.class_names}.")
+        raise FinetuneError(
+            f"Features in {a.directory!r} and {b.directory!r} name different classes: "
+            f"{a.class_names} vs {b.class_names}."
+        )

@@ -37,8 +37,7 @@ METHODS = ("lp-ft", "scratch", "two-phase")
 LR_DEFAULTS = {"lp-ft": 3e-4, "scratch": 1e-3}
 
 
-def open_splits(data, *, split="train", val=None, val_fraction=0.2, test=None, seed=0, data_dir=None,
-                with_all=False):
+def open_splits(data, *, split="train", val=None, val_fraction=0.2, test=None, seed=0, data_dir=None, with_all=False):
     """``(train, val, test)`` :class:`~finetune.sources.ImageSource` objects (``val``/``test`` may be
     ``None``): ``val`` defaults to a class-balanced ``val_fraction`` of ``data``
     (:func:`finetune.transfer.balanced_split`); all must name the same classes, and every class needs training and
@@ -60,8 +59,10 @@ def open_splits(data, *, split="train", val=None, val_fraction=0.2, test=None, s
     test_source = get(test, "test") if test is not None else None
     for other in (val_source, test_source):
         if other is not None and list(other.class_names) != list(source.class_names):
-            raise FinetuneError(f"{other.name} has the classes {other.class_names}, {source.name} has "
-                                f"{source.class_names}; they must be the same.")
+            raise FinetuneError(
+                f"{other.name} has the classes {other.class_names}, {source.name} has "
+                f"{source.class_names}; they must be the same."
+            )
     if val_source is None and val_fraction:
         kept, held = balanced_split(source.labels, val_fraction, seed, source.class_names)
         source, val_source = source.subset(kept), source.subset(held)
@@ -81,14 +82,14 @@ def _auto_taps(backbone, source, val_source, *, C, seed):
 
     taps = list_taps(backbone.spec)
     last = penultimate_tap(backbone.spec)
-    taps = taps[:taps.index(last) + 1]
+    taps = taps[: taps.index(last) + 1]
     fx = feature_extractor(backbone.model, taps, spec=backbone.spec)
     pooled = []
     for src in (source, val_source):
         x, y = load_arrays(src, backbone)
         parts = {t: [] for t in taps}
         for start in range(0, len(x), 128):
-            out = fx([x[start:start + 128]], training=False)
+            out = fx([x[start : start + 128]], training=False)
             for t in taps:
                 parts[t].append(pool_features(out[t].numpy() if hasattr(out[t], "numpy") else out[t]))
         pooled.append(({t: np.concatenate(v) for t, v in parts.items()}, y))
@@ -101,12 +102,53 @@ def _auto_taps(backbone, source, val_source, *, C, seed):
     return scores
 
 
-def train(model, data, out, *, weights=None, method=None, auto=False, split="train", val=None, val_fraction=0.2,
-          test=None, head_tap=None, freeze_to="none", head_width=0, dropout=0.0, steps=None, lr=None, warmup=0.1,
-          patience=None, refit="auto", layer_decay="auto", probe_c=1.0, weight_decay=0.0, mixup=0.0, cutmix=0.0,
-          randaugment=0, random_erasing=0.0, accumulation=1, ema=None, epochs_head=5, epochs_finetune=5, lr_head=1e-3,
-          lr_finetune=1e-4, batch_size=32, optimizer="adam", augment="none", train_bn=False, input_shape=None,
-          classes=None, preprocessing=None, seed=0, precision="auto", strategy="auto", data_dir=None, verbose=1):
+def train(
+    model,
+    data,
+    out,
+    *,
+    weights=None,
+    method=None,
+    auto=False,
+    split="train",
+    val=None,
+    val_fraction=0.2,
+    test=None,
+    head_tap=None,
+    freeze_to="none",
+    head_width=0,
+    dropout=0.0,
+    steps=None,
+    lr=None,
+    warmup=0.1,
+    patience=None,
+    refit="auto",
+    layer_decay="auto",
+    probe_c=1.0,
+    weight_decay=0.0,
+    mixup=0.0,
+    cutmix=0.0,
+    randaugment=0,
+    random_erasing=0.0,
+    accumulation=1,
+    ema=None,
+    epochs_head=5,
+    epochs_finetune=5,
+    lr_head=1e-3,
+    lr_finetune=1e-4,
+    batch_size=32,
+    optimizer="adam",
+    augment="none",
+    train_bn=False,
+    input_shape=None,
+    classes=None,
+    preprocessing=None,
+    seed=0,
+    precision="auto",
+    strategy="auto",
+    data_dir=None,
+    verbose=1,
+):
     """Fine-tunes registry model ``model`` (with ``weights``) on ``data`` and writes the run to ``out``.
 
     Args:
@@ -153,47 +195,127 @@ def train(model, data, out, *, weights=None, method=None, auto=False, split="tra
     if method not in METHODS:
         raise FinetuneError(f"--method must be one of {', '.join(METHODS)}. Received: {method!r}")
     if method == "scratch" and auto:
-        raise FinetuneError("--auto chooses between a linear probe and LP-FT of pretrained weights; it does not "
-                            "apply to --method scratch.")
+        raise FinetuneError(
+            "--auto chooses between a linear probe and LP-FT of pretrained weights; it does not "
+            "apply to --method scratch."
+        )
     if method == "lp-ft" and head_width:
-        raise FinetuneError(f"LP-FT fits a linear head (phase 1 is the linear probe); --head-width must be 0 with "
-                            f"--method lp-ft. Received: {head_width}")
-    source, val_source, test_source, labelled = open_splits(data, split=split, val=val, val_fraction=val_fraction,
-                                                            test=test, seed=seed, data_dir=data_dir, with_all=True)
+        raise FinetuneError(
+            f"LP-FT fits a linear head (phase 1 is the linear probe); --head-width must be 0 with "
+            f"--method lp-ft. Received: {head_width}"
+        )
+    source, val_source, test_source, labelled = open_splits(
+        data, split=split, val=val, val_fraction=val_fraction, test=test, seed=seed, data_dir=data_dir, with_all=True
+    )
     if refit == "auto":
         refit = val is None and val_source is not None and len(source) < 1000
-    config = {"model": model, "weights": os.path.abspath(weights) if weights else None, "method": method,
-              "auto": auto, "data": source.describe(), "head_tap": head_tap, "freeze_to": freeze_to,
-              "head_width": head_width, "dropout": dropout, "steps": steps, "lr": lr, "warmup": warmup,
-              "patience": patience, "refit": bool(refit), "layer_decay": layer_decay, "probe_c": probe_c,
-              "weight_decay": weight_decay,
-              "mixup": mixup, "cutmix": cutmix, "randaugment": randaugment, "random_erasing": random_erasing,
-              "accumulation": accumulation, "ema": ema, "batch_size": batch_size, "optimizer": optimizer,
-              "augment": augment, "train_bn": train_bn, "seed": seed, "precision": precision,
-              "val": val_source.describe() if val_source is not None else None}
+    config = {
+        "model": model,
+        "weights": os.path.abspath(weights) if weights else None,
+        "method": method,
+        "auto": auto,
+        "data": source.describe(),
+        "head_tap": head_tap,
+        "freeze_to": freeze_to,
+        "head_width": head_width,
+        "dropout": dropout,
+        "steps": steps,
+        "lr": lr,
+        "warmup": warmup,
+        "patience": patience,
+        "refit": bool(refit),
+        "layer_decay": layer_decay,
+        "probe_c": probe_c,
+        "weight_decay": weight_decay,
+        "mixup": mixup,
+        "cutmix": cutmix,
+        "randaugment": randaugment,
+        "random_erasing": random_erasing,
+        "accumulation": accumulation,
+        "ema": ema,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "augment": augment,
+        "train_bn": train_bn,
+        "seed": seed,
+        "precision": precision,
+        "val": val_source.describe() if val_source is not None else None,
+    }
     if method == "two-phase":
-        return _two_phase(model, out, source, val_source, test_source, config, weights=weights, head_tap=head_tap,
-                          freeze_to=freeze_to, head_width=head_width, dropout=dropout, epochs_head=epochs_head,
-                          epochs_finetune=epochs_finetune, lr_head=lr_head, lr_finetune=lr_finetune,
-                          batch_size=batch_size, optimizer=optimizer, augment=augment, train_bn=train_bn,
-                          input_shape=input_shape, classes=classes, preprocessing=preprocessing, seed=seed,
-                          precision=precision, strategy=strategy, verbose=verbose)
+        return _two_phase(
+            model,
+            out,
+            source,
+            val_source,
+            test_source,
+            config,
+            weights=weights,
+            head_tap=head_tap,
+            freeze_to=freeze_to,
+            head_width=head_width,
+            dropout=dropout,
+            epochs_head=epochs_head,
+            epochs_finetune=epochs_finetune,
+            lr_head=lr_head,
+            lr_finetune=lr_finetune,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            augment=augment,
+            train_bn=train_bn,
+            input_shape=input_shape,
+            classes=classes,
+            preprocessing=preprocessing,
+            seed=seed,
+            precision=precision,
+            strategy=strategy,
+            verbose=verbose,
+        )
     done = os.path.join(out, "result.json")
     if os.path.exists(done) and os.path.exists(os.path.join(out, "model.keras")):
         with open(done) as f:
             previous = json.load(f)
         if previous.get("config") == json.loads(json.dumps(config)):
             return previous  # a finished run with the same settings
-    return _step_budget_run(model, out, source, val_source, test_source, config, weights=weights, method=method,
-                            labelled=labelled if refit else None,
-                            auto=auto, head_tap=head_tap, freeze_to=freeze_to, head_width=head_width,
-                            dropout=dropout, steps=steps, lr=lr, warmup=warmup, patience=patience,
-                            layer_decay=layer_decay, probe_c=probe_c, weight_decay=weight_decay, mixup=mixup,
-                            cutmix=cutmix, randaugment=randaugment, random_erasing=random_erasing,
-                            accumulation=accumulation, ema=ema, batch_size=batch_size, optimizer=optimizer,
-                            augment=augment, train_bn=train_bn, input_shape=input_shape, classes=classes,
-                            preprocessing=preprocessing, seed=seed, precision=precision, strategy=strategy,
-                            verbose=verbose)
+    return _step_budget_run(
+        model,
+        out,
+        source,
+        val_source,
+        test_source,
+        config,
+        weights=weights,
+        method=method,
+        labelled=labelled if refit else None,
+        auto=auto,
+        head_tap=head_tap,
+        freeze_to=freeze_to,
+        head_width=head_width,
+        dropout=dropout,
+        steps=steps,
+        lr=lr,
+        warmup=warmup,
+        patience=patience,
+        layer_decay=layer_decay,
+        probe_c=probe_c,
+        weight_decay=weight_decay,
+        mixup=mixup,
+        cutmix=cutmix,
+        randaugment=randaugment,
+        random_erasing=random_erasing,
+        accumulation=accumulation,
+        ema=ema,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        augment=augment,
+        train_bn=train_bn,
+        input_shape=input_shape,
+        classes=classes,
+        preprocessing=preprocessing,
+        seed=seed,
+        precision=precision,
+        strategy=strategy,
+        verbose=verbose,
+    )
 
 
 def _weighted_layers(model):
@@ -207,11 +329,18 @@ def _finish(net, backbone, out, source, val_source, test_source, result):
     from kerasarch.training.checkpoint import atomic_save_model
 
     os.makedirs(out, exist_ok=True)
-    net = backbone.card_for(net, source.class_names, recipe=result.get("config"),
-                            data={**source.describe(), "examples": len(source)})
+    net = backbone.card_for(
+        net, source.class_names, recipe=result.get("config"), data={**source.describe(), "examples": len(source)}
+    )
     atomic_save_model(net, os.path.join(out, "model.keras"))
-    result.update({**backbone.describe(), "data": source.describe(), "class_names": list(source.class_names),
-                   "num_train": len(source)})
+    result.update(
+        {
+            **backbone.describe(),
+            "data": source.describe(),
+            "class_names": list(source.class_names),
+            "num_train": len(source),
+        }
+    )
     if val_source is not None:
         result["num_val"] = len(val_source)
     if test_source is not None:
@@ -221,10 +350,47 @@ def _finish(net, backbone, out, source, val_source, test_source, result):
     return result
 
 
-def _step_budget_run(model, out, source, val_source, test_source, config, *, weights, method, labelled, auto, head_tap,
-                     freeze_to, head_width, dropout, steps, lr, warmup, patience, layer_decay, probe_c, weight_decay,
-                     mixup, cutmix, randaugment, random_erasing, accumulation, ema, batch_size, optimizer, augment,
-                     train_bn, input_shape, classes, preprocessing, seed, precision, strategy, verbose):
+def _step_budget_run(
+    model,
+    out,
+    source,
+    val_source,
+    test_source,
+    config,
+    *,
+    weights,
+    method,
+    labelled,
+    auto,
+    head_tap,
+    freeze_to,
+    head_width,
+    dropout,
+    steps,
+    lr,
+    warmup,
+    patience,
+    layer_decay,
+    probe_c,
+    weight_decay,
+    mixup,
+    cutmix,
+    randaugment,
+    random_erasing,
+    accumulation,
+    ema,
+    batch_size,
+    optimizer,
+    augment,
+    train_bn,
+    input_shape,
+    classes,
+    preprocessing,
+    seed,
+    precision,
+    strategy,
+    verbose,
+):
     import time
 
     from finetune.backbone import load_backbone
@@ -247,10 +413,13 @@ def _step_budget_run(model, out, source, val_source, test_source, config, *, wei
 
     with precision_scope(precision, strategy) as (policy, strat):
         if strat.num_replicas_in_sync > 1:
-            raise FinetuneError(f"--method {method} trains on one device; use --method two-phase to train on "
-                                f"{strat.num_replicas_in_sync} replicas.")
-        backbone = load_backbone(model, weights, input_shape=input_shape, classes=classes, seed=seed,
-                                 preprocessing=preprocessing)
+            raise FinetuneError(
+                f"--method {method} trains on one device; use --method two-phase to train on "
+                f"{strat.num_replicas_in_sync} replicas."
+            )
+        backbone = load_backbone(
+            model, weights, input_shape=input_shape, classes=classes, seed=seed, preprocessing=preprocessing
+        )
         channels = backbone.input_shape[-1]
         report = {}
         if auto:
@@ -261,8 +430,9 @@ def _step_budget_run(model, out, source, val_source, test_source, config, *, wei
             report["probe_val_accuracy"] = scores
             log("linear probes (val accuracy): " + ", ".join(f"{t} {100 * a:.1f}%" for t, a in scores.items()))
         frozen = frozen_layer_names(backbone, freeze_to)
-        net = build_transfer_model(backbone, len(source.class_names), head_tap=head_tap, head_width=head_width,
-                                   dropout=dropout)
+        net = build_transfer_model(
+            backbone, len(source.class_names), head_tap=head_tap, head_width=head_width, dropout=dropout
+        )
     train_ds = source.to_dataset(channels)
     val_ds = val_source.to_dataset(channels) if val_source is not None else None
     budget = int(steps or step_budget(len(source)))
@@ -277,31 +447,59 @@ def _step_budget_run(model, out, source, val_source, test_source, config, *, wei
         set_phase(net, "finetune", frozen, train_bn=train_bn)
     else:  # scratch: everything trains, BatchNorm included
         set_phase(net, "finetune", (), train_bn=True)
-    augmenter = keras_augmenter(randaugment=randaugment, random_erasing=random_erasing, mixup=mixup, cutmix=cutmix,
-                                seed=seed)
-    history = fit_steps(net, train_ds, val_ds, steps=budget, lr=rate, batch_size=batch_size, optimizer=optimizer,
-                        weight_decay=weight_decay, warmup=warmup, layer_decay=decay, spec=backbone.spec,
-                        preprocessing=backbone.preprocessing, augment=augment, augmenter=augmenter,
-                        accumulation=accumulation, ema=ema, patience=patience, seed=seed,
-                        log=log if verbose else None)
+    augmenter = keras_augmenter(
+        randaugment=randaugment, random_erasing=random_erasing, mixup=mixup, cutmix=cutmix, seed=seed
+    )
+    history = fit_steps(
+        net,
+        train_ds,
+        val_ds,
+        steps=budget,
+        lr=rate,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        weight_decay=weight_decay,
+        warmup=warmup,
+        layer_decay=decay,
+        spec=backbone.spec,
+        preprocessing=backbone.preprocessing,
+        augment=augment,
+        augmenter=augmenter,
+        accumulation=accumulation,
+        ema=ema,
+        patience=patience,
+        seed=seed,
+        log=log if verbose else None,
+    )
     chosen = method
     if auto:
-        report.update(head_tap=net._finetune_head_tap, linear_probe_val_accuracy=history["val_accuracy"][0],
-                      lp_ft_val_accuracy=max(history["val_accuracy"]))
+        report.update(
+            head_tap=net._finetune_head_tap,
+            linear_probe_val_accuracy=history["val_accuracy"][0],
+            lp_ft_val_accuracy=max(history["val_accuracy"]),
+        )
         chosen = "linear" if history["best_step"] == 0 else "lp-ft"  # step 0 is the probe itself
         report["chosen"] = chosen
-        log(f"auto: linear probe on {report['head_tap']} {100 * report['linear_probe_val_accuracy']:.1f}% vs LP-FT "
+        log(
+            f"auto: linear probe on {report['head_tap']} {100 * report['linear_probe_val_accuracy']:.1f}% vs LP-FT "
             f"{100 * report['lp_ft_val_accuracy']:.1f}% on validation: keeping the "
-            f"{'linear probe' if chosen == 'linear' else 'fine-tuned network'}")
+            f"{'linear probe' if chosen == 'linear' else 'fine-tuned network'}"
+        )
     refit_updates = None
     if labelled is not None:  # the same schedule again on every labelled image, stopped where validation chose
         refit_updates = history["best_step"]
         log(f"refit on all {len(labelled)} labelled images for {refit_updates} of {budget} updates")
         with precision_scope(precision, strategy):
-            backbone = load_backbone(model, weights, input_shape=input_shape, classes=classes, seed=seed,
-                                     preprocessing=preprocessing)
-            net = build_transfer_model(backbone, len(source.class_names), head_tap=net._finetune_head_tap,
-                                       head_width=head_width, dropout=dropout)
+            backbone = load_backbone(
+                model, weights, input_shape=input_shape, classes=classes, seed=seed, preprocessing=preprocessing
+            )
+            net = build_transfer_model(
+                backbone,
+                len(source.class_names),
+                head_tap=net._finetune_head_tap,
+                head_width=head_width,
+                dropout=dropout,
+            )
         all_ds = labelled.to_dataset(channels)
         if method == "lp-ft":
             linear_head(net, all_ds, preprocessing=backbone.preprocessing, C=probe_c, seed=seed)
@@ -309,53 +507,143 @@ def _step_budget_run(model, out, source, val_source, test_source, config, *, wei
         else:
             set_phase(net, "finetune", (), train_bn=True)
         if refit_updates:
-            fit_steps(net, all_ds, None, steps=budget, stop_after=refit_updates, lr=rate, batch_size=batch_size,
-                      optimizer=optimizer, weight_decay=weight_decay, warmup=warmup, layer_decay=decay,
-                      spec=backbone.spec, preprocessing=backbone.preprocessing, augment=augment, augmenter=augmenter,
-                      accumulation=accumulation, ema=ema, seed=seed)
+            fit_steps(
+                net,
+                all_ds,
+                None,
+                steps=budget,
+                stop_after=refit_updates,
+                lr=rate,
+                batch_size=batch_size,
+                optimizer=optimizer,
+                weight_decay=weight_decay,
+                warmup=warmup,
+                layer_decay=decay,
+                spec=backbone.spec,
+                preprocessing=backbone.preprocessing,
+                augment=augment,
+                augmenter=augmenter,
+                accumulation=accumulation,
+                ema=ema,
+                seed=seed,
+            )
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "history.json"), history)
-    result = {"refit_updates": refit_updates, "config": json.loads(json.dumps(config)), "method": method,
-              "chosen": chosen,
-              "head_tap": net._finetune_head_tap, "freeze_to": freeze_to, "frozen_layers": len(frozen),
-              "steps": budget, "updates": history["updates"], "best_step": history["best_step"],
-              "stopped_early": history["stopped_early"], "lr": rate, "layer_decay": decay, "batch_size": batch_size,
-              "optimizer": optimizer, "precision": policy, "seed": seed, "seconds": round(history["seconds"], 1),
-              "val_accuracy": (history["val_accuracy"][history["step"].index(history["best_step"])]
-                               if history["val_accuracy"] else None), **report}
+    result = {
+        "refit_updates": refit_updates,
+        "config": json.loads(json.dumps(config)),
+        "method": method,
+        "chosen": chosen,
+        "head_tap": net._finetune_head_tap,
+        "freeze_to": freeze_to,
+        "frozen_layers": len(frozen),
+        "steps": budget,
+        "updates": history["updates"],
+        "best_step": history["best_step"],
+        "stopped_early": history["stopped_early"],
+        "lr": rate,
+        "layer_decay": decay,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "precision": policy,
+        "seed": seed,
+        "seconds": round(history["seconds"], 1),
+        "val_accuracy": (
+            history["val_accuracy"][history["step"].index(history["best_step"])] if history["val_accuracy"] else None
+        ),
+        **report,
+    }
     return _finish(net, backbone, out, source, val_source, test_source, result)
 
 
-def _two_phase(model, out, source, val_source, test_source, config, *, weights, head_tap, freeze_to, head_width,
-               dropout, epochs_head, epochs_finetune, lr_head, lr_finetune, batch_size, optimizer, augment, train_bn,
-               input_shape, classes, preprocessing, seed, precision, strategy, verbose):
+def _two_phase(
+    model,
+    out,
+    source,
+    val_source,
+    test_source,
+    config,
+    *,
+    weights,
+    head_tap,
+    freeze_to,
+    head_width,
+    dropout,
+    epochs_head,
+    epochs_finetune,
+    lr_head,
+    lr_finetune,
+    batch_size,
+    optimizer,
+    augment,
+    train_bn,
+    input_shape,
+    classes,
+    preprocessing,
+    seed,
+    precision,
+    strategy,
+    verbose,
+):
     """The previous default: a head phase with the network frozen, then the unfrozen phase (epochs, constant
     rates), on :func:`kerasarch.training.train`."""
     from finetune.backbone import load_backbone
     from finetune.transfer import build_transfer_model, fine_tune, frozen_layer_names, precision_scope
 
     with precision_scope(precision, strategy) as (policy, strat):
-        backbone = load_backbone(model, weights, input_shape=input_shape, classes=classes, seed=seed,
-                                 preprocessing=preprocessing)
+        backbone = load_backbone(
+            model, weights, input_shape=input_shape, classes=classes, seed=seed, preprocessing=preprocessing
+        )
         frozen = frozen_layer_names(backbone, freeze_to)
-        net = build_transfer_model(backbone, len(source.class_names), head_tap=head_tap, head_width=head_width,
-                                   dropout=dropout)
+        net = build_transfer_model(
+            backbone, len(source.class_names), head_tap=head_tap, head_width=head_width, dropout=dropout
+        )
     channels = backbone.input_shape[-1]
     train_ds = source.to_dataset(channels)
     val_ds = val_source.to_dataset(channels) if val_source is not None else None
     os.makedirs(out, exist_ok=True)
-    history = fine_tune(net, train_ds, val_ds, frozen=frozen, train_bn=train_bn, epochs_head=epochs_head,
-                        epochs_finetune=epochs_finetune, lr_head=lr_head, lr_finetune=lr_finetune,
-                        batch_size=batch_size, optimizer=optimizer, augment=augment,
-                        preprocessing=backbone.preprocessing, strategy=strat, seed=seed,
-                        verbose=verbose if verbose else 0, out_dir=out)
-    result = {"config": json.loads(json.dumps(config)), "method": "two-phase", "chosen": "two-phase",
-              "head_tap": net._finetune_head_tap, "freeze_to": freeze_to, "frozen_layers": len(frozen),
-              "head_width": head_width, "dropout": dropout, "epochs_head": epochs_head,
-              "epochs_finetune": epochs_finetune, "lr_head": lr_head, "lr_finetune": lr_finetune,
-              "batch_size": batch_size, "optimizer": optimizer, "augment": augment, "train_bn": train_bn,
-              "seed": seed, "precision": policy, "strategy": type(strat).__name__,
-              "train_accuracy": history.get("accuracy", [None])[-1], "seconds": round(history["seconds"], 1)}
+    history = fine_tune(
+        net,
+        train_ds,
+        val_ds,
+        frozen=frozen,
+        train_bn=train_bn,
+        epochs_head=epochs_head,
+        epochs_finetune=epochs_finetune,
+        lr_head=lr_head,
+        lr_finetune=lr_finetune,
+        batch_size=batch_size,
+        optimizer=optimizer,
+        augment=augment,
+        preprocessing=backbone.preprocessing,
+        strategy=strat,
+        seed=seed,
+        verbose=verbose if verbose else 0,
+        out_dir=out,
+    )
+    result = {
+        "config": json.loads(json.dumps(config)),
+        "method": "two-phase",
+        "chosen": "two-phase",
+        "head_tap": net._finetune_head_tap,
+        "freeze_to": freeze_to,
+        "frozen_layers": len(frozen),
+        "head_width": head_width,
+        "dropout": dropout,
+        "epochs_head": epochs_head,
+        "epochs_finetune": epochs_finetune,
+        "lr_head": lr_head,
+        "lr_finetune": lr_finetune,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "augment": augment,
+        "train_bn": train_bn,
+        "seed": seed,
+        "precision": policy,
+        "strategy": type(strat).__name__,
+        "train_accuracy": history.get("accuracy", [None])[-1],
+        "seconds": round(history["seconds"], 1),
+    }
     if val_ds is not None:
         result["val_accuracy"] = history.get("val_accuracy", [None])[-1]
     return _finish(net, backbone, out, source, val_source, test_source, result)
@@ -369,9 +657,11 @@ def add_schedule_args(p):
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--input-shape", default=None, help="H,W,C (default: the weights file's, else the model's)")
     p.add_argument("--classes", type=int, default=None, help="classifier width of a .weights.h5 file")
-    p.add_argument("--preprocessing", default=None,
-                   help="input convention of the weights if not the recorded/default one (caffe, torch, tf, unit, "
-                        "lecun, none)")
+    p.add_argument(
+        "--preprocessing",
+        default=None,
+        help="input convention of the weights if not the recorded/default one (caffe, torch, tf, unit, lecun, none)",
+    )
     p.add_argument("--head-tap", default=None, help="tap the new head reads (default: the penultimate tap)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--optimizer", choices=("adam", "sgd", "adamw", "rmsprop"), default="adam")
@@ -382,42 +672,70 @@ def add_schedule_args(p):
 
 
 def register(sub):
-    p = sub.add_parser("train", help="fine-tune a network end to end (LP-FT by default)",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "train", help="fine-tune a network end to end (LP-FT by default)", description=__doc__.split("\n\n")[0]
+    )
     p.add_argument("model", help="registry name")
     p.add_argument("data", help="a folder with one sub-folder per class, mnist5k, digits, or tfds:NAME")
     p.add_argument("--out", required=True, help="run directory")
     add_schedule_args(p)
     p.add_argument("--test", default=None, help="test data evaluated once at the end")
-    p.add_argument("--method", choices=METHODS, default=None,
-                   help="lp-ft (default with --weights), scratch (default without), two-phase (the old schedule)")
-    p.add_argument("--auto", action="store_true",
-                   help="pick the head tap by linear probes on validation, then the probe or LP-FT, and report it")
-    p.add_argument("--freeze-to", default="none",
-                   help="tap up to which the network stays frozen while fine-tuning ('none': all trains, 'all': "
-                        "head only)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="lp-ft (default with --weights), scratch (default without), two-phase (the old schedule)",
+    )
+    p.add_argument(
+        "--auto",
+        action="store_true",
+        help="pick the head tap by linear probes on validation, then the probe or LP-FT, and report it",
+    )
+    p.add_argument(
+        "--freeze-to",
+        default="none",
+        help="tap up to which the network stays frozen while fine-tuning ('none': all trains, 'all': head only)",
+    )
     p.add_argument("--head-width", type=int, default=0, help="two-phase: hidden units of the head (0: linear)")
     p.add_argument("--dropout", type=float, default=0.0)
     g = p.add_argument_group("lp-ft and scratch (schedules in optimizer updates)")
-    g.add_argument("--steps", type=int, default=None,
-                   help="optimizer updates (default: max(300, 30 passes over the training set at batch 32))")
+    g.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="optimizer updates (default: max(300, 30 passes over the training set at batch 32))",
+    )
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (default: 3e-4 lp-ft, 1e-3 scratch)")
     g.add_argument("--warmup", type=float, default=0.1, help="linear warm-up, fraction of the updates")
-    g.add_argument("--patience", type=int, default=None,
-                   help="validations without improvement before stopping (default: a third of the 20)")
-    g.add_argument("--layer-decay", default="auto",
-                   help="learning-rate factor per tap towards the input ('auto': 0.7 for deep networks, 'none')")
+    g.add_argument(
+        "--patience",
+        type=int,
+        default=None,
+        help="validations without improvement before stopping (default: a third of the 20)",
+    )
+    g.add_argument(
+        "--layer-decay",
+        default="auto",
+        help="learning-rate factor per tap towards the input ('auto': 0.7 for deep networks, 'none')",
+    )
     g.add_argument("--probe-c", type=float, default=1.0, help="inverse L2 strength of the phase-1 linear probe")
     g.add_argument("--weight-decay", type=float, default=0.0, help="decoupled weight decay with --optimizer adamw")
     g.add_argument("--mixup", type=float, default=0.0, help="keras.layers.MixUp alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=0.0, help="keras.layers.CutMix factor (0: off)")
     g.add_argument("--randaugment", type=int, default=0, help="keras.layers.RandAugment operations per image (0: off)")
-    g.add_argument("--random-erasing", type=float, default=0.0,
-                   help="keras.layers.RandomErasing probability (0: off)")
-    g.add_argument("--grad-accum", type=int, default=1,
-                   help="batches per optimizer update (the optimizer's gradient_accumulation_steps)")
-    g.add_argument("--ema", type=float, default=None,
-                   help="momentum of weight averaging (the optimizer's use_ema), evaluated and kept (e.g. 0.99)")
+    g.add_argument("--random-erasing", type=float, default=0.0, help="keras.layers.RandomErasing probability (0: off)")
+    g.add_argument(
+        "--grad-accum",
+        type=int,
+        default=1,
+        help="batches per optimizer update (the optimizer's gradient_accumulation_steps)",
+    )
+    g.add_argument(
+        "--ema",
+        type=float,
+        default=None,
+        help="momentum of weight averaging (the optimizer's use_ema), evaluated and kept (e.g. 0.99)",
+    )
     g = p.add_argument_group("two-phase")
     g.add_argument("--epochs-head", type=int, default=5)
     g.add_argument("--epochs-finetune", type=int, default=5)
@@ -438,19 +756,51 @@ def run(args):
             decay = float(decay)
         except ValueError:
             raise FinetuneError(f"--layer-decay must be auto, none or a number. Received: {decay!r}") from None
-    result = train(args.model, args.data, args.out, weights=args.weights, method=args.method, auto=args.auto,
-                   split=args.split, val=args.val, val_fraction=args.val_fraction, test=args.test,
-                   head_tap=args.head_tap, freeze_to=args.freeze_to, head_width=args.head_width, dropout=args.dropout,
-                   steps=args.steps, lr=args.lr, warmup=args.warmup, patience=args.patience, layer_decay=decay,
-                   probe_c=args.probe_c, weight_decay=args.weight_decay, mixup=args.mixup, cutmix=args.cutmix,
-                   randaugment=args.randaugment, random_erasing=args.random_erasing, accumulation=args.grad_accum,
-                   ema=args.ema, epochs_head=args.epochs_head, epochs_finetune=args.epochs_finetune,
-                   lr_head=args.lr_head, lr_finetune=args.lr_finetune, batch_size=args.batch_size,
-                   optimizer=args.optimizer, augment=args.augment, train_bn=args.train_bn,
-                   input_shape=parse_shape(args.input_shape), classes=args.classes, preprocessing=args.preprocessing,
-                   seed=args.seed, precision=args.precision,
-                   strategy=None if args.strategy == "default" else args.strategy, data_dir=args.data_dir,
-                   verbose=0 if args.quiet else "auto")
+    result = train(
+        args.model,
+        args.data,
+        args.out,
+        weights=args.weights,
+        method=args.method,
+        auto=args.auto,
+        split=args.split,
+        val=args.val,
+        val_fraction=args.val_fraction,
+        test=args.test,
+        head_tap=args.head_tap,
+        freeze_to=args.freeze_to,
+        head_width=args.head_width,
+        dropout=args.dropout,
+        steps=args.steps,
+        lr=args.lr,
+        warmup=args.warmup,
+        patience=args.patience,
+        layer_decay=decay,
+        probe_c=args.probe_c,
+        weight_decay=args.weight_decay,
+        mixup=args.mixup,
+        cutmix=args.cutmix,
+        randaugment=args.randaugment,
+        random_erasing=args.random_erasing,
+        accumulation=args.grad_accum,
+        ema=args.ema,
+        epochs_head=args.epochs_head,
+        epochs_finetune=args.epochs_finetune,
+        lr_head=args.lr_head,
+        lr_finetune=args.lr_finetune,
+        batch_size=args.batch_size,
+        optimizer=args.optimizer,
+        augment=args.augment,
+        train_bn=args.train_bn,
+        input_shape=parse_shape(args.input_shape),
+        classes=args.classes,
+        preprocessing=args.preprocessing,
+        seed=args.seed,
+        precision=args.precision,
+        strategy=None if args.strategy == "default" else args.strategy,
+        data_dir=args.data_dir,
+        verbose=0 if args.quiet else "auto",
+    )
     line = f"fine-tuned {result['model']} ({result['method']}) on {result['num_train']} images"
     if args.auto:
         line += f" (auto: {'linear probe' if result['chosen'] == 'linear' else 'LP-FT'} on {result['head_tap']})"

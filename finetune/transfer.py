@@ -21,9 +21,25 @@ import numpy as np
 
 from finetune.errors import FinetuneError
 
-__all__ = ["HEAD_PREFIX", "balanced_split", "batch_stream", "build_transfer_model", "check_labels", "fine_tune",
-           "fit_steps", "frozen_layer_names", "keras_augmenter", "layer_groups", "linear_head", "load_arrays",
-           "phase_recipe", "precision_scope", "set_phase", "step_budget", "warmup_cosine"]
+__all__ = [
+    "HEAD_PREFIX",
+    "balanced_split",
+    "batch_stream",
+    "build_transfer_model",
+    "check_labels",
+    "fine_tune",
+    "fit_steps",
+    "frozen_layer_names",
+    "keras_augmenter",
+    "layer_groups",
+    "linear_head",
+    "load_arrays",
+    "phase_recipe",
+    "precision_scope",
+    "set_phase",
+    "step_budget",
+    "warmup_cosine",
+]
 
 HEAD_PREFIX = "head_"
 
@@ -126,8 +142,11 @@ def load_arrays(source, backbone, *, fit=None, batch_size=256):
     for start in range(0, len(source), batch_size):
         images, labels, _ = source.read(start, start + batch_size, channels=backbone.input_shape[-1])
         if len(labels):
-            xs.append(prepare_batch(images, backbone.input_shape, backbone.preprocessing,
-                                    input_config=backbone.input_for(fit)))
+            xs.append(
+                prepare_batch(
+                    images, backbone.input_shape, backbone.preprocessing, input_config=backbone.input_for(fit)
+                )
+            )
             ys.append(labels)
     if not xs:
         raise FinetuneError(f"No readable images in {source.name}.")
@@ -152,14 +171,45 @@ def precision_scope(precision="float32", strategy=None):
 
 def phase_recipe(lr, *, batch_size=32, optimizer="adam", augment="none", preprocessing="unit", weight_decay=0.0):
     """The :func:`kerasarch.training.get_recipe` overrides of one fine-tuning phase: a constant learning rate."""
-    return {"base": "generic", "optimizer": optimizer, "lr": float(lr), "momentum": 0.9, "nesterov": False,
-            "lr_scaling": None, "batch_size": int(batch_size), "schedule": {"type": "constant"},
-            "augment": augment, "preprocessing": preprocessing, "weight_decay": float(weight_decay), "dropout": None}
+    return {
+        "base": "generic",
+        "optimizer": optimizer,
+        "lr": float(lr),
+        "momentum": 0.9,
+        "nesterov": False,
+        "lr_scaling": None,
+        "batch_size": int(batch_size),
+        "schedule": {"type": "constant"},
+        "augment": augment,
+        "preprocessing": preprocessing,
+        "weight_decay": float(weight_decay),
+        "dropout": None,
+    }
 
 
-def fine_tune(model, train_ds, val_ds=None, *, frozen=(), train_bn=False, epochs_head=5, epochs_finetune=5,
-              lr_head=1e-3, lr_finetune=1e-4, batch_size=32, optimizer="adam", augment="none", preprocessing="unit",
-              weight_decay=0.0, strategy=None, callbacks=(), seed=0, verbose=0, out_dir=None, initial_epoch=0):
+def fine_tune(
+    model,
+    train_ds,
+    val_ds=None,
+    *,
+    frozen=(),
+    train_bn=False,
+    epochs_head=5,
+    epochs_finetune=5,
+    lr_head=1e-3,
+    lr_finetune=1e-4,
+    batch_size=32,
+    optimizer="adam",
+    augment="none",
+    preprocessing="unit",
+    weight_decay=0.0,
+    strategy=None,
+    callbacks=(),
+    seed=0,
+    verbose=0,
+    out_dir=None,
+    initial_epoch=0,
+):
     """Trains a transfer model in two phases with :func:`kerasarch.training.train`: ``epochs_head`` epochs of
     the head alone at ``lr_head``, then ``epochs_finetune`` epochs with the layers outside ``frozen`` unfrozen at
     ``lr_finetune`` (constant rates, the optimizer restarted between phases).
@@ -188,12 +238,27 @@ def fine_tune(model, train_ds, val_ds=None, *, frozen=(), train_bn=False, epochs
         if hi <= lo:
             continue
         set_phase(model, phase, frozen, train_bn=train_bn)
-        recipe = phase_recipe(lr, batch_size=batch_size, optimizer=optimizer, augment=augment,
-                              preprocessing=preprocessing, weight_decay=weight_decay)
-        result = training.train(model, train_ds, val_ds, recipe=recipe, epochs=hi - lo, precision="auto",
-                                strategy=strategy, out_dir=os.path.join(out_dir, phase) if out_dir else None,
-                                seed=seed + (1 if phase == "finetune" else 0), callbacks=list(callbacks),
-                                verbose=verbose)
+        recipe = phase_recipe(
+            lr,
+            batch_size=batch_size,
+            optimizer=optimizer,
+            augment=augment,
+            preprocessing=preprocessing,
+            weight_decay=weight_decay,
+        )
+        result = training.train(
+            model,
+            train_ds,
+            val_ds,
+            recipe=recipe,
+            epochs=hi - lo,
+            precision="auto",
+            strategy=strategy,
+            out_dir=os.path.join(out_dir, phase) if out_dir else None,
+            seed=seed + (1 if phase == "finetune" else 0),
+            callbacks=list(callbacks),
+            verbose=verbose,
+        )
         if result.stop_reason in ("nan_loss", "interrupted"):
             raise FinetuneError(f"The {phase} phase stopped: {result.stop_reason}.")
         for k, v in result.history.items():
@@ -248,16 +313,20 @@ def balanced_split(labels, fraction, seed, class_names=None):
     counts = {int(c): int(np.sum(labels == c)) for c in (range(len(names)) if names else np.unique(labels))}
     few = {name(c): n for c, n in counts.items() if n < 2}
     if few:
-        raise FinetuneError(f"Every class needs at least 2 labelled images (one to train, one to validate). "
-                            f"Received: {few} (class: images).")
+        raise FinetuneError(
+            f"Every class needs at least 2 labelled images (one to train, one to validate). "
+            f"Received: {few} (class: images)."
+        )
     rng = np.random.default_rng(seed)
     kept, held = [], []
     for c in sorted(counts):
         idx = rng.permutation(np.flatnonzero(labels == c))
         k = max(1, int(round(fraction * len(idx))))
         if k >= len(idx):
-            raise FinetuneError(f"A validation fraction of {fraction} takes all {len(idx)} images of class "
-                                f"{name(c)!r}, leaving none to train on; lower --val-fraction or give --val.")
+            raise FinetuneError(
+                f"A validation fraction of {fraction} takes all {len(idx)} images of class "
+                f"{name(c)!r}, leaving none to train on; lower --val-fraction or give --val."
+            )
         held += idx[:k].tolist()
         kept += idx[k:].tolist()
     return np.sort(np.asarray(kept, "int64")), np.sort(np.asarray(held, "int64"))
@@ -269,8 +338,9 @@ def check_labels(labels, classes, what, *, minimum=1):
     counts = np.bincount(np.asarray(labels, "int64"), minlength=len(classes))
     short = {str(classes[c]): int(counts[c]) for c in range(len(classes)) if counts[c] < minimum}
     if short:
-        raise FinetuneError(f"{what} needs at least {minimum} image(s) of every class. Received: {short} "
-                            f"(class: images).")
+        raise FinetuneError(
+            f"{what} needs at least {minimum} image(s) of every class. Received: {short} (class: images)."
+        )
 
 
 def warmup_cosine(lr, steps, warmup=0.1):
@@ -283,8 +353,9 @@ def warmup_cosine(lr, steps, warmup=0.1):
     w = min(w, steps - 1)
     if w <= 0:
         return keras.optimizers.schedules.CosineDecay(float(lr), decay_steps=max(1, steps), alpha=0.0)
-    return keras.optimizers.schedules.CosineDecay(0.0, decay_steps=max(1, steps - w), alpha=0.0,
-                                                  warmup_target=float(lr), warmup_steps=w)
+    return keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=max(1, steps - w), alpha=0.0, warmup_target=float(lr), warmup_steps=w
+    )
 
 
 def layer_groups(model, spec, decay):
@@ -330,8 +401,11 @@ def keras_augmenter(*, randaugment=0, random_erasing=0.0, mixup=0.0, cutmix=0.0,
     if not (randaugment or random_erasing or mixup or cutmix):
         return None
     ra = keras.layers.RandAugment(value_range=(0, 255), num_ops=int(randaugment), seed=seed) if randaugment else None
-    er = keras.layers.RandomErasing(factor=float(random_erasing), value_range=(0, 255), seed=seed + 1) \
-        if random_erasing else None
+    er = (
+        keras.layers.RandomErasing(factor=float(random_erasing), value_range=(0, 255), seed=seed + 1)
+        if random_erasing
+        else None
+    )
     mx = keras.layers.MixUp(alpha=float(mixup), seed=seed + 2) if mixup else None
     cm = keras.layers.CutMix(factor=float(cutmix), seed=seed + 3) if cutmix else None
 
@@ -349,8 +423,18 @@ def keras_augmenter(*, randaugment=0, random_erasing=0.0, mixup=0.0, cutmix=0.0,
     return transform
 
 
-def batch_stream(train_ds, input_shape, classes, *, batch_size, preprocessing, augment="none", seed=0,
-                 augmenter=None, memory_budget=1 << 30):
+def batch_stream(
+    train_ds,
+    input_shape,
+    classes,
+    *,
+    batch_size,
+    preprocessing,
+    augment="none",
+    seed=0,
+    augmenter=None,
+    memory_budget=1 << 30,
+):
     """An endless iterator of training batches ``(images, one-hot labels)``: a seeded reshuffle every pass, the
     ``augment`` preset of :mod:`kerasarch.data` (a per-example seed), the Keras ``augmenter`` on images in
     ``[0, 255]``, then the input convention ``preprocessing``.
@@ -388,23 +472,49 @@ def batch_stream(train_ds, input_shape, classes, *, batch_size, preprocessing, a
                 x = augment_image(x, tf.random.experimental.stateless_fold_in(key, index), augment, (h, w), c)
             return x, y
 
-        ds = tf.data.Dataset.from_tensor_slices((xs, ys)).shuffle(len(ys), seed=int(seed),
-                                                                   reshuffle_each_iteration=True).repeat()
+        ds = (
+            tf.data.Dataset.from_tensor_slices((xs, ys))
+            .shuffle(len(ys), seed=int(seed), reshuffle_each_iteration=True)
+            .repeat()
+        )
         ds = ds.enumerate().map(train_map, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         ds = ds.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         yield from ds.prefetch(tf.data.AUTOTUNE)
         return
-    pipe = InputPipeline(train_ds, input_shape, batch_size=batch_size, training=True, augment=augment,
-                         preprocessing="none", seed=seed)
+    pipe = InputPipeline(
+        train_ds, input_shape, batch_size=batch_size, training=True, augment=augment, preprocessing="none", seed=seed
+    )
     epoch = 0
     while True:
         yield from pipe.dataset(epoch).map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         epoch += 1
 
 
-def fit_steps(model, train_ds, val_ds=None, *, steps, lr, batch_size=32, optimizer="adamw", weight_decay=1e-4,
-              warmup=0.1, layer_decay=None, spec=None, preprocessing="unit", augment="none", augmenter=None,
-              accumulation=1, ema=None, eval_every=None, patience=None, stop_after=None, seed=0, verbose=0, log=None):
+def fit_steps(
+    model,
+    train_ds,
+    val_ds=None,
+    *,
+    steps,
+    lr,
+    batch_size=32,
+    optimizer="adamw",
+    weight_decay=1e-4,
+    warmup=0.1,
+    layer_decay=None,
+    spec=None,
+    preprocessing="unit",
+    augment="none",
+    augmenter=None,
+    accumulation=1,
+    ema=None,
+    eval_every=None,
+    patience=None,
+    stop_after=None,
+    seed=0,
+    verbose=0,
+    log=None,
+):
     """Trains the trainable layers of ``model`` for ``steps`` optimizer updates, with early stopping on
     validation that restores the best weights.
 
@@ -458,8 +568,11 @@ def fit_steps(model, train_ds, val_ds=None, *, steps, lr, batch_size=32, optimiz
     optimizers = []
     for m, idx in sorted(groups.items()):
         schedule = warmup_cosine(lr * m, steps * accumulation, warmup)
-        kw = {"gradient_accumulation_steps": accumulation if accumulation > 1 else None,
-              "use_ema": bool(ema), "ema_momentum": float(ema or 0.99)}
+        kw = {
+            "gradient_accumulation_steps": accumulation if accumulation > 1 else None,
+            "use_ema": bool(ema),
+            "ema_momentum": float(ema or 0.99),
+        }
         if optimizer == "adamw":
             opt = keras.optimizers.AdamW(schedule, weight_decay=weight_decay, **kw)
         elif optimizer == "adam":
@@ -490,8 +603,14 @@ def fit_steps(model, train_ds, val_ds=None, *, steps, lr, batch_size=32, optimiz
 
     val_pipe = None
     if val_ds is not None:
-        val_pipe = InputPipeline(val_ds, input_shape, batch_size=max(64, batch_size), training=False,
-                                 augment=augment, preprocessing=preprocessing)
+        val_pipe = InputPipeline(
+            val_ds,
+            input_shape,
+            batch_size=max(64, batch_size),
+            training=False,
+            augment=augment,
+            preprocessing=preprocessing,
+        )
 
     @tf.function(reduce_retracing=True)
     def eval_step(x, y):
@@ -521,8 +640,16 @@ def fit_steps(model, train_ds, val_ds=None, *, steps, lr, batch_size=32, optimiz
     evals = max(1, min(20, steps))
     eval_every = int(eval_every or max(1, math.ceil(steps / evals)))
     patience = int(patience if patience is not None else max(3, math.ceil(evals / 3)))
-    stream = batch_stream(train_ds, input_shape, classes, batch_size=batch_size, preprocessing=preprocessing,
-                          augment=augment, seed=seed, augmenter=augmenter)
+    stream = batch_stream(
+        train_ds,
+        input_shape,
+        classes,
+        batch_size=batch_size,
+        preprocessing=preprocessing,
+        augment=augment,
+        seed=seed,
+        augmenter=augmenter,
+    )
     history = {"step": [], "loss": [], "val_loss": [], "val_accuracy": [], "lr": []}
     best, best_weights, best_step, bad = None, None, 0, 0
     started = time.perf_counter()
@@ -567,9 +694,13 @@ def fit_steps(model, train_ds, val_ds=None, *, steps, lr, batch_size=32, optimiz
     elif ema:
         for _, opt, idx in optimizers:
             opt.finalize_variable_values([variables[i] for i in idx])
-    history.update(best_step=best_step, updates=update, stopped_early=stopped,
-                   iterations=[int(opt.iterations.numpy()) for _, opt, _ in optimizers],
-                   seconds=time.perf_counter() - started)
+    history.update(
+        best_step=best_step,
+        updates=update,
+        stopped_early=stopped,
+        iterations=[int(opt.iterations.numpy()) for _, opt, _ in optimizers],
+        seconds=time.perf_counter() - started,
+    )
     return history
 
 
@@ -589,8 +720,9 @@ def linear_head(model, train_ds, *, preprocessing, C=1.0, backend="sklearn", see
 
     dense = model.get_layer(f"{HEAD_PREFIX}predictions")
     reader = keras.Model(model.inputs, dense.input)
-    pipe = InputPipeline(train_ds, tuple(model.input_shape[1:]), batch_size=batch_size, training=False,
-                         preprocessing=preprocessing)
+    pipe = InputPipeline(
+        train_ds, tuple(model.input_shape[1:]), batch_size=batch_size, training=False, preprocessing=preprocessing
+    )
     feats, labels = [], []
     for x, y in pipe.dataset():
         feats.append(np.asarray(reader(x, training=False), "float32"))

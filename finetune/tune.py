@@ -47,13 +47,28 @@ def _kt():
 
 def _default_freeze_choices(taps, head_tap):
     """``all`` (head only), the two taps below the head tap, and ``none`` (everything unfrozen)."""
-    below = taps[:taps.index(head_tap)] if head_tap in taps else taps[:-1]
+    below = taps[: taps.index(head_tap)] if head_tap in taps else taps[:-1]
     return ["all", *below[::-1][:2], "none"]
 
 
-def make_hypermodel(model, weights, classes, *, input_shape=None, source_classes=None, preprocessing=None,
-                    head_tap=None, freeze_choices=None, head_widths=(0, 64, 128, 256), epochs_head=2, seed=0,
-                    train_bn=False, batch_size=32, augment="none", policy="float32"):
+def make_hypermodel(
+    model,
+    weights,
+    classes,
+    *,
+    input_shape=None,
+    source_classes=None,
+    preprocessing=None,
+    head_tap=None,
+    freeze_choices=None,
+    head_widths=(0, 64, 128, 256),
+    epochs_head=2,
+    seed=0,
+    train_bn=False,
+    batch_size=32,
+    augment="none",
+    policy="float32",
+):
     """The keras-tuner HyperModel of fine-tuning registry model ``model`` with ``weights`` (checked up front:
     the weights fit, the taps exist), and the loaded :class:`~finetune.backbone.Backbone`."""
     from finetune.backbone import load_backbone
@@ -61,8 +76,9 @@ def make_hypermodel(model, weights, classes, *, input_shape=None, source_classes
     from kerasarch.features import list_taps, penultimate_tap
 
     kt = _kt()
-    backbone = load_backbone(model, weights, input_shape=input_shape, classes=source_classes, seed=seed,
-                             preprocessing=preprocessing)
+    backbone = load_backbone(
+        model, weights, input_shape=input_shape, classes=source_classes, seed=seed, preprocessing=preprocessing
+    )
     head_tap = head_tap or penultimate_tap(backbone.spec)
     choices = list(freeze_choices or _default_freeze_choices(list_taps(backbone.spec), head_tap))
     for choice in choices:  # an unknown tap fails now, not in trial 7
@@ -83,8 +99,9 @@ def make_hypermodel(model, weights, classes, *, input_shape=None, source_classes
             hp.Float("lr_finetune", 1e-5, 1e-3, sampling="log")
             freeze_to = hp.Choice("freeze_to", choices)
             keras.config.set_dtype_policy(policy)  # the tuner's clear_session() resets it
-            bb = load_backbone(model, weights, input_shape=input_shape, classes=source_classes, seed=seed,
-                               preprocessing=convention)
+            bb = load_backbone(
+                model, weights, input_shape=input_shape, classes=source_classes, seed=seed, preprocessing=convention
+            )
             net = build_transfer_model(bb, classes, head_tap=head_tap, head_width=width, dropout=dropout)
             net._finetune_frozen = frozen_layer_names(bb, freeze_to)
             return net
@@ -93,10 +110,23 @@ def make_hypermodel(model, weights, classes, *, input_shape=None, source_classes
             from finetune.transfer import fine_tune
 
             head = min(epochs_head, epochs)
-            history = fine_tune(net, train_ds, validation_data, frozen=net._finetune_frozen, train_bn=train_bn,
-                                epochs_head=head, epochs_finetune=epochs - head, lr_head=hp.get("lr_head"),
-                                lr_finetune=hp.get("lr_finetune"), batch_size=batch_size, augment=augment,
-                                preprocessing=convention, callbacks=callbacks, seed=seed, initial_epoch=initial_epoch)
+            history = fine_tune(
+                net,
+                train_ds,
+                validation_data,
+                frozen=net._finetune_frozen,
+                train_bn=train_bn,
+                epochs_head=head,
+                epochs_finetune=epochs - head,
+                lr_head=hp.get("lr_head"),
+                lr_finetune=hp.get("lr_finetune"),
+                batch_size=batch_size,
+                augment=augment,
+                preprocessing=convention,
+                callbacks=callbacks,
+                seed=seed,
+                initial_epoch=initial_epoch,
+            )
             return {"val_accuracy": max(history["val_accuracy"]), "val_loss": min(history["val_loss"])}
 
     return FinetuneHyperModel(name=f"{model}_finetune"), backbone
@@ -129,7 +159,8 @@ def _tidy(tuner_cls):
             oracle = self.oracle
             distributed = tuner_has_chief_oracle()
             hyperband = isinstance(oracle, kt.oracles.HyperbandOracle) or (
-                distributed and not isinstance(oracle, kt.Oracle) and tuner_cls is kt.Hyperband)
+                distributed and not isinstance(oracle, kt.Oracle) and tuner_cls is kt.Hyperband
+            )
             if hyperband and not final and (distributed or hyperband_brackets(oracle) is None):
                 return []
             try:
@@ -137,11 +168,17 @@ def _tidy(tuner_cls):
             except Exception:  # noqa: BLE001 - the chief may be gone at the end of a distributed search
                 return []
             if hyperband and not final:
-                keep |= {info[key] for bracket in hyperband_brackets(oracle) for rnd in bracket["rounds"]
-                         for info in rnd for key in ("id", "past_id") if info.get(key)}
+                keep |= {
+                    info[key]
+                    for bracket in hyperband_brackets(oracle)
+                    for rnd in bracket["rounds"]
+                    for info in rnd
+                    for key in ("id", "past_id")
+                    if info.get(key)
+                }
             deleted = []
             for entry in sorted(os.listdir(self.project_dir)):
-                trial_id = entry[len("trial_"):]
+                trial_id = entry[len("trial_") :]
                 path = os.path.join(self.project_dir, entry)
                 if not entry.startswith("trial_") or trial_id in keep:
                     continue
@@ -171,11 +208,38 @@ def release_memory():
     gc.collect()
 
 
-def tune(model, data, out, *, weights=None, split="train", val=None, val_fraction=0.2, algorithm="hyperband",
-         max_trials=10, max_epochs=6, epochs=4, factor=3, epochs_head=2, head_tap=None, freeze_choices=None,
-         head_widths=(0, 64, 128, 256), keep_best=1, batch_size=32, augment="none", train_bn=False, input_shape=None,
-         classes=None, preprocessing=None, precision="float32", seed=0, overwrite=False, oracle_timeout=600,
-         data_dir=None, verbose=1):
+def tune(
+    model,
+    data,
+    out,
+    *,
+    weights=None,
+    split="train",
+    val=None,
+    val_fraction=0.2,
+    algorithm="hyperband",
+    max_trials=10,
+    max_epochs=6,
+    epochs=4,
+    factor=3,
+    epochs_head=2,
+    head_tap=None,
+    freeze_choices=None,
+    head_widths=(0, 64, 128, 256),
+    keep_best=1,
+    batch_size=32,
+    augment="none",
+    train_bn=False,
+    input_shape=None,
+    classes=None,
+    preprocessing=None,
+    precision="float32",
+    seed=0,
+    overwrite=False,
+    oracle_timeout=600,
+    data_dir=None,
+    verbose=1,
+):
     """Runs (or resumes) a keras-tuner search over the fine-tuning of ``model`` on ``data`` in ``out``.
 
     Args:
@@ -208,16 +272,35 @@ def tune(model, data, out, *, weights=None, split="train", val=None, val_fractio
     except ValueError as e:
         raise FinetuneError(str(e)) from e
     chief = tuner_is_chief_oracle()
-    source, val_source, _ = open_splits(data, split=split, val=val, val_fraction=val_fraction, seed=seed,
-                                        data_dir=data_dir)
+    source, val_source, _ = open_splits(
+        data, split=split, val=val, val_fraction=val_fraction, seed=seed, data_dir=data_dir
+    )
     if val_source is None:
         raise FinetuneError("A search needs validation data: give --val or a --val-fraction above 0.")
     hypermodel, backbone = make_hypermodel(
-        model, weights, len(source.class_names), input_shape=input_shape, source_classes=classes,
-        preprocessing=preprocessing, head_tap=head_tap, freeze_choices=freeze_choices, head_widths=head_widths,
-        epochs_head=epochs_head, seed=seed, train_bn=train_bn, batch_size=batch_size, augment=augment, policy=policy)
-    common = {"objective": "val_accuracy", "directory": out, "project_name": PROJECT, "overwrite": overwrite,
-              "seed": seed}
+        model,
+        weights,
+        len(source.class_names),
+        input_shape=input_shape,
+        source_classes=classes,
+        preprocessing=preprocessing,
+        head_tap=head_tap,
+        freeze_choices=freeze_choices,
+        head_widths=head_widths,
+        epochs_head=epochs_head,
+        seed=seed,
+        train_bn=train_bn,
+        batch_size=batch_size,
+        augment=augment,
+        policy=policy,
+    )
+    common = {
+        "objective": "val_accuracy",
+        "directory": out,
+        "project_name": PROJECT,
+        "overwrite": overwrite,
+        "seed": seed,
+    }
     if algorithm == "hyperband":
         tuner = _tidy(kt.Hyperband)(hypermodel, max_epochs=max_epochs, factor=factor, **common)
     else:
@@ -239,24 +322,36 @@ def tune(model, data, out, *, weights=None, split="train", val=None, val_fractio
     tuner.prune_checkpoints(final=True)
     best = tuner.oracle.get_best_trials(1)
     trials = tuner.oracle.trials
-    summary = {"model": model, "algorithm": algorithm, "num_trials": len(trials),
-               "completed": sum(t.status == "COMPLETED" for t in trials.values()),
-               "best_trial": best[0].trial_id if best else None, "best_score": best[0].score if best else None,
-               "best_hyperparameters": dict(best[0].hyperparameters.values) if best else None,
-               "checkpoints_kept": sorted(t for t in trials if os.path.exists(
-                   os.path.join(tuner.project_dir, f"trial_{t}", "checkpoint.weights.h5")))}
+    summary = {
+        "model": model,
+        "algorithm": algorithm,
+        "num_trials": len(trials),
+        "completed": sum(t.status == "COMPLETED" for t in trials.values()),
+        "best_trial": best[0].trial_id if best else None,
+        "best_score": best[0].score if best else None,
+        "best_hyperparameters": dict(best[0].hyperparameters.values) if best else None,
+        "checkpoints_kept": sorted(
+            t for t in trials if os.path.exists(os.path.join(tuner.project_dir, f"trial_{t}", "checkpoint.weights.h5"))
+        ),
+    }
     write_json(os.path.join(out, "best.json"), summary)
     if verbose:
-        print(f"[tune] {summary['completed']}/{summary['num_trials']} trials completed; best {summary['best_trial']}: "
-              f"val_accuracy {summary['best_score']} with {summary['best_hyperparameters']}", file=sys.stderr)
+        print(
+            f"[tune] {summary['completed']}/{summary['num_trials']} trials completed; best {summary['best_trial']}: "
+            f"val_accuracy {summary['best_score']} with {summary['best_hyperparameters']}",
+            file=sys.stderr,
+        )
     return summary
 
 
 def register(sub):
     from finetune.train import add_schedule_args
 
-    p = sub.add_parser("tune", help="keras-tuner search over head, dropout, learning rates, unfreeze depth",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "tune",
+        help="keras-tuner search over head, dropout, learning rates, unfreeze depth",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("model", help="registry name")
     p.add_argument("data", help="a folder with one sub-folder per class, mnist5k, digits, or tfds:NAME")
     p.add_argument("--out", required=True, help="search directory (resumed when it exists)")
@@ -267,8 +362,11 @@ def register(sub):
     p.add_argument("--max-epochs", type=int, default=6, help="hyperband: most epochs a trial gets")
     p.add_argument("--factor", type=int, default=3, help="hyperband: reduction factor")
     p.add_argument("--epochs-head", type=int, default=2, help="epochs of the head phase in each trial")
-    p.add_argument("--freeze-choices", default=None,
-                   help="comma-separated freeze_to values to search (default: all, two taps below the head, none)")
+    p.add_argument(
+        "--freeze-choices",
+        default=None,
+        help="comma-separated freeze_to values to search (default: all, two taps below the head, none)",
+    )
     p.add_argument("--head-widths", default="0,64,128,256")
     p.add_argument("--keep-best", type=int, default=1, help="trials whose checkpoints are kept")
     p.add_argument("--oracle-timeout", type=float, default=600, help="distributed: seconds to wait for the chief")
@@ -281,16 +379,37 @@ def register(sub):
 def run(args):
     from finetune.backbone import parse_shape
 
-    summary = tune(args.model, args.data, args.out, weights=args.weights, split=args.split, val=args.val,
-                   val_fraction=args.val_fraction, algorithm=args.algorithm, max_trials=args.max_trials,
-                   max_epochs=args.max_epochs, epochs=args.epochs, factor=args.factor, epochs_head=args.epochs_head,
-                   head_tap=args.head_tap,
-                   freeze_choices=args.freeze_choices.split(",") if args.freeze_choices else None,
-                   head_widths=tuple(int(w) for w in args.head_widths.split(",")), keep_best=args.keep_best,
-                   batch_size=args.batch_size, augment=args.augment, train_bn=args.train_bn,
-                   input_shape=parse_shape(args.input_shape), classes=args.classes, preprocessing=args.preprocessing,
-                   precision=args.precision, seed=args.seed, overwrite=args.overwrite,
-                   oracle_timeout=args.oracle_timeout, data_dir=args.data_dir, verbose=0 if args.quiet else 1)
+    summary = tune(
+        args.model,
+        args.data,
+        args.out,
+        weights=args.weights,
+        split=args.split,
+        val=args.val,
+        val_fraction=args.val_fraction,
+        algorithm=args.algorithm,
+        max_trials=args.max_trials,
+        max_epochs=args.max_epochs,
+        epochs=args.epochs,
+        factor=args.factor,
+        epochs_head=args.epochs_head,
+        head_tap=args.head_tap,
+        freeze_choices=args.freeze_choices.split(",") if args.freeze_choices else None,
+        head_widths=tuple(int(w) for w in args.head_widths.split(",")),
+        keep_best=args.keep_best,
+        batch_size=args.batch_size,
+        augment=args.augment,
+        train_bn=args.train_bn,
+        input_shape=parse_shape(args.input_shape),
+        classes=args.classes,
+        preprocessing=args.preprocessing,
+        precision=args.precision,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        oracle_timeout=args.oracle_timeout,
+        data_dir=args.data_dir,
+        verbose=0 if args.quiet else 1,
+    )
     if summary is not None:
         print(json.dumps(summary, indent=2))
     else:

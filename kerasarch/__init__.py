@@ -13,5 +13,17 @@ from kerasarch.card import (  # noqa: E402
 )
 from kerasarch.registry import ModelSpec, build_model, get_spec, list_models, register_model  # noqa: E402
 
-__all__ = ["ModelSpec", "build_model", "get_spec", "list_models", "register_model", "ModelCard", "InputConfig",
-           "Checkpoint", "card_of", "with_card", "update_card", "__version__"]
+__all__ = [
+    "ModelSpec",
+    "build_model",
+    "get_spec",
+    "list_models",
+    "register_model",
+    "ModelCard",
+    "InputConfig",
+    "Checkpoint",
+    "card_of",
+    "with_card",
+    "update_card",
+    "__version__",
+]

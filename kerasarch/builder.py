@@ -64,8 +64,10 @@ def check_top_args(include_top, pooling, classes, classifier_activation):
         try:
             keras.activations.get(classifier_activation)
         except (ValueError, TypeError) as e:
-            raise ValueError(f"`classifier_activation` must be None, a callable or a Keras activation name. "
-                             f"Received: classifier_activation={classifier_activation!r}") from e
+            raise ValueError(
+                f"`classifier_activation` must be None, a callable or a Keras activation name. "
+                f"Received: classifier_activation={classifier_activation!r}"
+            ) from e
 
 
 def make_inputs(input_shape, input_tensor, *, default, min_size, name="model", channels=None):
@@ -80,8 +82,10 @@ def make_inputs(input_shape, input_tensor, *, default, min_size, name="model", c
         channels: the required channel count, if the architecture fixes it (``None``: anything >= 1).
     """
     if keras.config.image_data_format() != "channels_last":
-        raise ValueError("kerasarch builds channels_last models only. Received: "
-                         f"keras.config.image_data_format()={keras.config.image_data_format()!r}")
+        raise ValueError(
+            "kerasarch builds channels_last models only. Received: "
+            f"keras.config.image_data_format()={keras.config.image_data_format()!r}"
+        )
     if input_tensor is not None and input_shape is None:
         input_shape = tuple(input_tensor.shape[1:])
     shape = as_python_shape(tuple(default if input_shape is None else input_shape))
@@ -90,12 +94,15 @@ def make_inputs(input_shape, input_tensor, *, default, min_size, name="model", c
     h, w, c = shape
     for dim, label in ((h, "height"), (w, "width"), (c, "channels")):
         if dim is not None and (not isinstance(dim, int) or isinstance(dim, bool)):
-            raise ValueError(f"{name}: input {label} must be an integer{'' if label == 'channels' else ' or None'}. "
-                             f"Received: input_shape={shape!r}")
+            raise ValueError(
+                f"{name}: input {label} must be an integer{'' if label == 'channels' else ' or None'}. "
+                f"Received: input_shape={shape!r}"
+            )
     for dim, label in ((h, "height"), (w, "width")):
         if dim is not None and dim < min_size:
-            raise ValueError(f"{name}: input {label} must be at least {min_size} pixels. "
-                             f"Received: input_shape={shape!r}")
+            raise ValueError(
+                f"{name}: input {label} must be at least {min_size} pixels. Received: input_shape={shape!r}"
+            )
     if c is None or c < 1 or (channels is not None and c != channels):
         allowed = f"exactly {channels}" if channels is not None else "at least 1"
         raise ValueError(f"{name}: input channels must be {allowed}. Received: input_shape={shape!r}")
@@ -126,8 +133,9 @@ def output_dtype():
 
 def predictions_dense(classes, classifier_activation, name="predictions", **kwargs):
     """The final classifier layer, computing in float32 under mixed precision (see :func:`output_dtype`)."""
-    return layers.Dense(as_python_int(classes), activation=classifier_activation, name=name, dtype=output_dtype(),
-                        **kwargs)
+    return layers.Dense(
+        as_python_int(classes), activation=classifier_activation, name=name, dtype=output_dtype(), **kwargs
+    )
 
 
 def predictions_activation(classifier_activation, name="predictions"):
@@ -136,8 +144,7 @@ def predictions_activation(classifier_activation, name="predictions"):
     return layers.Activation(classifier_activation or "linear", name=name, dtype=output_dtype())
 
 
-def apply_classifier(x, include_top, pooling, classes, classifier_activation, *, dropout=None,
-                     pool_name="avg_pool"):
+def apply_classifier(x, include_top, pooling, classes, classifier_activation, *, dropout=None, pool_name="avg_pool"):
     """The usual global-average-pool head: ``avg_pool`` → (dropout) → ``predictions``; without the top, the
     ``pooling`` argument."""
     if not include_top:

@@ -144,8 +144,10 @@ class InputConfig:
         if not isinstance(self.channels, int) or self.channels < 1:
             raise ValueError(f"`channels` must be a positive integer. Received: channels={self.channels!r}")
         if self.fit == "resize_crop" and not self.resize_size:
-            raise ValueError(f"fit='resize_crop' needs `resize_size` (the shorter side before the crop). "
-                             f"Received: resize_size={self.resize_size!r}")
+            raise ValueError(
+                f"fit='resize_crop' needs `resize_size` (the shorter side before the crop). "
+                f"Received: resize_size={self.resize_size!r}"
+            )
 
     @property
     def constants(self) -> tuple[float, tuple, tuple, bool]:
@@ -286,10 +288,17 @@ class ModelCard:
 
     def to_dict(self) -> dict:
         """A JSON-serialisable dict (:meth:`from_dict` reads it back)."""
-        return {"variant": self.variant, "family": self.family, "paper": self.paper, "input": self.input.to_dict(),
-                "class_names": list(self.class_names) if self.class_names is not None else None,
-                "weights": _jsonable(self.weights), "taps": _jsonable(self.taps), "recipe": _jsonable(self.recipe),
-                "data": _jsonable(self.data)}
+        return {
+            "variant": self.variant,
+            "family": self.family,
+            "paper": self.paper,
+            "input": self.input.to_dict(),
+            "class_names": list(self.class_names) if self.class_names is not None else None,
+            "weights": _jsonable(self.weights),
+            "taps": _jsonable(self.taps),
+            "recipe": _jsonable(self.recipe),
+            "data": _jsonable(self.data),
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> ModelCard:
@@ -312,31 +321,42 @@ class ModelCard:
     def summary(self) -> str:
         """A few human-readable lines (``kerasarch summary FILE.keras`` prints them)."""
         i = self.input
-        lines = [f"variant: {self.variant or '(not a registered variant)'}" + (f" ({self.family})" if self.family
-                                                                            else "")]
+        lines = [
+            f"variant: {self.variant or '(not a registered variant)'}" + (f" ({self.family})" if self.family else "")
+        ]
         if self.paper:
             lines.append(f"paper: {self.paper}")
         size = "x".join("any" if s is None else str(s) for s in i.size) if i.size else "any"
         fit = i.fit + (f" (shorter side {i.resize_size}, centre crop)" if i.fit == "resize_crop" else "")
-        lines.append(f"input: {size}x{i.channels}, fit {fit}, {i.interpolation}"
-                     + (", antialias" if i.antialias else ""))
+        lines.append(
+            f"input: {size}x{i.channels}, fit {fit}, {i.interpolation}" + (", antialias" if i.antialias else "")
+        )
         lines.append(f"preprocessing: {i.preprocessing} ({i.description})")
         if self.class_names is not None:
             shown = ", ".join(self.class_names[:5]) + (", ..." if len(self.class_names) > 5 else "")
             lines.append(f"classes: {len(self.class_names)} ({shown})")
         if self.weights:
             w = self.weights
-            lines.append("weights: " + ", ".join(f"{k} {w[k]}" for k in ("source", "checkpoint", "file", "sha256")
-                                                  if w.get(k)))
+            lines.append(
+                "weights: " + ", ".join(f"{k} {w[k]}" for k in ("source", "checkpoint", "file", "sha256") if w.get(k))
+            )
         if self.taps:
-            lines.append("taps: " + ", ".join(
-                f"{t} ({v['layer']}" + (f", {v['channels']} ch" if v.get("channels") else "")
-                + (f", stride {v['stride']}" if v.get("stride") else "") + ")" for t, v in self.taps.items()))
+            lines.append(
+                "taps: "
+                + ", ".join(
+                    f"{t} ({v['layer']}"
+                    + (f", {v['channels']} ch" if v.get("channels") else "")
+                    + (f", stride {v['stride']}" if v.get("stride") else "")
+                    + ")"
+                    for t, v in self.taps.items()
+                )
+            )
         if self.recipe:
             r = self.recipe
-            lines.append(f"recipe: {r.get('name', '?')}, {r.get('epochs', '?')} epochs, "
-                         f"batch {r.get('batch_size', '?')}"
-                         + (f", augment {r['augment']}" if r.get("augment") else ""))
+            lines.append(
+                f"recipe: {r.get('name', '?')}, {r.get('epochs', '?')} epochs, "
+                f"batch {r.get('batch_size', '?')}" + (f", augment {r['augment']}" if r.get("augment") else "")
+            )
         if self.data:
             lines.append("data: " + ", ".join(f"{k} {v}" for k, v in self.data.items() if k != "class_names"))
         return "\n".join(lines)
@@ -384,9 +404,11 @@ def card_of(model: Any) -> ModelCard:
     card = getattr(model, "_kerasarch_card", None)
     if card is None:
         what = f"model '{getattr(model, 'name', model)}' ({type(model).__name__})"
-        raise ValueError(f"The {what} has no kerasarch model card. Build it with kerasarch.build_model(...), load a "
-                         f".keras file saved from such a model (after `import kerasarch`), or attach one with "
-                         f"kerasarch.with_card(model, kerasarch.ModelCard(input=kerasarch.InputConfig(...))).")
+        raise ValueError(
+            f"The {what} has no kerasarch model card. Build it with kerasarch.build_model(...), load a "
+            f".keras file saved from such a model (after `import kerasarch`), or attach one with "
+            f"kerasarch.with_card(model, kerasarch.ModelCard(input=kerasarch.InputConfig(...)))."
+        )
     return card
 
 
@@ -417,8 +439,17 @@ def _own_stride(layer):
     if strides is None and hasattr(layer, "pool_size") and not isinstance(layer, keras.layers.UpSampling2D):
         strides = layer.pool_size
     if strides is None:
-        return None if isinstance(layer, (keras.layers.UpSampling2D, getattr(keras.layers, "AdaptiveAveragePooling2D",
-                                                                            keras.layers.UpSampling2D))) else 1
+        return (
+            None
+            if isinstance(
+                layer,
+                (
+                    keras.layers.UpSampling2D,
+                    getattr(keras.layers, "AdaptiveAveragePooling2D", keras.layers.UpSampling2D),
+                ),
+            )
+            else 1
+        )
     return int(strides[0] if isinstance(strides, (tuple, list)) else strides)
 
 

@@ -17,8 +17,15 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["KerasarchError", "RunLockedError", "USAGE_ERRORS", "EXIT_USAGE", "format_error", "run_command",
-           "add_debug_flag"]
+__all__ = [
+    "KerasarchError",
+    "RunLockedError",
+    "USAGE_ERRORS",
+    "EXIT_USAGE",
+    "format_error",
+    "run_command",
+    "add_debug_flag",
+]
 
 EXIT_USAGE = 2
 
@@ -53,8 +60,12 @@ def add_debug_flag(parser, *, sub_command=False) -> None:
     ``prog --debug COMMAND`` and ``prog COMMAND --debug`` both work."""
     import argparse
 
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS if sub_command else False,
-                        help="show the full traceback of an error (also: KERASARCH_DEBUG=1)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS if sub_command else False,
+        help="show the full traceback of an error (also: KERASARCH_DEBUG=1)",
+    )
 
 
 def run_command(prog: str, args, func=None) -> int:
@@ -84,6 +95,6 @@ def run_command(prog: str, args, func=None) -> int:
         message = format_error(e)
     for prefix in (f"{label}: error: ", f"{label}: ", f"{prog}: ", "error: "):
         if message.startswith(prefix):
-            message = message[len(prefix):]
+            message = message[len(prefix) :]
     print(f"{label}: error: {' '.join(message.split())}", file=sys.stderr)
     return EXIT_USAGE

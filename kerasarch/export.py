@@ -39,8 +39,19 @@ import numpy as np
 
 from kerasarch.errors import KerasarchError
 
-__all__ = ["export_model", "export_target", "prepare_model", "load_for_export", "serving_input", "ExportError",
-           "FORMATS", "QUANTIZATIONS", "SIGNATURES", "representative_images", "warmup_images"]
+__all__ = [
+    "export_model",
+    "export_target",
+    "prepare_model",
+    "load_for_export",
+    "serving_input",
+    "ExportError",
+    "FORMATS",
+    "QUANTIZATIONS",
+    "SIGNATURES",
+    "representative_images",
+    "warmup_images",
+]
 
 FORMATS = ("saved_model", "tflite", "onnx")
 QUANTIZATIONS = (None, "float16", "int8")
@@ -77,8 +88,10 @@ def _resolve_tap(model, tap):
         return taps[tap]
     if tap in names:
         return tap
-    raise ExportError(f"Unknown tap {tap!r} for {model.name}: use a paper tap name ({', '.join(taps) or 'none'}) "
-                      f"or a layer name. Received: tap={tap!r}")
+    raise ExportError(
+        f"Unknown tap {tap!r} for {model.name}: use a paper tap name ({', '.join(taps) or 'none'}) "
+        f"or a layer name. Received: tap={tap!r}"
+    )
 
 
 def _run_file(source):
@@ -87,8 +100,10 @@ def _run_file(source):
     if os.path.isdir(source):
         path = os.path.join(source, "model.keras")
         if not os.path.isfile(path):
-            raise ExportError(f"{source!r} is a folder without a model.keras (a kerasarch training run folder holds "
-                              f"one once training finished). Received: {source!r}")
+            raise ExportError(
+                f"{source!r} is a folder without a model.keras (a kerasarch training run folder holds "
+                f"one once training finished). Received: {source!r}"
+            )
         return path
     return source
 
@@ -104,8 +119,10 @@ def load_for_export(source, weights=None, *, input_size=None):
     if source.lower().endswith(".keras") or os.path.isdir(source):
         path = _run_file(source)
         if weights is not None or input_size is not None:
-            raise ExportError(f"--weights and --input-size apply to a registry name; {source!r} is a saved model. "
-                              f"Received: weights={weights!r}, input_size={input_size!r}")
+            raise ExportError(
+                f"--weights and --input-size apply to a registry name; {source!r} is a saved model. "
+                f"Received: weights={weights!r}, input_size={input_size!r}"
+            )
         if not os.path.isfile(path):
             raise FileNotFoundError(f"Model file not found: {path!r}.")
         return keras.models.load_model(path, compile=False)
@@ -125,19 +142,23 @@ def serving_input(model, *, preprocessing=None, fit=None, class_names=None):
     shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
     if not has_card(model):
         if preprocessing is None:
-            raise ExportError(f"Model '{model.name}' has no kerasarch model card, so how its inputs are prepared is "
-                              f"unknown: state it with --preprocessing (preprocessing=) one of caffe, torch, tf, unit, "
-                              f"lecun, none, and optionally --fit (fit=) resize, pad, resize_crop or auto.")
+            raise ExportError(
+                f"Model '{model.name}' has no kerasarch model card, so how its inputs are prepared is "
+                f"unknown: state it with --preprocessing (preprocessing=) one of caffe, torch, tf, unit, "
+                f"lecun, none, and optionally --fit (fit=) resize, pad, resize_crop or auto."
+            )
         size = tuple(shape[1:3]) if None not in shape[1:3] else None
         resize = int(round(min(size) * 256 / 224)) if fit == "resize_crop" and size else None
-        return InputConfig(preprocessing=preprocessing, size=size, channels=shape[-1], fit=fit or "resize",
-                           resize_size=resize), class_names
+        return InputConfig(
+            preprocessing=preprocessing, size=size, channels=shape[-1], fit=fit or "resize", resize_size=resize
+        ), class_names
     card = card_of(model)
     config = card.input.for_size(shape[1:3], shape[-1])
     names = card.class_names if class_names is None else class_names
     changes = {k: v for k, v in (("preprocessing", preprocessing), ("fit", fit)) if v is not None}
-    clashes = [f"{k}={v!r} (the card says {getattr(config, k)!r})" for k, v in changes.items()
-               if v != getattr(config, k)]
+    clashes = [
+        f"{k}={v!r} (the card says {getattr(config, k)!r})" for k, v in changes.items() if v != getattr(config, k)
+    ]
     if class_names is not None and card.class_names is not None and list(class_names) != list(card.class_names):
         clashes.append("class_names (the card lists others)")
     if clashes:
@@ -178,8 +199,17 @@ def _single_output(model):
 # What an export folder may hold: a TFLite/ONNX export (marked by its metadata file) or a SavedModel.
 _MARKER = "kerasarch_export.json"
 _EXPORT_ENTRIES = frozenset({_MARKER, "labels.txt", "model.tflite", "model.onnx"})
-_SAVED_MODEL_ENTRIES = frozenset({"saved_model.pb", "saved_model.pbtxt", "variables", "assets", "assets.extra",
-                                  "fingerprint.pb", "keras_metadata.pb"})
+_SAVED_MODEL_ENTRIES = frozenset(
+    {
+        "saved_model.pb",
+        "saved_model.pbtxt",
+        "variables",
+        "assets",
+        "assets.extra",
+        "fingerprint.pb",
+        "keras_metadata.pb",
+    }
+)
 _TMP = ".kerasarch-tmp-"  # prefix of this module's temporary folders (TF Serving ignores non-numeric names)
 
 
@@ -206,8 +236,10 @@ def _refuse_current_folder(out):
     cwd = os.path.realpath(os.getcwd())
     real = os.path.realpath(out)
     if cwd == real or cwd.startswith(real.rstrip(os.sep) + os.sep):
-        raise ExportError(f"Refusing to replace {out}: it is the current folder or contains it. Choose another "
-                          f"--out. Received: out={out!r}")
+        raise ExportError(
+            f"Refusing to replace {out}: it is the current folder or contains it. Choose another "
+            f"--out. Received: out={out!r}"
+        )
 
 
 def export_target(out, *, format="saved_model", version=None, overwrite=False):
@@ -225,13 +257,14 @@ def export_target(out, *, format="saved_model", version=None, overwrite=False):
             integer.
     """
     out = os.path.abspath(os.fspath(out))
-    if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer))
-                                or version < 1):
-        raise ExportError(f"`version` must be a positive integer (TF Serving's version folder). "
-                          f"Received: version={version!r}")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, (int, np.integer)) or version < 1):
+        raise ExportError(
+            f"`version` must be a positive integer (TF Serving's version folder). Received: version={version!r}"
+        )
     if version is not None and format != "saved_model":
-        raise ExportError(f"`version` applies to SavedModel exports only. Received: format={format!r}, "
-                          f"version={version!r}")
+        raise ExportError(
+            f"`version` applies to SavedModel exports only. Received: format={format!r}, version={version!r}"
+        )
     if os.path.lexists(out) and not os.path.isdir(out):
         raise ExportError(f"{out} exists and is not a folder; choose another --out. Received: out={out!r}")
     if format != "saved_model":
@@ -240,36 +273,48 @@ def export_target(out, *, format="saved_model", version=None, overwrite=False):
                 raise FileExistsError(f"{out} exists; pass overwrite=True (--overwrite) to replace an earlier export.")
             _refuse_current_folder(out)
             if not _is_export(out):
-                raise ExportError(f"{out} is not an earlier export (no {_MARKER} or SavedModel layout); --overwrite "
-                                  f"replaces only exports. Nothing was changed; choose another --out.")
+                raise ExportError(
+                    f"{out} is not an earlier export (no {_MARKER} or SavedModel layout); --overwrite "
+                    f"replaces only exports. Nothing was changed; choose another --out."
+                )
         return out
     if not os.path.lexists(out):
         return os.path.join(out, str(int(version or 1)))
     entries = [e for e in os.listdir(out) if not e.startswith(_TMP)]
     if "saved_model.pb" in entries:  # an export in the flat layout (before version folders)
         if overwrite and not _is_export(out):
-            raise ExportError(f"{out} holds saved_model.pb beside other files, so it is not recognisably an earlier "
-                              f"export; --overwrite replaces only exports. Nothing was changed; choose another --out.")
+            raise ExportError(
+                f"{out} holds saved_model.pb beside other files, so it is not recognisably an earlier "
+                f"export; --overwrite replaces only exports. Nothing was changed; choose another --out."
+            )
         if not overwrite:
-            raise FileExistsError(f"{out} holds a SavedModel at its top (the flat layout); TF Serving needs "
-                                  f"numbered version folders. Pass overwrite=True (--overwrite) to replace it with "
-                                  f"{os.path.join(out, str(int(version or 1)))}, or choose another --out.")
+            raise FileExistsError(
+                f"{out} holds a SavedModel at its top (the flat layout); TF Serving needs "
+                f"numbered version folders. Pass overwrite=True (--overwrite) to replace it with "
+                f"{os.path.join(out, str(int(version or 1)))}, or choose another --out."
+            )
         _refuse_current_folder(out)
         return os.path.join(out, str(int(version or 1)))
     other = sorted(e for e in entries if not (e.isdigit() and os.path.isdir(os.path.join(out, e))))
     if other:
-        raise ExportError(f"{out} is not a model base folder: besides numbered version folders it holds "
-                          f"{', '.join(other[:5])}{', …' if len(other) > 5 else ''}. Choose a new or empty --out.")
+        raise ExportError(
+            f"{out} is not a model base folder: besides numbered version folders it holds "
+            f"{', '.join(other[:5])}{', …' if len(other) > 5 else ''}. Choose a new or empty --out."
+        )
     present = _versions(out)
     version = int(version) if version is not None else (present[-1] + 1 if present else 1)
     target = os.path.join(out, str(version))
     if version in present:
         if not overwrite:
-            raise FileExistsError(f"{target} exists; pass overwrite=True (--overwrite) to replace it, or leave "
-                                  f"--version out to write version {present[-1] + 1}.")
+            raise FileExistsError(
+                f"{target} exists; pass overwrite=True (--overwrite) to replace it, or leave "
+                f"--version out to write version {present[-1] + 1}."
+            )
         if not _is_export(target):
-            raise ExportError(f"{target} is not an earlier export (no SavedModel layout); --overwrite replaces only "
-                              f"exports. Nothing was changed.")
+            raise ExportError(
+                f"{target} is not an earlier export (no SavedModel layout); --overwrite replaces only "
+                f"exports. Nothing was changed."
+            )
     return target
 
 
@@ -368,11 +413,20 @@ class _Serving:
         shape = tf.shape(images)
         checks = [
             tf.debugging.Assert(shape[0] > 0, ["The request holds no images (a batch of 0); send at least one."]),
-            tf.debugging.Assert(shape[1] * shape[2] > 0, [tf.strings.format(
-                "Images must have at least one pixel. Received: images of shape {}", shape)]),
-            tf.debugging.Assert((shape[3] >= 1) & (shape[3] <= 4), [tf.strings.format(
-                "Images must have 1, 2, 3 or 4 channels (grey, grey + alpha, RGB, RGBA). Received: {} channels",
-                shape[3])])]
+            tf.debugging.Assert(
+                shape[1] * shape[2] > 0,
+                [tf.strings.format("Images must have at least one pixel. Received: images of shape {}", shape)],
+            ),
+            tf.debugging.Assert(
+                (shape[3] >= 1) & (shape[3] <= 4),
+                [
+                    tf.strings.format(
+                        "Images must have 1, 2, 3 or 4 channels (grey, grey + alpha, RGB, RGBA). Received: {} channels",
+                        shape[3],
+                    )
+                ],
+            ),
+        ]
         with tf.control_dependencies(checks):
             images = tf.identity(images)
         return tf.cond(tf.equal(shape[3], 2), lambda: images[..., :1], lambda: images)
@@ -389,18 +443,29 @@ class _Serving:
         # Which images decode: a tf.data pass that drops failures (a graph cannot catch an error otherwise).
         decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
         decoded = decoded.map(lambda i, s: (i, tf.shape(_decode(s, self.channels))[0])).ignore_errors()
-        ok = decoded.reduce(tf.zeros([n], tf.bool),
-                            lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True]))
+        ok = decoded.reduce(
+            tf.zeros([n], tf.bool), lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True])
+        )
         bad = tf.where(~ok)[:, 0]
         sizes = tf.strings.length(tf.gather(image_bytes, bad))
-        check = tf.debugging.Assert(tf.reduce_all(ok), [tf.strings.format(
-            "Could not decode image(s) {} of the request (positions from 0; sizes in bytes {}): expected JPEG, PNG, "
-            "GIF or BMP files (over REST, base64-encoded in a b64 object).", (bad, sizes))])
+        check = tf.debugging.Assert(
+            tf.reduce_all(ok),
+            [
+                tf.strings.format(
+                    "Could not decode image(s) {} of the request (positions from 0; sizes in bytes {}): "
+                    "expected JPEG, PNG, GIF or BMP files (over REST, base64-encoded in a b64 object).",
+                    (bad, sizes),
+                )
+            ],
+        )
         with tf.control_dependencies([check]):
             image_bytes = tf.identity(image_bytes)
         shape = (*self.size, self.channels) if self.size is not None else (None, None, self.channels)
-        return tf.map_fn(lambda s: self.inputs(_decode(s, self.channels)[None])[0], image_bytes,
-                         fn_output_signature=tf.TensorSpec(shape, tf.float32))
+        return tf.map_fn(
+            lambda s: self.inputs(_decode(s, self.channels)[None])[0],
+            image_bytes,
+            fn_output_signature=tf.TensorSpec(shape, tf.float32),
+        )
 
     def predict(self, x):
         """Probabilities (float32) for a batch of model inputs."""
@@ -453,20 +518,38 @@ def _decode(contents, channels):
         rgb_only = tf.logical_or(tf.equal(tf.strings.substr(head, 0, 2), b"BM"), tf.equal(head, b"GIF"))
         image = tf.cond(
             rgb_only,
-            lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(
-                tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8), tf.float32))),
-                tf.uint8),
-            lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8))
+            lambda: tf.cast(
+                tf.round(
+                    tf.image.rgb_to_grayscale(
+                        tf.cast(
+                            tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8),
+                            tf.float32,
+                        )
+                    )
+                ),
+                tf.uint8,
+            ),
+            lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8),
+        )
     image.set_shape((None, None, channels))
     return image
 
 
 def _write_metadata(folder, serving, fmt, quantize, tap, tap_layer, extra=None):
     os.makedirs(folder, exist_ok=True)
-    meta = {"model": serving.model.name, "format": fmt, "quantize": quantize, "preprocessing": serving.preprocessing,
-            "input_size": list(serving.size) if serving.size else None, "classes": serving.classes,
-            "softmax_added": serving.softmax, "tap": tap, "tap_layer": tap_layer,
-            "class_names": serving.class_names, **(extra or {})}
+    meta = {
+        "model": serving.model.name,
+        "format": fmt,
+        "quantize": quantize,
+        "preprocessing": serving.preprocessing,
+        "input_size": list(serving.size) if serving.size else None,
+        "classes": serving.classes,
+        "softmax_added": serving.softmax,
+        "tap": tap,
+        "tap_layer": tap_layer,
+        "class_names": serving.class_names,
+        **(extra or {}),
+    }
     with open(os.path.join(folder, "kerasarch_export.json"), "w") as f:
         json.dump(meta, f, indent=1)
     with open(os.path.join(folder, "labels.txt"), "w") as f:
@@ -506,8 +589,11 @@ def warmup_images(size=None):
     photo = tf.cast(tf.round(tf.image.resize(photo, (240, 359), antialias=True)), tf.uint8)
     digits = representative_images(size or 64, 2)
     grey = tf.image.rgb_to_grayscale(digits[1])
-    return [tf.io.encode_jpeg(photo, quality=90).numpy(), tf.io.encode_png(digits[0]).numpy(),
-            tf.io.encode_png(grey).numpy()]
+    return [
+        tf.io.encode_jpeg(photo, quality=90).numpy(),
+        tf.io.encode_png(digits[0]).numpy(),
+        tf.io.encode_png(grey).numpy(),
+    ]
 
 
 def _write_warmup(folder, serving):
@@ -521,8 +607,12 @@ def _write_warmup(folder, serving):
     pixels = representative_images(serving.size[0] if serving.size else 64, 2)
     if serving.size is not None and serving.size[0] != serving.size[1]:
         pixels = tf.cast(tf.round(tf.image.resize(pixels, serving.size)), tf.uint8).numpy()
-    requests = [("serving_default", encoded[:1]), ("serving_default", encoded), ("predict_images", pixels[:1]),
-                ("predict_images", pixels)]
+    requests = [
+        ("serving_default", encoded[:1]),
+        ("serving_default", encoded),
+        ("predict_images", pixels[:1]),
+        ("predict_images", pixels),
+    ]
     if serving.tap_model is not None:
         requests.append(("features", pixels[:1]))
     os.makedirs(os.path.join(folder, "assets.extra"), exist_ok=True)
@@ -537,8 +627,9 @@ def _write_warmup(folder, serving):
 
 def _fixed_size(serving):
     if serving.size is None:
-        raise ExportError(f"{serving.model.name} has no fixed input size; build it with input_shape=(H, W, 3) "
-                          f"to export TFLite.")
+        raise ExportError(
+            f"{serving.model.name} has no fixed input size; build it with input_shape=(H, W, 3) to export TFLite."
+        )
     return serving.size
 
 
@@ -562,8 +653,9 @@ def _export_tflite(serving, folder, quantize, calibration=None):
     source = os.path.join(folder, "_saved_model_for_tflite")
     archive = keras.export.ExportArchive()
     archive.track(serving.model)
-    archive.add_endpoint(name="serving_default", fn=fn,
-                         input_signature=[tf.TensorSpec([1, h, w, 3], dtype, name="images")])
+    archive.add_endpoint(
+        name="serving_default", fn=fn, input_signature=[tf.TensorSpec([1, h, w, 3], dtype, name="images")]
+    )
     archive.write_out(source, verbose=False)
     converter = tf.lite.TFLiteConverter.from_saved_model(source, signature_keys=["serving_default"])
     if quantize == "float16":
@@ -602,13 +694,26 @@ def _export_onnx(serving, folder, opset=17):
         out = serving.outputs(images, names=False)
         return {"probabilities": out["probabilities"], "top5_indices": out["top5_indices"]}
 
-    tf2onnx.convert.from_function(fn, input_signature=fn.input_signature, opset=opset,
-                                  output_path=os.path.join(folder, "model.onnx"))
+    tf2onnx.convert.from_function(
+        fn, input_signature=fn.input_signature, opset=opset, output_path=os.path.join(folder, "model.onnx")
+    )
 
 
-def export_model(model, out, *, format="saved_model", tap=None, overwrite=False, quantize=None,
-                 preprocessing=None, class_names=None, calibration_images=None, version=None, warmup=True,
-                 fit=None):
+def export_model(
+    model,
+    out,
+    *,
+    format="saved_model",
+    tap=None,
+    overwrite=False,
+    quantize=None,
+    preprocessing=None,
+    class_names=None,
+    calibration_images=None,
+    version=None,
+    warmup=True,
+    fit=None,
+):
     """Exports a classifier for serving (see the module docstring for each format's inputs and outputs).
 
     Args:
@@ -660,11 +765,19 @@ def export_model(model, out, *, format="saved_model", tap=None, overwrite=False,
     with _atomic_directory(target, replace_parent=flat) as tmp:
         if format == "saved_model":
             _export_saved_model(serving, tmp)
-            signatures = {name: SIGNATURES[name] for name in ("serving_default", "predict_images")
-                          + (("features",) if tap else ())}
-            _write_metadata(os.path.join(tmp, "assets.extra"), serving, format, quantize, tap, tap_layer,
-                            {"signatures": signatures, "version": int(os.path.basename(target)),
-                             "warmup": warmup})
+            signatures = {
+                name: SIGNATURES[name]
+                for name in ("serving_default", "predict_images") + (("features",) if tap else ())
+            }
+            _write_metadata(
+                os.path.join(tmp, "assets.extra"),
+                serving,
+                format,
+                quantize,
+                tap,
+                tap_layer,
+                {"signatures": signatures, "version": int(os.path.basename(target)), "warmup": warmup},
+            )
             if warmup:
                 _write_warmup(tmp, serving)
         elif format == "tflite":

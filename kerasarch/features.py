@@ -35,8 +35,9 @@ def list_taps(name):
         return list(card_of(name).taps)
     spec = name if isinstance(name, ModelSpec) else spec_of(name)
     if spec is None:
-        raise ValueError(f"{getattr(name, 'name', name)!r} has no model card, so it has no paper taps; pass layer "
-                         f"names instead.")
+        raise ValueError(
+            f"{getattr(name, 'name', name)!r} has no model card, so it has no paper taps; pass layer names instead."
+        )
     return list(spec.taps)
 
 
@@ -101,17 +102,24 @@ def resolve_taps(model, taps, spec=None):
         if tap in paper:
             layer = paper[tap]
             if layer not in layer_names:
-                raise ValueError(f"Tap '{tap}' of {label or model.name} is layer '{layer}', which this model "
-                                 f"('{model.name}') does not have; was it built with include_top=False? "
-                                 f"Taps it has: {_valid_here(paper, layer_names)}.")
+                raise ValueError(
+                    f"Tap '{tap}' of {label or model.name} is layer '{layer}', which this model "
+                    f"('{model.name}') does not have; was it built with include_top=False? "
+                    f"Taps it has: {_valid_here(paper, layer_names)}."
+                )
             resolved[tap] = layer
         elif tap in layer_names:
             resolved[tap] = tap
         else:
             where = f"{label}" if label else f"model '{model.name}'"
-            valid = (f"paper taps: {', '.join(paper)}; or any layer name of the model, e.g. "
-                     f"{', '.join(_example_layers(model))}") if paper else \
-                f"layer names of the model, e.g. {', '.join(_example_layers(model))}"
+            valid = (
+                (
+                    f"paper taps: {', '.join(paper)}; or any layer name of the model, e.g. "
+                    f"{', '.join(_example_layers(model))}"
+                )
+                if paper
+                else f"layer names of the model, e.g. {', '.join(_example_layers(model))}"
+            )
             raise ValueError(f"Unknown tap '{tap}' for {where}. Valid taps are the {valid}.")
     return resolved
 
@@ -136,8 +144,9 @@ def feature_extractor(model_or_name, taps, *, spec=None, **build_kwargs):
         model = spec.build(**build_kwargs)
     else:
         if build_kwargs:
-            raise ValueError(f"Build arguments apply to a registry name, not to a built model. "
-                             f"Received: {sorted(build_kwargs)}")
+            raise ValueError(
+                f"Build arguments apply to a registry name, not to a built model. Received: {sorted(build_kwargs)}"
+            )
         model = model_or_name
         spec = spec_of(spec) if spec is not None else None
     if not isinstance(model, keras.Model) or not hasattr(model, "inputs") or model.inputs is None:
@@ -154,4 +163,3 @@ def _valid_here(paper, layer_names):
 def _example_layers(model, n=4):
     names = [layer.name for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     return names[-n:] if len(names) > n else names
-

@@ -45,6 +45,7 @@ TESTED_KERAS_TUNER = "1.4"
 
 # --- Keras: the graph of a built model -------------------------------------------------------------------------
 
+
 def producer(tensor: Any) -> Any:
     """The operation (layer) whose call produced the symbolic ``tensor``; ``None`` for a model input that was not
     made by an ``Input`` layer, or for a tensor without history."""
@@ -70,6 +71,7 @@ def fill_in_arguments(node: Any, tensors: dict[int, Any]) -> tuple[tuple, dict]:
 
 
 # --- Keras: training utilities ---------------------------------------------------------------------------------
+
 
 def progbar_position(bar: keras.utils.Progbar) -> int:
     """The step a ``keras.utils.Progbar`` was last updated to."""
@@ -113,6 +115,7 @@ def tensorflow_in_xla_context() -> bool:
 
 # --- keras-tuner: distributed search ---------------------------------------------------------------------------
 
+
 def tuner_has_chief_oracle() -> bool:
     """Whether this process takes part in a distributed keras-tuner search (``KERASTUNER_ORACLE_*`` is set)."""
     from keras_tuner.src.distribute import utils
@@ -142,6 +145,7 @@ def hyperband_brackets(oracle: Any) -> list[dict] | None:
 
 # --- TensorFlow-only parts -------------------------------------------------------------------------------------
 
+
 def require_tensorflow(what: str) -> None:
     """Raises a ``RuntimeError`` naming ``what`` unless Keras runs on the TensorFlow backend.
 
@@ -150,6 +154,8 @@ def require_tensorflow(what: str) -> None:
     """
     backend = keras.backend.backend()
     if backend != "tensorflow":
-        raise RuntimeError(f"{what} needs the TensorFlow backend of Keras (it is built on TensorFlow itself). "
-                           f"Received: KERAS_BACKEND={backend!r}; set KERAS_BACKEND=tensorflow before importing "
-                           f"keras, or use only the backend-neutral parts (models, layers, weights, features).")
+        raise RuntimeError(
+            f"{what} needs the TensorFlow backend of Keras (it is built on TensorFlow itself). "
+            f"Received: KERAS_BACKEND={backend!r}; set KERAS_BACKEND=tensorflow before importing "
+            f"keras, or use only the backend-neutral parts (models, layers, weights, features)."
+        )

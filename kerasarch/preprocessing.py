@@ -85,8 +85,10 @@ def convert_channels(images: Any, channels: int) -> Any:
             return B.numpy.sum(x * B.core.convert_to_tensor(_LUMA, "float32"), axis=-1, keepdims=True)
         if have == 1 and channels == 3:
             return B.numpy.concatenate([x, x, x], axis=-1)
-        raise ValueError(f"Cannot convert images with {have} channels to {channels}; images have 1 (grey), "
-                         f"3 (RGB) or 4 (RGBA) channels. Received: images of shape {tuple(x.shape)}")
+        raise ValueError(
+            f"Cannot convert images with {have} channels to {channels}; images have 1 (grey), "
+            f"3 (RGB) or 4 (RGBA) channels. Received: images of shape {tuple(x.shape)}"
+        )
 
     if have is not None:
         return to(x, have)
@@ -118,7 +120,7 @@ def _pad_or_crop(x, size, B):
     if not (_static(h, w) and h <= th and w <= tw):
         ch = th if _static(h) and h >= th else (B.numpy.minimum(h, th) if not _static(h) else h)
         cw = tw if _static(w) and w >= tw else (B.numpy.minimum(w, tw) if not _static(w) else w)
-        x = x[:, top:top + ch, left:left + cw, :]
+        x = x[:, top : top + ch, left : left + cw, :]
         h, w = ch, cw
     ph, pw = _max0(th - h, B), _max0(tw - w, B)
     if _static(ph, pw) and ph == 0 and pw == 0:
@@ -151,7 +153,7 @@ def _resize_crop(x, config, B):
     else:
         top = _round_half_even(B.core.cast(nh - th, "float32") / 2.0, B)
         left = _round_half_even(B.core.cast(nw - tw, "float32") / 2.0, B)
-    return x[:, top:top + th, left:left + tw, :]
+    return x[:, top : top + th, left : left + tw, :]
 
 
 def _small_enough_to_pad(h, w, size, B):
@@ -159,8 +161,10 @@ def _small_enough_to_pad(h, w, size, B):
     if _static(h, w):
         return h <= th and w <= tw and 4 * th <= 5 * h and 4 * tw <= 5 * w
     n = B.numpy
-    return n.logical_and(n.logical_and(n.less_equal(h, th), n.less_equal(w, tw)),
-                         n.logical_and(n.less_equal(4 * th, 5 * h), n.less_equal(4 * tw, 5 * w)))
+    return n.logical_and(
+        n.logical_and(n.less_equal(h, th), n.less_equal(w, tw)),
+        n.logical_and(n.less_equal(4 * th, 5 * h), n.less_equal(4 * tw, 5 * w)),
+    )
 
 
 def fit_images(images: Any, config: InputConfig) -> Any:

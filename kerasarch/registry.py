@@ -82,8 +82,10 @@ class ModelSpec:
         default = self.checkpoints[0].input if self.checkpoints else None
         if self.preprocessing is None:
             if default is None:
-                raise ValueError(f"ModelSpec '{self.name}': a variant without checkpoints declares the "
-                                 f"`preprocessing` its default recipe trains with.")
+                raise ValueError(
+                    f"ModelSpec '{self.name}': a variant without checkpoints declares the "
+                    f"`preprocessing` its default recipe trains with."
+                )
             object.__setattr__(self, "preprocessing", default.preprocessing)
         if self.fit is None:
             object.__setattr__(self, "fit", default.fit if default is not None else "auto")
@@ -98,8 +100,13 @@ class ModelSpec:
         """The :class:`~kerasarch.card.InputConfig` of a freshly built model at the default input size."""
         if self.checkpoints:
             return self.checkpoints[0].input.for_size(self.input_shape[:2], self.input_shape[-1])
-        return InputConfig(preprocessing=self.preprocessing, size=tuple(self.input_shape[:2]),
-                           channels=self.input_shape[-1], fit=self.fit, resize_size=self.resize_size)
+        return InputConfig(
+            preprocessing=self.preprocessing,
+            size=tuple(self.input_shape[:2]),
+            channels=self.input_shape[-1],
+            fit=self.fit,
+            resize_size=self.resize_size,
+        )
 
     def card(self, model=None, checkpoint: Checkpoint | None = None) -> ModelCard:
         """The card of this variant: built as ``model`` (its input size and taps), with ``checkpoint``'s input
@@ -140,8 +147,7 @@ _LOADED = False
 def register_model(spec: ModelSpec) -> ModelSpec:
     """Adds ``spec`` to the registry; a name can be registered once."""
     if spec.name in _REGISTRY:
-        raise ValueError(f"A model named '{spec.name}' is already registered (family "
-                         f"'{_REGISTRY[spec.name].family}').")
+        raise ValueError(f"A model named '{spec.name}' is already registered (family '{_REGISTRY[spec.name].family}').")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -179,8 +185,10 @@ def get_spec(name: str) -> ModelSpec:
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(f"Unknown model name '{name}'.{hint} Call kerasarch.list_models() for the "
-                         f"{len(_REGISTRY)} registered names.")
+        raise ValueError(
+            f"Unknown model name '{name}'.{hint} Call kerasarch.list_models() for the "
+            f"{len(_REGISTRY)} registered names."
+        )
     return _REGISTRY[key]
 
 

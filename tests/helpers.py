@@ -49,8 +49,10 @@ def torch_checkpoint_bytes(tensors, storages, legacy=False):
         body += ints(stride) + b"\x89ccollections\nOrderedDict\n)RtR"
     body += b"u."
     if legacy:
-        header = b"".join(pickle.dumps(v, protocol=2) for v in (
-            0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True}))
+        header = b"".join(
+            pickle.dumps(v, protocol=2)
+            for v in (0x1950A86A20F9469CFC6C, 1001, {"protocol_version": 1001, "little_endian": True})
+        )
         records = b"".join(struct.pack("<q", len(data) // 4) + data for data in storages.values())
         return header + body + pickle.dumps(list(storages), protocol=2) + records
     buf = io.BytesIO()

@@ -131,7 +131,7 @@ def test_grouped_conv_is_two_towers():
     assert conv2.count_params() == conv(5, 96, 256, groups=2) == conv(5, 96, 256) // 2 + 128
     x = np.random.default_rng(0).normal(size=(1, *conv2.input.shape[1:])).astype("float32")
     # Tower g: output maps [128g, 128g + 128) read input maps [48g, 48g + 48), as Caffe's `group: 2`.
-    towers = [np_conv_valid(x[..., 48 * g:48 * (g + 1)], kernel[..., 128 * g:128 * (g + 1)]) for g in (0, 1)]
+    towers = [np_conv_valid(x[..., 48 * g : 48 * (g + 1)], kernel[..., 128 * g : 128 * (g + 1)]) for g in (0, 1)]
     np.testing.assert_allclose(np.asarray(conv2(x)), np.concatenate(towers, -1) + bias, rtol=1e-4, atol=1e-4)
 
 
@@ -180,20 +180,49 @@ def test_normalisation_placement():
 
 
 # Weight shapes of the reference implementations, in their order (PyTorch/Caffe: (out, in, kh, kw), (out, in)).
-TORCHVISION_ALEXNET = [(64, 3, 11, 11), (64,), (192, 64, 5, 5), (192,), (384, 192, 3, 3), (384,), (256, 384, 3, 3),
-                       (256,), (256, 256, 3, 3), (256,), (4096, 9216), (4096,), (4096, 4096), (4096,), (1000, 4096),
-                       (1000,)]
-CAFFE_BVLC_ALEXNET = [(96, 3, 11, 11), (96,), (256, 48, 5, 5), (256,), (384, 256, 3, 3), (384,), (384, 192, 3, 3),
-                      (384,), (256, 192, 3, 3), (256,), (4096, 9216), (4096,), (4096, 4096), (4096,), (1000, 4096),
-                      (1000,)]
+TORCHVISION_ALEXNET = [
+    (64, 3, 11, 11),
+    (64,),
+    (192, 64, 5, 5),
+    (192,),
+    (384, 192, 3, 3),
+    (384,),
+    (256, 384, 3, 3),
+    (256,),
+    (256, 256, 3, 3),
+    (256,),
+    (4096, 9216),
+    (4096,),
+    (4096, 4096),
+    (4096,),
+    (1000, 4096),
+    (1000,),
+]
+CAFFE_BVLC_ALEXNET = [
+    (96, 3, 11, 11),
+    (96,),
+    (256, 48, 5, 5),
+    (256,),
+    (384, 256, 3, 3),
+    (384,),
+    (384, 192, 3, 3),
+    (384,),
+    (256, 192, 3, 3),
+    (256,),
+    (4096, 9216),
+    (4096,),
+    (4096, 4096),
+    (4096,),
+    (1000, 4096),
+    (1000,),
+]
 
 
 @pytest.mark.parametrize("name, reference", [("alexnet_owt", TORCHVISION_ALEXNET), ("alexnet", CAFFE_BVLC_ALEXNET)])
 def test_weights_line_up_with_the_reference_implementation(name, reference):
     model = kerasarch.build_model(name)
     ours = [tuple(w.shape) for w in model.weights]
-    theirs = [s if len(s) == 1 else tuple(reversed(s)) if len(s) == 2 else (s[2], s[3], s[1], s[0])
-              for s in reference]
+    theirs = [s if len(s) == 1 else tuple(reversed(s)) if len(s) == 2 else (s[2], s[3], s[1], s[0]) for s in reference]
     assert ours == theirs
     names = [layer.name for layer in model.layers]
     if name == "alexnet_owt":  # torchvision: avgpool, flatten, Dropout, Linear, ReLU, Dropout, Linear, ReLU, Linear

@@ -19,8 +19,14 @@ from kerasarch.layers.lrn import LocalResponseNormalization
 
 # torchvision weight metadata, "_ops" (GFLOPS, which torchvision counts as multiply-adds), 224×224 input.
 TORCHVISION_GMACS = {
-    "alexnet_owt": 0.714, "vgg16": 15.47, "googlenet_bn": 1.498, "resnet50": 4.089, "resnext50_32x4d": 4.23,
-    "densenet121": 2.834, "squeezenet1_0": 0.819, "squeezenet1_1": 0.349,
+    "alexnet_owt": 0.714,
+    "vgg16": 15.47,
+    "googlenet_bn": 1.498,
+    "resnet50": 4.089,
+    "resnext50_32x4d": 4.23,
+    "densenet121": 2.834,
+    "squeezenet1_0": 0.819,
+    "squeezenet1_1": 0.349,
 }
 
 
@@ -82,19 +88,22 @@ def _single_layer_macs(layer, input_shape):
     return p.rows[-1].macs
 
 
-@pytest.mark.parametrize("make, shape, formula", [
-    # grouped conv: out positions × C_out × k·k·C_in/groups
-    (lambda: keras.layers.Conv2D(12, 3, groups=4), (9, 9, 8), 7 * 7 * 12 * 3 * 3 * 8 // 4),
-    (lambda: keras.layers.Conv2D(6, (3, 5), strides=2), (11, 13, 3), 5 * 5 * 6 * 3 * 5 * 3),
-    # depthwise: out positions × C_in × multiplier × k·k
-    (lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, strides=2), (11, 11, 4), 5 * 5 * 4 * 2 * 9),
-    # dense of rank 3: positions × C_in × units
-    (lambda: keras.layers.Dense(7), (5, 6), 5 * 6 * 7),
-    # transposed conv: input positions × k·k·C_in·C_out
-    (lambda: keras.layers.Conv2DTranspose(3, 3, strides=2), (4, 4, 2), 4 * 4 * 3 * 3 * 2 * 3),
-    # LeNet-5's C3 on S2's 14×14×6: only the 60 connections of the paper's table, 10×10 positions × 25 taps
-    (lambda: ConnectionTableConv2D(LENET5_C3_TABLE, 5), (14, 14, 6), 10 * 10 * 25 * 60),
-])
+@pytest.mark.parametrize(
+    "make, shape, formula",
+    [
+        # grouped conv: out positions × C_out × k·k·C_in/groups
+        (lambda: keras.layers.Conv2D(12, 3, groups=4), (9, 9, 8), 7 * 7 * 12 * 3 * 3 * 8 // 4),
+        (lambda: keras.layers.Conv2D(6, (3, 5), strides=2), (11, 13, 3), 5 * 5 * 6 * 3 * 5 * 3),
+        # depthwise: out positions × C_in × multiplier × k·k
+        (lambda: keras.layers.DepthwiseConv2D(3, depth_multiplier=2, strides=2), (11, 11, 4), 5 * 5 * 4 * 2 * 9),
+        # dense of rank 3: positions × C_in × units
+        (lambda: keras.layers.Dense(7), (5, 6), 5 * 6 * 7),
+        # transposed conv: input positions × k·k·C_in·C_out
+        (lambda: keras.layers.Conv2DTranspose(3, 3, strides=2), (4, 4, 2), 4 * 4 * 3 * 3 * 2 * 3),
+        # LeNet-5's C3 on S2's 14×14×6: only the 60 connections of the paper's table, 10×10 positions × 25 taps
+        (lambda: ConnectionTableConv2D(LENET5_C3_TABLE, 5), (14, 14, 6), 10 * 10 * 25 * 60),
+    ],
+)
 def test_layer_macs_equal_products_of_its_linear_map(make, shape, formula):
     keras.utils.set_random_seed(1)
     macs = _single_layer_macs(make(), shape)
@@ -127,8 +136,15 @@ def test_element_wise_work_is_not_macs():
     p = analysis.profile(keras.Model(inputs, y))
     assert p.total_macs == 0
     ops = {r.type: r.other_ops for r in p.rows}
-    assert ops == {"InputLayer": 0, "BatchNormalization": 2 * 256, "ReLU": 256, "MaxPooling2D": 4 * 64,
-                   "LocalResponseNormalization": (5 + 3) * 64, "Add": 64, "Concatenate": 128}
+    assert ops == {
+        "InputLayer": 0,
+        "BatchNormalization": 2 * 256,
+        "ReLU": 256,
+        "MaxPooling2D": 4 * 64,
+        "LocalResponseNormalization": (5 + 3) * 64,
+        "Add": 64,
+        "Concatenate": 128,
+    }
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -168,16 +184,44 @@ def test_inception_module_costs_of_the_slides():
     assert bottleneck.rows[-1].output_shape == (28, 28, 480)
     assert bottleneck.total_macs == 271_351_808
     terms = {r.name: r.macs for r in bottleneck.rows if r.macs}
-    assert terms == {"m_1x1": 25_690_112, "m_3x3_reduce": 12_845_056, "m_3x3": 86_704_128,
-                     "m_5x5_reduce": 12_845_056, "m_5x5": 120_422_400, "m_pool_proj": 12_845_056}
+    assert terms == {
+        "m_1x1": 25_690_112,
+        "m_3x3_reduce": 12_845_056,
+        "m_3x3": 86_704_128,
+        "m_5x5_reduce": 12_845_056,
+        "m_5x5": 120_422_400,
+        "m_pool_proj": 12_845_056,
+    }
     inputs = keras.Input((28, 28, 128))
     wide3x3 = analysis.profile(keras.Model(inputs, keras.layers.Conv2D(192, 3, padding="same")(inputs))).total_macs
     assert round((bottleneck.total_macs - terms["m_3x3"] + wide3x3) / 1e6) == 358
 
 
 # The lecture's VGG16 table, memory column (values per image), as printed: INPUT, conv/pool rows, FC rows.
-_LECTURE_VGG16_TABLE = [150e3, 3.2e6, 3.2e6, 800e3, 1.6e6, 1.6e6, 400e3, 800e3, 800e3, 800e3, 200e3, 400e3, 400e3,
-                        400e3, 100e3, 100e3, 100e3, 100e3, 25e3, 4096, 4096, 1000]
+_LECTURE_VGG16_TABLE = [
+    150e3,
+    3.2e6,
+    3.2e6,
+    800e3,
+    1.6e6,
+    1.6e6,
+    400e3,
+    800e3,
+    800e3,
+    800e3,
+    200e3,
+    400e3,
+    400e3,
+    400e3,
+    100e3,
+    100e3,
+    100e3,
+    100e3,
+    25e3,
+    4096,
+    4096,
+    1000,
+]
 
 
 def test_vgg16_forward_activations_against_the_lecture():
@@ -186,9 +230,14 @@ def test_vgg16_forward_activations_against_the_lecture():
     figure matches neither that sum nor counting every conv output before and after its ReLU separately
     (28.8M)."""
     p = _profile_of("vgg16")
-    exact = 224 * 224 * 3 + sum(
-        n * s * s * c for n, s, c in ((2, 224, 64), (2, 112, 128), (3, 56, 256), (3, 28, 512), (3, 14, 512))) + sum(
-        (s // 2) ** 2 * c for s, c in ((224, 64), (112, 128), (56, 256), (28, 512), (14, 512))) + 4096 + 4096 + 1000
+    exact = (
+        224 * 224 * 3
+        + sum(n * s * s * c for n, s, c in ((2, 224, 64), (2, 112, 128), (3, 56, 256), (3, 28, 512), (3, 14, 512)))
+        + sum((s // 2) ** 2 * c for s, c in ((224, 64), (112, 128), (56, 256), (28, 512), (14, 512)))
+        + 4096
+        + 4096
+        + 1000
+    )
     assert exact == 15_237_608
     assert p.total_activations == exact
     assert sum(_LECTURE_VGG16_TABLE) == pytest.approx(exact, rel=0.005)  # the table is right ...
@@ -213,8 +262,13 @@ def test_training_memory_breakdown():
     params = (3 * 3 * 3 * 4 + 4) + 4 * 4 + (4 * 2 + 2)
     trainable = params - 8  # BN moving mean and variance
     parts = p.training_memory_breakdown(optimizer="adam")
-    assert parts == {"activations": 16 * acts * 4, "params": params * 4, "grads": trainable * 4,
-                     "optimizer": 2 * trainable * 4, "total": (16 * acts + params + 3 * trainable) * 4}
+    assert parts == {
+        "activations": 16 * acts * 4,
+        "params": params * 4,
+        "grads": trainable * 4,
+        "optimizer": 2 * trainable * 4,
+        "total": (16 * acts + params + 3 * trainable) * 4,
+    }
     assert p.training_memory_bytes(optimizer="sgd") == (16 * acts + params + trainable) * 4
     with pytest.raises(ValueError, match="Received: optimizer='adamx'"):
         p.training_memory_bytes(optimizer="adamx")
@@ -257,7 +311,7 @@ def test_three_stacked_3x3_convs_see_7x7():
     single = keras.Model(inputs, keras.layers.Conv2D(16, 7, padding="same", use_bias=False, name="c7")(inputs))
     assert analysis.receptive_field(single, "c7") == (7, 1)
     # 3·(3²C²) = 27C² weights instead of 49C² (C = 16).
-    assert stacked.count_params() == 27 * 16 ** 2 and single.count_params() == 49 * 16 ** 2
+    assert stacked.count_params() == 27 * 16**2 and single.count_params() == 49 * 16**2
 
 
 def test_receptive_fields_along_the_graph():
@@ -294,8 +348,9 @@ def test_exports(tmp_path):
     p = analysis.profile("vgg11", input_shape=(32, 32, 3))
     p.to_json(tmp_path / "p.json")
     data = json.loads((tmp_path / "p.json").read_text())
-    assert data["total_macs"] == p.total_macs and data["total_params"] == 132_863_336 - (
-        25088 - 512) * 4096  # fc1 reads 1×1×512 at 32×32
+    assert (
+        data["total_macs"] == p.total_macs and data["total_params"] == 132_863_336 - (25088 - 512) * 4096
+    )  # fc1 reads 1×1×512 at 32×32
     assert len(data["rows"]) == len(p.rows) and data["rows"][1]["name"] == "block1_conv1"
     p.to_csv(tmp_path / "p.csv")
     lines = (tmp_path / "p.csv").read_text().splitlines()
@@ -314,14 +369,32 @@ def test_summary_command(tmp_path, capsys):
 
 
 def _tiny(name, width, top1, **kwargs):
-    def build(include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None, classes=10,
-              classifier_activation="softmax", name=name):
+    def build(
+        include_top=True,
+        weights=None,
+        input_tensor=None,
+        input_shape=None,
+        pooling=None,
+        classes=10,
+        classifier_activation="softmax",
+        name=name,
+    ):
         inputs = keras.Input(input_shape or (32, 32, 3))
         x = keras.layers.Conv2D(width, 3, strides=2, activation="relu", name="conv")(inputs)
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
         return keras.Model(inputs, keras.layers.Dense(classes, name="predictions")(x), name=name)
-    return registry.ModelSpec(name=name, family="tiny", builder=build, input_shape=(32, 32, 3), classes=10,
-                              params=1, top1=top1, preprocessing="unit", **kwargs)
+
+    return registry.ModelSpec(
+        name=name,
+        family="tiny",
+        builder=build,
+        input_shape=(32, 32, 3),
+        classes=10,
+        params=1,
+        top1=top1,
+        preprocessing="unit",
+        **kwargs,
+    )
 
 
 @pytest.fixture

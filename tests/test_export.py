@@ -94,19 +94,24 @@ def test_saved_model_serving_and_feature_signatures(digits_model, tmp_path):
     _agree(got["probabilities"], want, 1e-5, 1.0, "SavedModel")
     top = got["top5_indices"].numpy()
     np.testing.assert_array_equal(top[:, 0], want.argmax(-1))
-    np.testing.assert_array_equal(got["top5_classes"].numpy()[:, 0].astype(str),
-                                  np.array(CLASS_NAMES)[want.argmax(-1)])
+    np.testing.assert_array_equal(got["top5_classes"].numpy()[:, 0].astype(str), np.array(CLASS_NAMES)[want.argmax(-1)])
     # Any input size: the graph resizes to 32×32 like tf.image.resize does.
     big = tf.image.resize(images[:16].astype("float32"), (57, 45)).numpy().round().astype("uint8")
     resized = tf.image.resize(big.astype("float32"), (SIZE, SIZE)).numpy()
-    _agree(serve(images=tf.constant(big))["probabilities"], _keras_probabilities(model, resized), 1e-5, 1.0,
-           "SavedModel, resized input")
+    _agree(
+        serve(images=tf.constant(big))["probabilities"],
+        _keras_probabilities(model, resized),
+        1e-5,
+        1.0,
+        "SavedModel, resized input",
+    )
     tap = keras.Model(model.input, model.get_layer("conv4_block3_out").output)
     features = loaded.signatures["features"](images=tf.constant(images[:8]))["features"]
     np.testing.assert_allclose(features, tap(_tf_convention(images[:8])), rtol=1e-5, atol=1e-5)
     meta = json.load(open(os.path.join(out, "assets.extra", "kerasarch_export.json")))
-    assert meta["preprocessing"] == "tf" and meta["class_names"] == CLASS_NAMES and meta["tap_layer"] == \
-        "conv4_block3_out"
+    assert (
+        meta["preprocessing"] == "tf" and meta["class_names"] == CLASS_NAMES and meta["tap_layer"] == "conv4_block3_out"
+    )
     assert open(os.path.join(out, "assets.extra", "labels.txt")).read().split() == CLASS_NAMES
 
 
@@ -118,9 +123,25 @@ def test_saved_model_cli_run(digits_model, tmp_path):
     cli_bin = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     if not os.path.exists(cli_bin):
         pytest.skip("saved_model_cli (installed with tensorflow) not found beside the interpreter")
-    result = subprocess.run([cli_bin, "run", "--dir", out, "--tag_set", "serve", "--signature_def",
-                             "predict_images", "--inputs", f"images={tmp_path / 'x.npy'}", "--outdir",
-                             str(tmp_path / "cli_out")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            cli_bin,
+            "run",
+            "--dir",
+            out,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "predict_images",
+            "--inputs",
+            f"images={tmp_path / 'x.npy'}",
+            "--outdir",
+            str(tmp_path / "cli_out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     probs = np.load(tmp_path / "cli_out" / "probabilities.npy")
     _agree(probs, _keras_probabilities(model, images[:20]), 1e-5, 1.0, "saved_model_cli")
@@ -181,13 +202,13 @@ def _run_tflite(path, images):
     return np.array(ys)
 
 
-@pytest.mark.parametrize("quantize, atol, min_top1", [(None, 1e-5, 1.0), ("float16", 1e-2, 0.98),
-                                                      ("int8", 0.15, 0.90)])
+@pytest.mark.parametrize("quantize, atol, min_top1", [(None, 1e-5, 1.0), ("float16", 1e-2, 0.98), ("int8", 0.15, 0.90)])
 def test_tflite_against_keras(digits_model, tmp_path, quantize, atol, min_top1):
     weights, images = digits_model
     model = _load(weights)
-    out = export_model(model, tmp_path / "tfl", format="tflite", quantize=quantize, preprocessing="tf",
-                       calibration_images=images[::9])
+    out = export_model(
+        model, tmp_path / "tfl", format="tflite", quantize=quantize, preprocessing="tf", calibration_images=images[::9]
+    )
     subset = images[::3]
     got = _run_tflite(os.path.join(out, "model.tflite"), subset)
     _agree(got, _keras_probabilities(model, subset), atol, min_top1, f"TFLite {quantize or 'float32'}")
@@ -231,8 +252,16 @@ def test_prepare_model_takes_preprocessing_and_labels_from_the_weights(tmp_path,
     monkeypatch.setenv("KERASARCH_HOME", str(tmp_path / "home"))
     src = tmp_path / "published_squeezenet.h5"
     kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3)).save(src)
-    info = WeightsInfo(model="squeezenet1_1", id="test", source="keras", origin=src.as_uri(), file_name=src.name,
-                       format="keras_h5", input=imagenet_eval("tf"), md5="0" * 32)
+    info = WeightsInfo(
+        model="squeezenet1_1",
+        id="test",
+        source="keras",
+        origin=src.as_uri(),
+        file_name=src.name,
+        format="keras_h5",
+        input=imagenet_eval("tf"),
+        md5="0" * 32,
+    )
     monkeypatch.setitem(WEIGHTS, "squeezenet1_1", (info,))
     monkeypatch.setattr(WeightsInfo, "file_hash", property(lambda self: None))  # the test file has no known hash
     _, preprocessing, names = prepare_model("squeezenet1_1", "imagenet", input_size=64)
@@ -255,8 +284,7 @@ def _cli(*args):
 def test_cli_export_with_weights_file_and_overwrite_rules(digits_model, tmp_path, capsys):
     weights, images = digits_model
     out = tmp_path / "exported"
-    assert _cli("resnet20", "--weights", weights, "--format", "saved_model", "--out", out,
-                "--preprocessing", "tf") == 0
+    assert _cli("resnet20", "--weights", weights, "--format", "saved_model", "--out", out, "--preprocessing", "tf") == 0
     got = tf.saved_model.load(str(out / "1")).signatures["predict_images"](images=tf.constant(images[:10]))
     _agree(got["probabilities"], _keras_probabilities(_load(weights), images[:10]), 1e-5, 1.0, "CLI SavedModel")
     stamp = os.path.getmtime(out / "1" / "saved_model.pb")

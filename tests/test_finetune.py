@@ -67,8 +67,24 @@ def test_extract_folder_writes_the_tapped_layers_output_with_metadata(digits, tm
     weights = str(tmp_path / "lenet5.keras")
     model.save(weights)
     out = str(tmp_path / "features")
-    rc = main(["extract", "lenet5", folder, "--tap", "F6", "--weights", weights, "--out", out, "--shard-size", "32",
-               "--batch-size", "16", "--quiet"])
+    rc = main(
+        [
+            "extract",
+            "lenet5",
+            folder,
+            "--tap",
+            "F6",
+            "--weights",
+            weights,
+            "--out",
+            out,
+            "--shard-size",
+            "32",
+            "--batch-size",
+            "16",
+            "--quiet",
+        ]
+    )
     assert rc == 0
     fs = load_features(out, model="lenet5", tap="F6")
     meta = fs.metadata
@@ -120,8 +136,23 @@ def test_sigkilled_extract_resumes_to_byte_identical_files(tmp_path):
     import time
 
     whole, resumed = str(tmp_path / "whole"), str(tmp_path / "resumed")
-    cmd = [sys.executable, "-m", "finetune", "extract", "lenet5", "mnist5k", "--split", "all", "--tap", "C5",
-           "--shard-size", "32", "--batch-size", "32", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "extract",
+        "lenet5",
+        "mnist5k",
+        "--split",
+        "all",
+        "--tap",
+        "C5",
+        "--shard-size",
+        "32",
+        "--batch-size",
+        "32",
+        "--quiet",
+    ]
     subprocess.run([*cmd, "--out", whole], check=True, cwd=REPO, timeout=600)
     proc = subprocess.Popen([*cmd, "--out", resumed], cwd=REPO)
     deadline = time.time() + 300
@@ -183,8 +214,10 @@ def test_weights_of_another_network_are_an_error_before_any_work(digits, tmp_pat
     rc, err = _run_cli(["extract", "lenet5", folder, "--tap", "F6", "--weights", other, "--out", str(out)], capsys)
     assert rc == 2 and "do not fit lenet5" in err and "lenet5_relu" in err and "no counterpart" in err
     assert not out.exists()
-    rc, err = _run_cli(["extract", "lenet5", folder, "--tap", "F6", "--weights", str(tmp_path / "nope.keras"),
-                        "--out", str(out)], capsys)
+    rc, err = _run_cli(
+        ["extract", "lenet5", folder, "--tap", "F6", "--weights", str(tmp_path / "nope.keras"), "--out", str(out)],
+        capsys,
+    )
     assert rc == 2 and "Weights file not found" in err
 
 
@@ -215,8 +248,7 @@ def test_linear_probe_end_to_end_on_held_out_images(digits, tmp_path, capsys):
     folder, _, _ = digits
     train_dir, test_dir = str(tmp_path / "train"), str(tmp_path / "test")
     assert extract_main(["lenet5", folder, "--tap", "F6", "--out", train_dir, "--quiet"]) == 0
-    assert main(["extract", "lenet5", "mnist5k", "--split", "test", "--tap", "F6", "--out", test_dir,
-                 "--quiet"]) == 0
+    assert main(["extract", "lenet5", "mnist5k", "--split", "test", "--tap", "F6", "--out", test_dir, "--quiet"]) == 0
     capsys.readouterr()
     assert main(["linear", train_dir, "--test", test_dir, "--out", str(tmp_path / "probe")]) == 0
     assert "held-out accuracy" in capsys.readouterr().out
@@ -258,14 +290,32 @@ def test_frozen_batchnorm_stays_in_inference_mode_through_both_phases():
     probe = keras.Model(net.inputs, net.get_layer("conv3_block3_out").output)
     x = rng.uniform(0, 1, (4, 32, 32, 3)).astype("float32")
 
-    fine_tune(net, data.to_dataset(3), None, frozen=frozen, epochs_head=1, epochs_finetune=0, lr_head=0.1,
-              batch_size=8, preprocessing="unit")
+    fine_tune(
+        net,
+        data.to_dataset(3),
+        None,
+        frozen=frozen,
+        epochs_head=1,
+        epochs_finetune=0,
+        lr_head=0.1,
+        batch_size=8,
+        preprocessing="unit",
+    )
     after_head = {w.path: w.numpy().copy() for w in net.weights}
     changed = {p for p in before if not np.array_equal(before[p], after_head[p])}
     assert changed and all(p.startswith("head_") for p in changed), sorted(changed)[:5]
 
-    fine_tune(net, data.to_dataset(3), None, frozen=frozen, epochs_head=0, epochs_finetune=1, lr_finetune=0.1,
-              batch_size=8, preprocessing="unit")
+    fine_tune(
+        net,
+        data.to_dataset(3),
+        None,
+        frozen=frozen,
+        epochs_head=0,
+        epochs_finetune=1,
+        lr_finetune=0.1,
+        batch_size=8,
+        preprocessing="unit",
+    )
     after = {w.path: w.numpy() for w in net.weights}
     changed = {p for p in before if not np.array_equal(after_head[p], after[p])}
     layer_of = {w.path: layer.name for layer in net.layers for w in layer.weights}
@@ -281,8 +331,28 @@ def test_train_end_to_end_on_a_folder_and_resumes(digits, tmp_path, capsys):
     source = str(tmp_path / "source.keras")
     kerasarch.build_model("lenet5").save(source)
     out = str(tmp_path / "run")
-    args = ["train", "lenet5", folder, "--weights", source, "--out", out, "--freeze-to", "C3", "--method", "two-phase",
-            "--epochs-head", "1", "--epochs-finetune", "1", "--batch-size", "16", "--precision", "float32", "--quiet"]
+    args = [
+        "train",
+        "lenet5",
+        folder,
+        "--weights",
+        source,
+        "--out",
+        out,
+        "--freeze-to",
+        "C3",
+        "--method",
+        "two-phase",
+        "--epochs-head",
+        "1",
+        "--epochs-finetune",
+        "1",
+        "--batch-size",
+        "16",
+        "--precision",
+        "float32",
+        "--quiet",
+    ]
     assert main(args) == 0
     assert "fine-tuned lenet5 (two-phase) on 60 images" in capsys.readouterr().out
     result = json.load(open(os.path.join(out, "result.json")))
@@ -311,8 +381,17 @@ def test_tiny_tune_search_completes_resumes_and_keeps_only_the_best_checkpoint(d
 
     folder, _, _ = digits
     out = str(tmp_path / "search")
-    kwargs = dict(algorithm="bayesian", max_trials=2, epochs=2, epochs_head=1, batch_size=16, head_widths=(0, 8),
-                  freeze_choices=("all", "none"), keep_best=1, verbose=0)
+    kwargs = dict(
+        algorithm="bayesian",
+        max_trials=2,
+        epochs=2,
+        epochs_head=1,
+        batch_size=16,
+        head_widths=(0, 8),
+        freeze_choices=("all", "none"),
+        keep_best=1,
+        verbose=0,
+    )
     built = []
     real_build = finetune.transfer.build_transfer_model
 
@@ -353,11 +432,25 @@ def test_hyperband_continues_trials_from_their_parents_checkpoints(digits, tmp_p
 
     folder, _, _ = digits
     out = str(tmp_path / "search")
-    summary = tune("lenet5", folder, out, algorithm="hyperband", max_epochs=3, factor=3, epochs_head=1,
-                   batch_size=16, head_widths=(0, 8), freeze_choices=("all", "none"), verbose=0)
+    summary = tune(
+        "lenet5",
+        folder,
+        out,
+        algorithm="hyperband",
+        max_epochs=3,
+        factor=3,
+        epochs_head=1,
+        batch_size=16,
+        head_widths=(0, 8),
+        freeze_choices=("all", "none"),
+        verbose=0,
+    )
     assert summary["completed"] == summary["num_trials"] == 6
-    trials = [json.load(open(os.path.join(out, "search", d, "trial.json")))
-              for d in sorted(os.listdir(os.path.join(out, "search"))) if d.startswith("trial_")]
+    trials = [
+        json.load(open(os.path.join(out, "search", d, "trial.json")))
+        for d in sorted(os.listdir(os.path.join(out, "search")))
+        if d.startswith("trial_")
+    ]
     continued = [t for t in trials if "tuner/trial_id" in t["hyperparameters"]["values"]]
     assert continued and all(t["status"] == "COMPLETED" for t in continued)
     assert summary["checkpoints_kept"] == [summary["best_trial"]]
@@ -374,15 +467,45 @@ def test_distributed_tune_with_a_chief_and_two_workers_on_localhost(digits, tmp_
     folder, _, _ = digits
     out = str(tmp_path / "search")
     port = str(_free_port())
-    cmd = [sys.executable, "-m", "finetune", "tune", "lenet5", folder, "--out", out, "--algorithm", "bayesian",
-           "--max-trials", "3", "--epochs", "2", "--epochs-head", "1", "--batch-size", "16", "--head-widths", "0,8",
-           "--freeze-choices", "all,none", "--oracle-timeout", "120", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "finetune",
+        "tune",
+        "lenet5",
+        folder,
+        "--out",
+        out,
+        "--algorithm",
+        "bayesian",
+        "--max-trials",
+        "3",
+        "--epochs",
+        "2",
+        "--epochs-head",
+        "1",
+        "--batch-size",
+        "16",
+        "--head-widths",
+        "0,8",
+        "--freeze-choices",
+        "all,none",
+        "--oracle-timeout",
+        "120",
+        "--quiet",
+    ]
     procs = {}
     for tuner_id in ("chief", "tuner0", "tuner1"):
-        env = {**os.environ, "KERASTUNER_TUNER_ID": tuner_id, "KERASTUNER_ORACLE_IP": "127.0.0.1",
-               "KERASTUNER_ORACLE_PORT": port, "TF_CPP_MIN_LOG_LEVEL": "2"}
-        procs[tuner_id] = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                           text=True)
+        env = {
+            **os.environ,
+            "KERASTUNER_TUNER_ID": tuner_id,
+            "KERASTUNER_ORACLE_IP": "127.0.0.1",
+            "KERASTUNER_ORACLE_PORT": port,
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+        procs[tuner_id] = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
     outputs = {}
     try:
         for tuner_id, proc in procs.items():
@@ -405,8 +528,9 @@ def test_distributed_tune_with_a_chief_and_two_workers_on_localhost(digits, tmp_
 
 
 def test_command_line_lists_the_commands():
-    out = subprocess.run([sys.executable, "-m", "finetune", "--help"], cwd=REPO, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "finetune", "--help"], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0
     for command in ("extract", "linear", "train", "tune", "demo"):
         assert command in out.stdout
@@ -415,8 +539,24 @@ def test_command_line_lists_the_commands():
 @pytest.mark.slow
 def test_demo_runs_the_transfer_benchmark(tmp_path):
     """``finetune demo`` is bench/transfer.py: one pair, one seed, 5 labels per class."""
-    rc = main(["demo", "--", "--pairs", "lenet5-digits", "--seeds", "1", "--shots", "5", "--out", str(tmp_path),
-               "--results", str(tmp_path / "transfer.json"), "--chart", str(tmp_path / "transfer.png")])
+    rc = main(
+        [
+            "demo",
+            "--",
+            "--pairs",
+            "lenet5-digits",
+            "--seeds",
+            "1",
+            "--shots",
+            "5",
+            "--out",
+            str(tmp_path),
+            "--results",
+            str(tmp_path / "transfer.json"),
+            "--chart",
+            str(tmp_path / "transfer.png"),
+        ]
+    )
     assert rc == 0
     results = json.load(open(tmp_path / "transfer.json"))
     assert "| mnist5k 0-4 → mnist5k 5-9 (lenet5, F6) | 5 |" in results["markdown"]

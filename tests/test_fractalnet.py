@@ -14,12 +14,19 @@ from tests.helpers import random_images, trainable_params
 
 def _small(columns=3, **kwargs):
     """A FractalNet small enough to run many times: 2 blocks of 8 channels on 8×8 inputs, logits out."""
-    kwargs = {"widths": (8, 8), "dropout": None, "input_shape": (8, 8, 3), "classes": 5,
-              "classifier_activation": None, **kwargs}
+    kwargs = {
+        "widths": (8, 8),
+        "dropout": None,
+        "input_shape": (8, 8, 3),
+        "classes": 5,
+        "classifier_activation": None,
+        **kwargs,
+    }
     return fractalnet(columns, **kwargs)
 
 
 # --- the join ---------------------------------------------------------------------------------------------------
+
 
 def test_join_is_the_mean_at_inference():
     rng = np.random.default_rng(0)
@@ -48,10 +55,10 @@ def test_local_drop_path_keeps_one_and_drops_at_the_rate():
     assert kept.any(axis=1).all(), "a join dropped all its inputs"
     # Each input is dropped with p = 0.15; when all three are dropped (p^3) one of them is put back, so the
     # observed drop rate of an input is p - p^3 / 3.
-    expected = 0.15 - 0.15 ** 3 / 3
+    expected = 0.15 - 0.15**3 / 3
     sigma = np.sqrt(expected * (1 - expected) / trials)
     np.testing.assert_allclose(1 - kept.mean(axis=0), expected, atol=4 * sigma)
-    all_kept = 0.85 ** 3
+    all_kept = 0.85**3
     np.testing.assert_allclose(kept.all(axis=1).mean(), all_kept, atol=4 * np.sqrt(all_kept * (1 - all_kept) / trials))
 
 
@@ -74,8 +81,9 @@ def test_global_selection_at_one_join():
     np.testing.assert_allclose(join(xs + [np.tile(one_hot[2], (2, 1))], training=True), xs[1], rtol=1e-6)
     np.testing.assert_allclose(join(xs + [np.tile(one_hot[1], (2, 1))], training=True), xs[0], rtol=1e-6)
     # Column 1 does not pass through this join: the plain mean (the network discards it downstream).
-    np.testing.assert_allclose(join(xs + [np.tile(one_hot[0], (2, 1))], training=True), np.mean(xs, axis=0),
-                               rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(
+        join(xs + [np.tile(one_hot[0], (2, 1))], training=True), np.mean(xs, axis=0), rtol=1e-6, atol=1e-6
+    )
 
 
 def test_sampler_draws_one_column_for_half_the_batches():
@@ -94,6 +102,7 @@ def test_sampler_draws_one_column_for_half_the_batches():
 
 
 # --- the network -----------------------------------------------------------------------------------------------
+
 
 def test_global_drop_path_runs_exactly_one_column_and_extraction_reproduces_it():
     model = _small(global_drop_path=1.0, drop_path=0.15, seed=5)
@@ -153,7 +162,7 @@ def test_block_follows_the_expansion_rule(columns):
     x = random_images((4, 4, 3), batch=2)
     expected = np.mean([_maxpool2(y) for y in expand(x, columns, 0)], axis=0)
     np.testing.assert_allclose(model.predict(x, verbose=0), expected, rtol=1e-5, atol=1e-5)
-    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in model.layers) == 2 ** columns - 1
+    assert sum(isinstance(layer, keras.layers.Conv2D) for layer in model.layers) == 2**columns - 1
 
 
 def test_dropout_per_block_and_round_trip(tmp_path):
@@ -182,6 +191,7 @@ def test_training_step_runs():
 
 # --- parameter counts -------------------------------------------------------------------------------------------
 
+
 def _derived_params(columns, widths=(64, 128, 256, 512, 512), classes=10):
     """Trainable parameters of the §4 CIFAR FractalNet, written out.
 
@@ -192,7 +202,7 @@ def _derived_params(columns, widths=(64, 128, 256, 512, 512), classes=10):
     """
     total, c_in = 0, 3
     for w in widths:
-        first, rest = columns, 2 ** columns - 1 - columns
+        first, rest = columns, 2**columns - 1 - columns
         total += first * (9 * c_in * w + w) + rest * (9 * w * w + w)
         c_in = w
     return total + c_in * classes + classes

@@ -167,8 +167,13 @@ _FUZZER = textwrap.dedent(r'''
 
 def test_readers_load_or_raise_the_library_error_on_mutated_files(tmp_path):
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": REPO}
-    proc = subprocess.run([sys.executable, "-c", _FUZZER, str(tmp_path), str(MUTANTS_PER_SEED), "20261202"],
-                          capture_output=True, text=True, env=env, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _FUZZER, str(tmp_path), str(MUTANTS_PER_SEED), "20261202"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert proc.returncode == 0, f"the fuzzed readers crashed (exit {proc.returncode}):\n{proc.stderr[-4000:]}"
     line = [x for x in proc.stdout.splitlines() if x.startswith("FUZZ ")]
     assert line, proc.stdout[-2000:] + proc.stderr[-2000:]

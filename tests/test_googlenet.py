@@ -55,9 +55,12 @@ def _module_macs(size, c, filters, k5=5):
 
 def _layer_params(model, key):
     """Trainable parameters of the layer ``key``, or of every layer whose name starts with ``key`` ending in "_"."""
-    return sum(int(np.prod(w.shape)) for layer in model.layers
-               if layer.name == key or (key.endswith("_") and layer.name.startswith(key))
-               for w in layer.trainable_weights)
+    return sum(
+        int(np.prod(w.shape))
+        for layer in model.layers
+        if layer.name == key or (key.endswith("_") and layer.name.startswith(key))
+        for w in layer.trainable_weights
+    )
 
 
 def test_googlenet_parameter_count_from_table1():
@@ -134,25 +137,33 @@ def test_auxiliary_heads_outputs_strip_and_loss_weights():
     train, infer = model(x, training=True), model(x, training=False)
     assert isinstance(train, dict) and isinstance(infer, dict)
     assert sorted(train) == sorted(infer) == ["aux1", "aux2", "predictions"]
-    assert {k: tuple(v.shape) for k, v in train.items()} == {k: tuple(v.shape) for k, v in infer.items()} == {
-        "aux1": (1, 1000), "aux2": (1, 1000), "predictions": (1, 1000)}
+    assert (
+        {k: tuple(v.shape) for k, v in train.items()}
+        == {k: tuple(v.shape) for k, v in infer.items()}
+        == {"aux1": (1, 1000), "aux2": (1, 1000), "predictions": (1, 1000)}
+    )
 
     inference = strip_auxiliary(model)
     assert len(inference.outputs) == 1 and inference.name == "googlenet"
     assert not any(layer.name.startswith("aux") for layer in inference.layers)
     assert inference.get_layer("inception5b_1x1") is model.get_layer("inception5b_1x1")
     assert trainable_params(inference) == 6_998_552
-    np.testing.assert_allclose(np.asarray(inference(x, training=False)), np.asarray(infer["predictions"]),
-                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        np.asarray(inference(x, training=False)), np.asarray(infer["predictions"]), rtol=1e-5, atol=1e-7
+    )
 
     # The documented 0.3 weighting, as compile() applies it to the named outputs.
     assert AUX_LOSS_WEIGHT == 0.3 and AUX_LOSS_WEIGHTS == {"aux1": 0.3, "aux2": 0.3, "predictions": 1.0}
-    model.compile(optimizer="sgd", loss={k: "sparse_categorical_crossentropy" for k in AUX_LOSS_WEIGHTS},
-                  loss_weights=AUX_LOSS_WEIGHTS)
+    model.compile(
+        optimizer="sgd",
+        loss={k: "sparse_categorical_crossentropy" for k in AUX_LOSS_WEIGHTS},
+        loss_weights=AUX_LOSS_WEIGHTS,
+    )
     y = np.array([3])
     logs = model.train_on_batch(x, {"aux1": y, "aux2": y, "predictions": y}, return_dict=True)
-    np.testing.assert_allclose(logs["loss"], logs["predictions_loss"] + 0.3 * (logs["aux1_loss"] + logs["aux2_loss"]),
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+        logs["loss"], logs["predictions_loss"] + 0.3 * (logs["aux1_loss"] + logs["aux2_loss"]), rtol=1e-5
+    )
 
 
 def test_auxiliary_outputs_survive_a_keras_round_trip(tmp_path):
@@ -210,8 +221,13 @@ def test_slide_inception_modules_naive_and_bottleneck():
     assert trainable_params(bottleneck) == 32_896 + 16_448 + 110_784 + 16_448 + 153_696 + 16_448 == 346_720
     assert conv_dense_macs(bottleneck) == 271_351_808
     assert {layer.name for layer in bottleneck.layers if isinstance(layer, keras.layers.Conv2D)} == {
-        "inception_1x1", "inception_3x3_reduce", "inception_3x3", "inception_5x5_reduce", "inception_5x5",
-        "inception_pool_proj"}
+        "inception_1x1",
+        "inception_3x3_reduce",
+        "inception_3x3",
+        "inception_5x5_reduce",
+        "inception_5x5",
+        "inception_pool_proj",
+    }
     # Concatenated in Caffe's order: 1×1, 3×3, 5×5, pool projection.
     parts = [bottleneck.get_layer(f"inception_{b}_relu").output for b in ("1x1", "3x3", "5x5", "pool_proj")]
     probe = keras.Model(bottleneck.input, [bottleneck.output, *parts])
@@ -239,17 +255,27 @@ def caffe_pool(a, k, s, kind):
     out = np.empty((n, oh, ow, c), dtype=np.float64)
     for i in range(oh):
         for j in range(ow):
-            win = a[:, i * s:min(i * s + k, h), j * s:min(j * s + k, w), :]
+            win = a[:, i * s : min(i * s + k, h), j * s : min(j * s + k, w), :]
             out[:, i, j, :] = win.max(axis=(1, 2)) if kind == "max" else win.mean(axis=(1, 2))
     return out
 
 
-@pytest.mark.parametrize("shape, k, s, kind, signed", [
-    ((8, 8), 3, 2, "max", True), ((7, 7), 3, 2, "max", True), ((109, 109), 3, 2, "max", True),
-    ((2, 2), 3, 2, "max", True), ((14, 14), 2, 2, "max", True), ((7, 7), 2, 2, "max", True),
-    ((7, 8), 3, 2, "max", False), ((6, 6), 5, 3, "max", False),  # zero-padded fallback, post-ReLU inputs
-    ((14, 14), 5, 3, "avg", True), ((16, 16), 3, 2, "avg", True), ((15, 15), 3, 2, "avg", True),
-])
+@pytest.mark.parametrize(
+    "shape, k, s, kind, signed",
+    [
+        ((8, 8), 3, 2, "max", True),
+        ((7, 7), 3, 2, "max", True),
+        ((109, 109), 3, 2, "max", True),
+        ((2, 2), 3, 2, "max", True),
+        ((14, 14), 2, 2, "max", True),
+        ((7, 7), 2, 2, "max", True),
+        ((7, 8), 3, 2, "max", False),
+        ((6, 6), 5, 3, "max", False),  # zero-padded fallback, post-ReLU inputs
+        ((14, 14), 5, 3, "avg", True),
+        ((16, 16), 3, 2, "avg", True),
+        ((15, 15), 3, 2, "avg", True),
+    ],
+)
 def test_ceil_pool_matches_caffe(shape, k, s, kind, signed):
     rng = np.random.default_rng(0)
     a = rng.normal(size=(2, *shape, 3)).astype("float32")

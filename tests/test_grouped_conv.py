@@ -49,7 +49,7 @@ def np_grouped_conv(x, kernel, bias, groups, s, padding, d, upstream=None):
     y = np.zeros((n, ho, wo, groups, cg_out))
     for a in range(k):
         for b in range(k):
-            patch = xg[:, a * d:a * d + (ho - 1) * s + 1:s, b * d:b * d + (wo - 1) * s + 1:s]  # n,ho,wo,g,ci
+            patch = xg[:, a * d : a * d + (ho - 1) * s + 1 : s, b * d : b * d + (wo - 1) * s + 1 : s]  # n,ho,wo,g,ci
             y += np.einsum("nhwgi,igo->nhwgo", patch, kg[a, b])
     y = y.reshape(n, ho, wo, cout) + bias
     if upstream is None:
@@ -62,7 +62,7 @@ def np_grouped_conv(x, kernel, bias, groups, s, padding, d, upstream=None):
             sl = (slice(None), slice(a * d, a * d + (ho - 1) * s + 1, s), slice(b * d, b * d + (wo - 1) * s + 1, s))
             dk[a, b] = np.einsum("nhwgi,nhwgo->igo", xg[sl], ug)
             dxg[sl] += np.einsum("nhwgo,igo->nhwgi", ug, kg[a, b])
-    dx = dxg.reshape(xp.shape)[:, pads[0][0]:pads[0][0] + h, pads[1][0]:pads[1][0] + w]
+    dx = dxg.reshape(xp.shape)[:, pads[0][0] : pads[0][0] + h, pads[1][0] : pads[1][0] + w]
     return y, dx, dk.reshape(kernel.shape)
 
 
@@ -108,8 +108,11 @@ def test_formulations_match_numpy_and_keras_conv2d(case):
     np.testing.assert_allclose(y_ref, y_np, rtol=1e-4, atol=1e-4)  # the reference agrees with numpy
     for how in TF_FORMULATIONS:
         y, dx, dk = _forward_and_grads(_layer(GroupedConv2D, case, kernel, bias, formulation=how), x, upstream)
-        for got, np_ref, keras_ref, what in ((y, y_np, y_ref, "y"), (dx, dx_np, dx_ref, "dL/dx"),
-                                             (dk, dk_np, dk_ref, "dL/dkernel")):
+        for got, np_ref, keras_ref, what in (
+            (y, y_np, y_ref, "y"),
+            (dx, dx_np, dx_ref, "dL/dx"),
+            (dk, dk_np, dk_ref, "dL/dkernel"),
+        ):
             np.testing.assert_allclose(got, np_ref, rtol=1e-4, atol=1e-4, err_msg=f"{how} {what} vs numpy")
             np.testing.assert_allclose(got, keras_ref, rtol=1e-5, atol=1e-4, err_msg=f"{how} {what} vs Conv2D")
 
@@ -205,8 +208,13 @@ def test_jax_backend(tmp_path):
         np.savez(sys.argv[2], y=np.asarray(layer(d["x"])), dx=np.asarray(dx), dk=np.asarray(dk))
     """)
     env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
-                          env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "in.npz"), str(tmp_path / "out.npz")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = np.load(tmp_path / "out.npz")
     for got, ref in ((out["y"], y_np), (out["dx"], dx_np), (out["dk"], dk_np)):

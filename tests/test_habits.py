@@ -42,7 +42,7 @@ def _absolute(module, path, node):
     if not node.level:
         return node.module or ""
     base = _package_of(module, path).split(".")
-    base = base[:len(base) - node.level + 1]
+    base = base[: len(base) - node.level + 1]
     return ".".join(base + ([node.module] if node.module else []))
 
 
@@ -98,36 +98,48 @@ def private_uses(module, path, source=None):
 
 def test_the_checker_sees_each_kind_of_private_use():
     """The checker itself, on a made-up module: each way of reaching a private name is reported."""
-    source = "\n".join([
-        "from kerasarch.training.loop import _build_model, train",
-        "from kerasarch import _discover",
-        "import kerasarch.training.loop as loop",
-        "from kerasarch.training import recipes",
-        "from . import counting",
-        "x = loop._inference_model",
-        "y = recipes._RULES, recipes.RECIPES, counting._x",
-        "z = some_object._private  # not a module: allowed",
-    ])
+    source = "\n".join(
+        [
+            "from kerasarch.training.loop import _build_model, train",
+            "from kerasarch import _discover",
+            "import kerasarch.training.loop as loop",
+            "from kerasarch.training import recipes",
+            "from . import counting",
+            "x = loop._inference_model",
+            "y = recipes._RULES, recipes.RECIPES, counting._x",
+            "z = some_object._private  # not a module: allowed",
+        ]
+    )
     found = private_uses("finetune.fake", os.path.join(ROOT, "finetune", "fake.py"), source)
     assert [f.split(": ", 1)[1] for f in found] == [
-        "from kerasarch.training.loop import _build_model", "from kerasarch import _discover",
-        "kerasarch.training.loop._inference_model", "kerasarch.training.recipes._RULES",
+        "from kerasarch.training.loop import _build_model",
+        "from kerasarch import _discover",
+        "kerasarch.training.loop._inference_model",
+        "kerasarch.training.recipes._RULES",
     ], found
-    inside = private_uses("kerasarch.analysis.fake", os.path.join(ROOT, "kerasarch", "analysis", "fake.py"),
-                          "from . import counting\nfrom kerasarch._discover import x\nc = counting._x\n")
+    inside = private_uses(
+        "kerasarch.analysis.fake",
+        os.path.join(ROOT, "kerasarch", "analysis", "fake.py"),
+        "from . import counting\nfrom kerasarch._discover import x\nc = counting._x\n",
+    )
     assert inside == ["3: kerasarch.analysis.counting._x"]
 
 
 def test_no_module_imports_another_modules_private_names():
     # kerasarch.keras_compat is where the frameworks' internals are read (see the next test).
-    offenders = {name: uses for name, path in MODULES
-                 if (uses := private_uses(name, path)) and name != "kerasarch.keras_compat"}
-    assert not offenders, "Private names used across modules (make them public and documented, or keep them " \
-                          f"inside their module): {offenders}"
+    offenders = {
+        name: uses for name, path in MODULES if (uses := private_uses(name, path)) and name != "kerasarch.keras_compat"
+    }
+    assert not offenders, (
+        "Private names used across modules (make them public and documented, or keep them "
+        f"inside their module): {offenders}"
+    )
 
 
-KERAS_INTERNALS = re.compile(r"_keras_history|_inbound_nodes|_outbound_nodes|_nodes_by_depth|_num_workers|"
-                             r"_seen_so_far|keras\.src\b|keras_tuner\.src\b|\._brackets\b|tensorflow\.python\b")
+KERAS_INTERNALS = re.compile(
+    r"_keras_history|_inbound_nodes|_outbound_nodes|_nodes_by_depth|_num_workers|"
+    r"_seen_so_far|keras\.src\b|keras_tuner\.src\b|\._brackets\b|tensorflow\.python\b"
+)
 
 
 def test_keras_internals_are_read_in_keras_compat_only():
@@ -135,8 +147,11 @@ def test_keras_internals_are_read_in_keras_compat_only():
     for name, path in MODULES:
         if name == "kerasarch.keras_compat":
             continue
-        code = [(i, line.strip()) for i, line in enumerate(open(path, encoding="utf-8").read().splitlines(), 1)
-                if KERAS_INTERNALS.search(line.split("#")[0])]
+        code = [
+            (i, line.strip())
+            for i, line in enumerate(open(path, encoding="utf-8").read().splitlines(), 1)
+            if KERAS_INTERNALS.search(line.split("#")[0])
+        ]
         if code:
             found[name] = code
     assert not found, f"Keras / keras-tuner / TensorFlow internals read outside kerasarch.keras_compat: {found}"

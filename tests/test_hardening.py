@@ -43,10 +43,14 @@ WEIGHT = np.arange(24, dtype="<f4")
 
 # ------------------------------------------------------------------ 1. the torch-free .pth reader's bounds
 
+
 def test_pth_writer_makes_files_the_reader_loads_exactly(tmp_path):
     """The crafted files below differ from this valid one only in the fields under test."""
-    tensors = {"conv.weight": ("0", 24, 0, (2, 3, 2, 2), (12, 4, 2, 1)), "conv.bias": ("0", 24, 22, (2,), (1,)),
-               "fc.weight": ("0", 24, 0, (4, 6), (1, 4))}
+    tensors = {
+        "conv.weight": ("0", 24, 0, (2, 3, 2, 2), (12, 4, 2, 1)),
+        "conv.bias": ("0", 24, 22, (2,), (1,)),
+        "fc.weight": ("0", 24, 0, (4, 6), (1, 4)),
+    }
     for legacy in (False, True):
         path = tmp_path / f"ok{int(legacy)}.pth"
         path.write_bytes(torch_checkpoint_bytes(tensors, {"0": WEIGHT.tobytes()}, legacy=legacy))
@@ -101,8 +105,10 @@ def child(tmp_path_factory):
     # A 128 MB storage entry (deflated to ~130 kB) of which a tensor needs 16 bytes.
     paths["big_storage"] = tmp / "big_storage.pth"
     body = torch_checkpoint_bytes({"w": ("0", 32 << 20, 4, (4,), (1,))}, {})  # the storage entry is added below
-    with zipfile.ZipFile(io.BytesIO(body)) as src, zipfile.ZipFile(paths["big_storage"], "w",
-                                                                    zipfile.ZIP_DEFLATED) as zf:
+    with (
+        zipfile.ZipFile(io.BytesIO(body)) as src,
+        zipfile.ZipFile(paths["big_storage"], "w", zipfile.ZIP_DEFLATED) as zf,
+    ):
         for item in src.infolist():
             zf.writestr(item.filename, src.read(item.filename))
         with zf.open("archive/data/0", "w", force_zip64=True) as f:
@@ -112,8 +118,13 @@ def child(tmp_path_factory):
             for _ in range(127):
                 f.write(bytes(1 << 20))
     assert os.path.getsize(paths["big_storage"]) < 8 << 20
-    proc = subprocess.run([sys.executable, "-c", _CHILD, *map(str, paths.values())], capture_output=True, text=True,
-                          env={**ENV, "KERASARCH_MAX_IMAGE_PIXELS": "1000"}, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, *map(str, paths.values())],
+        capture_output=True,
+        text=True,
+        env={**ENV, "KERASARCH_MAX_IMAGE_PIXELS": "1000"},
+        timeout=300,
+    )
     assert proc.returncode == 0, f"the reader crashed (exit {proc.returncode}): {proc.stderr[-3000:]}"
     out = json.loads([x for x in proc.stdout.splitlines() if x.startswith("PTH ")][0][4:])
     return {name: out[str(path)] for name, path in paths.items()} | {"MAX_IMAGE_PIXELS": out["MAX_IMAGE_PIXELS"]}
@@ -136,6 +147,7 @@ def test_pth_reader_reads_only_the_bytes_a_tensor_spans(child):
 
 
 # ------------------------------------------------------------------ weights files that are corrupt are named
+
 
 def test_corrupt_weights_files_raise_the_library_error_naming_the_file(tmp_path):
     model = kerasarch.build_model("lenet5")
@@ -167,6 +179,7 @@ def test_corrupt_weights_files_raise_the_library_error_naming_the_file(tmp_path)
 
 # ------------------------------------------------------------------ 4. decompression bombs
 
+
 def _chunk(kind, data):
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
@@ -174,8 +187,12 @@ def _chunk(kind, data):
 def _png(width, height, rows=1):
     """A PNG declaring ``width``×``height`` grey pixels whose data holds only ``rows`` rows (never decoded)."""
     raw = zlib.compress(b"".join(b"\x00" + bytes(width) for _ in range(rows)), 9)
-    return (b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
-            + _chunk(b"IDAT", raw) + _chunk(b"IEND", b""))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+        + _chunk(b"IDAT", raw)
+        + _chunk(b"IEND", b"")
+    )
 
 
 def _jpeg_header(width, height):
@@ -210,11 +227,13 @@ def test_decompression_bombs_are_skipped_and_counted_before_decoding(tmp_path, m
     monkeypatch.setattr(kerasarch.data, "MAX_IMAGE_PIXELS", 10**9)
     assert check_image_file(bomb) is None
 
+
 def test_the_pixel_limit_follows_the_environment_variable(child):
     assert child["MAX_IMAGE_PIXELS"] == 1000  # KERASARCH_MAX_IMAGE_PIXELS=1000 in the child's environment
 
 
 # ------------------------------------------------------------------ 3 & 8. finetune extract
+
 
 def _bmp(pixels):
     """A 24-bit BMP of an (H, W, 3) uint8 array (rows bottom-up, BGR, padded to 4 bytes)."""
@@ -277,8 +296,9 @@ def test_extract_that_reads_no_image_fails(tmp_path):
     for c in ("a", "b"):
         (data / c).mkdir(parents=True)
         # A JPEG frame header and end marker around garbage: passes the quick check, fails to decode.
-        (data / c / "x.jpg").write_bytes(_jpeg_header(8, 8)[:-2] + os.urandom(200).replace(b"\xff", b"\x00")
-                                         + b"\xff\xd9")
+        (data / c / "x.jpg").write_bytes(
+            _jpeg_header(8, 8)[:-2] + os.urandom(200).replace(b"\xff", b"\x00") + b"\xff\xd9"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with pytest.raises(FinetuneError, match="No image of folder:photos could be read"):
@@ -311,10 +331,12 @@ def test_extract_never_deletes_or_writes_among_user_files(tmp_path):
 
 # ------------------------------------------------------------------ 5. one writer per run folder
 
+
 def _tiny_data(n=8, classes=2, size=8):
     rng = np.random.default_rng(0)
-    ds = tf.data.Dataset.from_tensor_slices((rng.uniform(0, 255, (n, size, size, 1)).astype("float32"),
-                                             (np.arange(n) % classes).astype("int32")))
+    ds = tf.data.Dataset.from_tensor_slices(
+        (rng.uniform(0, 255, (n, size, size, 1)).astype("float32"), (np.arange(n) % classes).astype("int32"))
+    )
     ds.class_names = [str(i) for i in range(classes)]
     ds.num_examples = n
     return ds
@@ -328,13 +350,22 @@ def _tiny_model(size=8, classes=2):
 
 def test_a_second_training_into_a_locked_run_folder_is_refused(tmp_path):
     run = tmp_path / "run"
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import time
         from kerasarch.training.guard import RunFolderLock
         lock = RunFolderLock({str(run)!r}).acquire()
         print("locked", flush=True)
         time.sleep(120)
-    """)], stdout=subprocess.PIPE, text=True, env=ENV)
+    """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     try:
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(RunLockedError, match=f"in use by process {holder.pid}"):
@@ -352,6 +383,7 @@ def test_a_second_training_into_a_locked_run_folder_is_refused(tmp_path):
 
 # ------------------------------------------------------------------ 6 & 7. degenerate input, NaN weights
 
+
 def test_degenerate_training_input_is_refused_before_any_work(tmp_path):
     out = tmp_path / "run"
     cases = [
@@ -364,8 +396,14 @@ def test_degenerate_training_input_is_refused_before_any_work(tmp_path):
         (dict(recipe={"lr": -0.5}), "Received: lr=-0.5"),
     ]
     for kwargs, says in cases:
-        args = {"train_ds": _tiny_data(), "epochs": 1, "precision": "float32", "out_dir": str(out), "verbose": 0,
-                **kwargs}
+        args = {
+            "train_ds": _tiny_data(),
+            "epochs": 1,
+            "precision": "float32",
+            "out_dir": str(out),
+            "verbose": 0,
+            **kwargs,
+        }
         with pytest.raises(KerasarchError, match=says.replace("(", r"\(").replace(".", r"\.")):
             train(_tiny_model(), args.pop("train_ds"), **args)
         assert not (out / "recipe.json").exists(), kwargs
@@ -387,11 +425,20 @@ def test_nan_weights_are_never_kept_as_the_last_good_ones_without_a_run_folder()
     as its in-memory 'last good' copy and returned them with stop_reason None or 'nan_loss'."""
     inputs = keras.Input((8, 8, 1))
     x = keras.layers.Rescaling(1e6)(keras.layers.Flatten()(inputs))  # gradients of ~1e5 per weight
-    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros",
-                                                   name="predictions")(x))
+    model = keras.Model(
+        inputs, keras.layers.Dense(2, activation="softmax", kernel_initializer="zeros", name="predictions")(x)
+    )
     initial = [w.copy() for w in model.get_weights()]
-    result = train(model, _tiny_data(n=8), epochs=3, batch_size=8, lr=1e38, precision="float32", verbose=0,
-                   recipe={"base": "generic", "optimizer": "sgd", "momentum": 0.0})
+    result = train(
+        model,
+        _tiny_data(n=8),
+        epochs=3,
+        batch_size=8,
+        lr=1e38,
+        precision="float32",
+        verbose=0,
+        recipe={"base": "generic", "optimizer": "sgd", "momentum": 0.0},
+    )
     assert result.stop_reason == "nan_loss"
     weights = result.model.get_weights()
     assert all(np.isfinite(w).all() for w in weights)
@@ -401,15 +448,16 @@ def test_nan_weights_are_never_kept_as_the_last_good_ones_without_a_run_folder()
 
 # ------------------------------------------------------------------ 9. NumPy integers are integers
 
+
 def test_numpy_integers_are_accepted_where_python_integers_are():
-    model = kerasarch.build_model("lenet5", classes=np.int64(7),
-                                  input_shape=(np.int64(32), np.int32(32), np.int64(1)))
+    model = kerasarch.build_model("lenet5", classes=np.int64(7), input_shape=(np.int64(32), np.int32(32), np.int64(1)))
     assert model.output_shape == (None, 7)
     with pytest.raises(ValueError, match="input height must be an integer or None. Received"):
         kerasarch.build_model("lenet5", input_shape=(32.5, 32, 1))
 
 
 # ------------------------------------------------------------------ 10. permissions, and writing only where asked
+
 
 def test_atomic_writes_honour_the_umask(tmp_path):
     old = os.umask(0o022)
@@ -438,18 +486,54 @@ def test_commands_write_only_where_asked_and_keep_user_files(tmp_path, capsys):
     docs = os.path.join(REPO, "docs", "models.md")
     docs_before = open(docs, "rb").read(), os.path.getmtime(docs)
 
-    assert kerasarch_main(["train", "lenet5", "--data", str(photos), "--epochs", "1", "--batch-size", "4",
-                           "--precision", "float32", "--out", str(folders["run"]), "--verbose", "0"]) == 0
+    assert (
+        kerasarch_main(
+            [
+                "train",
+                "lenet5",
+                "--data",
+                str(photos),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--precision",
+                "float32",
+                "--out",
+                str(folders["run"]),
+                "--verbose",
+                "0",
+            ]
+        )
+        == 0
+    )
     assert (folders["run"] / "model.keras").exists()
-    assert kerasarch_main(["compare", "lenet5", "--out", str(folders["cmp"]), "--in-process", "--runs", "1",
-                           "--warmup", "0", "--batch", "2"]) == 0
+    assert (
+        kerasarch_main(
+            [
+                "compare",
+                "lenet5",
+                "--out",
+                str(folders["cmp"]),
+                "--in-process",
+                "--runs",
+                "1",
+                "--warmup",
+                "0",
+                "--batch",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert (folders["cmp"] / "compare.md").exists()
     capsys.readouterr()
     assert kerasarch_main(["models-doc", "lenet5"]) == 0
     assert "| `lenet5` |" in capsys.readouterr().out
     assert kerasarch_main(["models-doc", "lenet5", "--out", str(folders["doc"] / "models.md")]) == 0
-    assert finetune_main(["extract", "lenet5", str(photos), "--tap", "C5", "--out", str(folders["feats"]),
-                          "--quiet"]) == 2
+    assert (
+        finetune_main(["extract", "lenet5", str(photos), "--tap", "C5", "--out", str(folders["feats"]), "--quiet"]) == 2
+    )
     for folder in folders.values():
         assert (folder / "mine.txt").read_text() == "mine", folder
     assert (open(docs, "rb").read(), os.path.getmtime(docs)) == docs_before

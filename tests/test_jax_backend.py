@@ -53,10 +53,13 @@ NEUTRAL_TESTS = [
 # fire modules; option-A shortcuts; basic residual blocks; dense blocks; inception modules with LRN), in two
 # groups of similar cost that `pytest -n 2` runs side by side; `-m slow` compares every other default-sized
 # registered model (the heavy ones, ``spec.slow``, are left to the TensorFlow suite).
-GROUPS = {"inception_lenet_nin": ["googlenet", "lenet5", "nin_cifar"],
-          "residual_dense_fire": ["densenet_bc_100_12", "resnet18", "resnet20", "squeezenet1_1"]}
-OTHERS = [n for n in kerasarch.list_models()
-          if not kerasarch.get_spec(n).slow and all(n not in g for g in GROUPS.values())]
+GROUPS = {
+    "inception_lenet_nin": ["googlenet", "lenet5", "nin_cifar"],
+    "residual_dense_fire": ["densenet_bc_100_12", "resnet18", "resnet20", "squeezenet1_1"],
+}
+OTHERS = [
+    n for n in kerasarch.list_models() if not kerasarch.get_spec(n).slow and all(n not in g for g in GROUPS.values())
+]
 GROUPS_AND_OTHERS = [*GROUPS, pytest.param("others", marks=pytest.mark.slow)]
 GROUPS["others"] = OTHERS
 
@@ -65,19 +68,33 @@ def jax_env():
     """The environment of a JAX subprocess: CPU only, and XLA's cheapest compilation (eager JAX compiles every
     operation for each new shape; the checks are numerical, not timed)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_", "KERAS_BACKEND"))}
-    env.update({"KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu", "CUDA_VISIBLE_DEVICES": "", "TF_CPP_MIN_LOG_LEVEL": "3",
-                "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
-                "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))})
+    env.update(
+        {
+            "KERAS_BACKEND": "jax",
+            "JAX_PLATFORMS": "cpu",
+            "CUDA_VISIBLE_DEVICES": "",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+            "XLA_FLAGS": "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true",
+            "PYTHONPATH": os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])),
+        }
+    )
     return env
 
 
 def run_on_jax(code, timeout=600):
     """Runs ``code`` (Python source) in a JAX subprocess from the repository root; its stdout and stderr."""
     prologue = "import keras\nassert keras.backend.backend() == 'jax', keras.backend.backend()\n"
-    done = subprocess.run([sys.executable, "-c", prologue + textwrap.dedent(code)], cwd=ROOT, env=jax_env(),
-                          capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, f"the JAX subprocess failed ({done.returncode}):\n{done.stdout[-3000:]}\n" \
-                                 f"{done.stderr[-5000:]}"
+    done = subprocess.run(
+        [sys.executable, "-c", prologue + textwrap.dedent(code)],
+        cwd=ROOT,
+        env=jax_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert done.returncode == 0, (
+        f"the JAX subprocess failed ({done.returncode}):\n{done.stdout[-3000:]}\n{done.stderr[-5000:]}"
+    )
     return done.stdout
 
 
@@ -128,9 +145,11 @@ def test_registry_models_give_tensorflows_outputs_on_jax(group, tmp_path):
     """)
     report = json.loads(next(line for line in out.splitlines() if line.startswith("REPORT "))[7:])
     assert sorted(report) == sorted(names)
-    bad = {n: r for n, r in report.items()
-           if r["shape"] != [2, kerasarch.get_spec(n).classes] or r["diff"] > 1e-4 * max(1.0, r["scale"])
-           or not r["top1"]}
+    bad = {
+        n: r
+        for n, r in report.items()
+        if r["shape"] != [2, kerasarch.get_spec(n).classes] or r["diff"] > 1e-4 * max(1.0, r["scale"]) or not r["top1"]
+    }
     assert not bad, f"JAX outputs differ from TensorFlow's on the same weights: {bad}"
 
 

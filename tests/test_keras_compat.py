@@ -34,7 +34,8 @@ def test_installed_releases_are_the_tested_ones():
 
     assert _version(keras) == tuple(int(p) for p in keras_compat.TESTED_KERAS.split(".")), (
         f"Keras {keras.__version__} is not the release kerasarch.keras_compat was checked against "
-        f"({keras_compat.TESTED_KERAS}): run this file, adapt keras_compat, then update TESTED_KERAS and setup.cfg")
+        f"({keras_compat.TESTED_KERAS}): run this file, adapt keras_compat, then update TESTED_KERAS and setup.cfg"
+    )
     assert _version(keras_tuner) == tuple(int(p) for p in keras_compat.TESTED_KERAS_TUNER.split("."))
     assert _version(keras) < _pin("keras")
     assert _version(keras_tuner) < _pin("keras-tuner")
@@ -110,7 +111,9 @@ def test_worker_count_reads_the_public_cluster_resolver():
     class Stub:
         cluster_resolver = tf.distribute.cluster_resolver.SimpleClusterResolver(
             tf.train.ClusterSpec({"chief": ["a:1"], "worker": ["b:1", "c:1"], "evaluator": ["d:1"]}),
-            task_type="worker", task_id=0)
+            task_type="worker",
+            task_id=0,
+        )
 
     assert worker_count(Stub()) == 3
 

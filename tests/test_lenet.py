@@ -72,10 +72,13 @@ def test_modern_variant_count():
     assert isinstance(model.get_layer("s2"), keras.layers.MaxPooling2D)
 
 
-@pytest.mark.parametrize("centres, trainable, total", [
-    ("fixed", PAPER_WITHOUT_OUTPUT, PAPER_WITHOUT_OUTPUT + RBF_CENTRES),
-    ("trainable", PAPER_WITHOUT_OUTPUT + RBF_CENTRES, PAPER_WITHOUT_OUTPUT + RBF_CENTRES),
-])
+@pytest.mark.parametrize(
+    "centres, trainable, total",
+    [
+        ("fixed", PAPER_WITHOUT_OUTPUT, PAPER_WITHOUT_OUTPUT + RBF_CENTRES),
+        ("trainable", PAPER_WITHOUT_OUTPUT + RBF_CENTRES, PAPER_WITHOUT_OUTPUT + RBF_CENTRES),
+    ],
+)
 def test_rbf_output_counts(centres, trainable, total):
     model = kerasarch.build_model("lenet5", output="rbf", rbf_centres=centres)
     assert trainable_params(model) == trainable
@@ -191,11 +194,14 @@ def test_headless_ends_at_c5():
     assert model.layers[-1].name == "c5_act" and model.output_shape == (None, 1, 1, 120)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"output": "euclid"}, "Received: output='euclid'"),
-    ({"subsampling": "avg"}, "Received: subsampling='avg'"),
-    ({"rbf_centres": "learned"}, "Received: rbf_centres='learned'"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"output": "euclid"}, "Received: output='euclid'"),
+        ({"subsampling": "avg"}, "Received: subsampling='avg'"),
+        ({"rbf_centres": "learned"}, "Received: rbf_centres='learned'"),
+    ],
+)
 def test_impossible_options_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):
         kerasarch.build_model("lenet5", **kwargs)

@@ -72,13 +72,16 @@ def test_unknown_name_suggests_closest():
         kerasarch.build_model("vgg61")
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"input_shape": (16, 16, 3)}, "at least 32 pixels.*Received: input_shape=\\(16, 16, 3\\)"),
-    ({"classes": 0}, "classes.*Received: classes=0"),
-    ({"pooling": "mean", "include_top": False}, "pooling.*Received: pooling='mean'"),
-    ({"input_shape": (224, 224)}, "Received: input_shape=\\(224, 224\\)"),
-    ({"weights": "missing.weights.h5"}, "not found"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"input_shape": (16, 16, 3)}, "at least 32 pixels.*Received: input_shape=\\(16, 16, 3\\)"),
+        ({"classes": 0}, "classes.*Received: classes=0"),
+        ({"pooling": "mean", "include_top": False}, "pooling.*Received: pooling='mean'"),
+        ({"input_shape": (224, 224)}, "Received: input_shape=\\(224, 224\\)"),
+        ({"weights": "missing.weights.h5"}, "not found"),
+    ],
+)
 def test_impossible_arguments_raise_clearly(kwargs, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         kerasarch.build_model("vgg11", **kwargs)

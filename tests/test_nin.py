@@ -23,8 +23,12 @@ IMAGENET = {
 
 
 def _block_params(model, block):
-    return sum(int(np.prod(w.shape)) for layer in model.layers if layer.name.startswith(f"{block}_")
-               for w in layer.trainable_weights)
+    return sum(
+        int(np.prod(w.shape))
+        for layer in model.layers
+        if layer.name.startswith(f"{block}_")
+        for w in layer.trainable_weights
+    )
 
 
 @pytest.mark.parametrize("name, blocks, total", [("nin_cifar", CIFAR, 966_986), ("nin", IMAGENET, 7_595_176)])
@@ -40,8 +44,13 @@ def test_nin_parameter_counts(name, blocks, total):
 
 def test_nin_cifar_layout():
     model = kerasarch.build_model("nin_cifar")
-    shapes = {"mlpconv1_out": (32, 32, 96), "pool1": (16, 16, 96), "mlpconv2_out": (16, 16, 192),
-              "pool2": (8, 8, 192), "mlpconv3_out": (8, 8, 10)}
+    shapes = {
+        "mlpconv1_out": (32, 32, 96),
+        "pool1": (16, 16, 96),
+        "mlpconv2_out": (16, 16, 192),
+        "pool2": (8, 8, 192),
+        "mlpconv3_out": (8, 8, 10),
+    }
     assert {k: tuple(model.get_layer(k).output.shape[1:]) for k in shapes} == shapes
     assert isinstance(model.get_layer("pool1"), keras.layers.MaxPooling2D)
     assert isinstance(model.get_layer("pool2"), keras.layers.AveragePooling2D)
@@ -58,8 +67,13 @@ def test_nin_cifar_layout():
 def test_nin_imagenet_layout_and_headless():
     model = kerasarch.build_model("nin", include_top=False, pooling="avg")
     # Caffe sizes: (224 − 11) / 4 + 1 = 54, then ceil-mode 3×3/2 pools 54 → 27 → 13 → 6.
-    shapes = {"mlpconv1_out": (54, 54, 96), "pool1": (27, 27, 96), "pool2": (13, 13, 256), "pool3": (6, 6, 384),
-              "mlpconv4_out": (6, 6, 1024)}
+    shapes = {
+        "mlpconv1_out": (54, 54, 96),
+        "pool1": (27, 27, 96),
+        "pool2": (13, 13, 256),
+        "pool3": (6, 6, 384),
+        "mlpconv4_out": (6, 6, 1024),
+    }
     assert {k: tuple(model.get_layer(k).output.shape[1:]) for k in shapes} == shapes
     assert [layer.name for layer in model.layers if isinstance(layer, keras.layers.Dropout)] == ["drop3"]
     assert model.output_shape == (None, 1024)

@@ -14,9 +14,12 @@ from tests.helpers import random_images, trainable_params, weight_shapes
 # --- keras.applications parity ------------------------------------------------------------------------------------
 
 _KERAS_APPS = [
-    ("resnet50_keras", "ResNet50", False), ("resnet101_keras", "ResNet101", True),
-    ("resnet152_keras", "ResNet152", True), ("resnet50v2", "ResNet50V2", False),
-    ("resnet101v2", "ResNet101V2", True), ("resnet152v2", "ResNet152V2", True),
+    ("resnet50_keras", "ResNet50", False),
+    ("resnet101_keras", "ResNet101", True),
+    ("resnet152_keras", "ResNet152", True),
+    ("resnet50v2", "ResNet50V2", False),
+    ("resnet101v2", "ResNet101V2", True),
+    ("resnet152v2", "ResNet152V2", True),
 ]
 
 
@@ -25,8 +28,9 @@ def _auto_named(layer_name):
     return layer_name.startswith("max_pooling2d")
 
 
-@pytest.mark.parametrize("name, app, slow", [
-    pytest.param(n, a, s, marks=[pytest.mark.slow] if s else []) for n, a, s in _KERAS_APPS])
+@pytest.mark.parametrize(
+    "name, app, slow", [pytest.param(n, a, s, marks=[pytest.mark.slow] if s else []) for n, a, s in _KERAS_APPS]
+)
 def test_layer_names_and_weight_shapes_equal_keras_applications(name, app, slow):
     ours = kerasarch.build_model(name)
     ref = getattr(keras.applications, app)(weights=None)
@@ -44,8 +48,14 @@ def test_same_outputs_as_keras_applications_on_the_same_weights(name, app):
     for layer in ref.layers:
         if isinstance(layer, keras.layers.BatchNormalization):  # non-trivial statistics
             g, b, m, v = layer.get_weights()
-            layer.set_weights([rng.uniform(0.5, 1.5, g.shape), rng.normal(0, 0.1, b.shape),
-                               rng.normal(0, 0.1, m.shape), rng.uniform(0.5, 1.5, v.shape)])
+            layer.set_weights(
+                [
+                    rng.uniform(0.5, 1.5, g.shape),
+                    rng.normal(0, 0.1, b.shape),
+                    rng.normal(0, 0.1, m.shape),
+                    rng.uniform(0.5, 1.5, v.shape),
+                ]
+            )
     ours = kerasarch.build_model(name, input_shape=shape, classifier_activation=None)
     for layer in ref.layers:
         if layer.weights:
@@ -70,8 +80,10 @@ def test_the_two_imagenet_conventions():
     assert ka.get_layer("conv3_block1_1_bn").epsilon == 1.001e-5
     # Same stage outputs in both.
     for stage, blocks in zip(range(2, 6), (3, 4, 6, 3)):
-        assert tv.get_layer(f"conv{stage}_block{blocks}_out").output.shape == \
-            ka.get_layer(f"conv{stage}_block{blocks}_out").output.shape
+        assert (
+            tv.get_layer(f"conv{stage}_block{blocks}_out").output.shape
+            == ka.get_layer(f"conv{stage}_block{blocks}_out").output.shape
+        )
 
 
 # --- parameter counts derived from the papers --------------------------------------------------------------------
@@ -81,6 +93,7 @@ def test_the_two_imagenet_conventions():
 # ResNeXt-29 16×64d (68.16M, printed 68.1M). ResNet-1202's 19.4M, conversely, needs the BN parameters (19.33M
 # without), so no single counting rule fits all twelve rows.
 _PRINTED_WITHOUT_BN = {"preact_resnet1001", "resnext29_16x64d"}
+
 
 def cifar_resnet_params(depth, bn=True):
     """He et al. 2015 §4.2: 3×3 stem of 16 (+BN), 3 stages of n = (depth-2)/6 basic blocks of 16, 32, 64
@@ -139,9 +152,10 @@ def resnext29_params(cardinality, d, bn=True):
 
 # registry name: (formula, printed figure in M, decimals), from docs/references.md.
 _CIFAR_COUNTS = {
-    **{f"resnet{d}": (lambda bn, d=d: cifar_resnet_params(d, bn), fig, dec)
-       for d, fig, dec in ((20, 0.27, 2), (32, 0.46, 2), (44, 0.66, 2), (56, 0.85, 2), (110, 1.7, 1),
-                           (1202, 19.4, 1))},
+    **{
+        f"resnet{d}": (lambda bn, d=d: cifar_resnet_params(d, bn), fig, dec)
+        for d, fig, dec in ((20, 0.27, 2), (32, 0.46, 2), (44, 0.66, 2), (56, 0.85, 2), (110, 1.7, 1), (1202, 19.4, 1))
+    },
     "resnet110_sd": (lambda bn: cifar_resnet_params(110, bn), 1.7, 1),
     "preact_resnet164": (lambda bn: preact_resnet_params(164, bn), 1.7, 1),
     "preact_resnet1001": (lambda bn: preact_resnet_params(1001, bn), 10.2, 1),
@@ -163,18 +177,25 @@ def test_cifar_formula_reproduces_the_printed_figure_and_the_spec(name):
         assert spec.params_approx == (figure, "M", decimals)
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[pytest.mark.slow] if kerasarch.get_spec(n).slow else []) for n in sorted(_CIFAR_COUNTS)])
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=[pytest.mark.slow] if kerasarch.get_spec(n).slow else []) for n in sorted(_CIFAR_COUNTS)],
+)
 def test_cifar_model_has_the_formula_count(name):
     formula, _, _ = _CIFAR_COUNTS[name]
     model = kerasarch.build_model(name)
     assert trainable_params(model) == formula(True)
-    conv_fc = sum(int(np.prod(w.shape)) for layer in model.layers
-                  if not isinstance(layer, keras.layers.BatchNormalization) for w in layer.trainable_weights)
+    conv_fc = sum(
+        int(np.prod(w.shape))
+        for layer in model.layers
+        if not isinstance(layer, keras.layers.BatchNormalization)
+        for w in layer.trainable_weights
+    )
     assert conv_fc == formula(False)
 
 
 # --- multiply-adds ------------------------------------------------------------------------------------------------
+
 
 def conv_fc_macs(model):
     """Multiply-adds of the Conv2D and Dense layers (torchvision's and keras.applications' GFLOPS figures)."""
@@ -191,8 +212,9 @@ def conv_fc_macs(model):
 _WITH_GMACS = [n for n in kerasarch.list_models(family="resnet") if kerasarch.get_spec(n).gmacs]
 
 
-@pytest.mark.parametrize("name", [
-    pytest.param(n, marks=[pytest.mark.slow] if kerasarch.get_spec(n).slow else []) for n in _WITH_GMACS])
+@pytest.mark.parametrize(
+    "name", [pytest.param(n, marks=[pytest.mark.slow] if kerasarch.get_spec(n).slow else []) for n in _WITH_GMACS]
+)
 def test_multiply_adds_match_the_reference(name):
     gmacs = kerasarch.get_spec(name).gmacs
     decimals = len(repr(gmacs).split(".")[1])
@@ -200,6 +222,7 @@ def test_multiply_adds_match_the_reference(name):
 
 
 # --- option-A shortcut and grouped convolutions ------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("shape, filters, strides", [((7, 9, 16), 32, 2), ((8, 8, 16), 16, 2), ((5, 5, 4), 12, 1)])
 def test_zero_pad_shortcut_against_numpy(shape, filters, strides):
@@ -238,7 +261,7 @@ def test_grouped_convolution_runs_compiled_on_cpu_and_equals_per_group_convoluti
         cols = slice(g * per, (g + 1) * per)
         for i in range(3):
             for j in range(3):
-                want[..., cols] += np.einsum("nhwc,cd->nhwd", xp[:, i:i + 8, j:j + 8, cols], kernel[i, j, :, cols])
+                want[..., cols] += np.einsum("nhwc,cd->nhwd", xp[:, i : i + 8, j : j + 8, cols], kernel[i, j, :, cols])
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     resnext = kerasarch.build_model("resnext50_32x4d", include_top=False)
     assert resnext.get_layer("conv2_block1_2_conv").kernel.shape == (3, 3, 4, 128)
@@ -246,8 +269,18 @@ def test_grouped_convolution_runs_compiled_on_cpu_and_equals_per_group_convoluti
 
 
 def test_wide_resnet_dropout_sits_between_the_convs():
-    model = resnet((1, 1, 1), block="basic", preact=True, stem="cifar", stem_width=16, widths=(32, 64, 128),
-                   strides=(1, 2, 2), dropout=0.3, classes=10, name="wrn10_2")
+    model = resnet(
+        (1, 1, 1),
+        block="basic",
+        preact=True,
+        stem="cifar",
+        stem_width=16,
+        widths=(32, 64, 128),
+        strides=(1, 2, 2),
+        dropout=0.3,
+        classes=10,
+        name="wrn10_2",
+    )
     drops = [layer for layer in model.layers if isinstance(layer, keras.layers.Dropout)]
     assert [layer.name for layer in drops] == ["conv2_block1_dropout", "conv3_block1_dropout", "conv4_block1_dropout"]
     assert drops[0].rate == 0.3
@@ -255,6 +288,7 @@ def test_wide_resnet_dropout_sits_between_the_convs():
 
 
 # --- stochastic depth --------------------------------------------------------------------------------------------
+
 
 def test_survival_probability_decays_linearly_to_p_L():
     p = survival_probabilities(54, 0.5)
@@ -269,15 +303,46 @@ def test_survival_probability_decays_linearly_to_p_L():
 
 
 _SD_CONFIGS = {
-    "post-basic": dict(layers_per_stage=(2, 2, 2), block="basic", stem="cifar", stem_width=16, widths=(16, 32, 64),
-                       strides=(1, 2, 2), shortcut="A"),
-    "post-bottleneck-grouped": dict(layers_per_stage=(2, 2), block="bottleneck", stem="cifar", stem_width=16,
-                                    widths=(16, 32), strides=(1, 2), groups=4, base_width=8),
-    "preact-bottleneck-keras": dict(layers_per_stage=(2, 2), block="bottleneck", preact=True, stem="cifar",
-                                    stem_width=16, widths=(16, 32), strides=(2, 1), downsample_at="last",
-                                    convention="keras"),
-    "preact-basic-wide": dict(layers_per_stage=(2, 2), block="basic", preact=True, stem="cifar", stem_width=16,
-                              widths=(32, 64), strides=(1, 2), dropout=0.2),
+    "post-basic": dict(
+        layers_per_stage=(2, 2, 2),
+        block="basic",
+        stem="cifar",
+        stem_width=16,
+        widths=(16, 32, 64),
+        strides=(1, 2, 2),
+        shortcut="A",
+    ),
+    "post-bottleneck-grouped": dict(
+        layers_per_stage=(2, 2),
+        block="bottleneck",
+        stem="cifar",
+        stem_width=16,
+        widths=(16, 32),
+        strides=(1, 2),
+        groups=4,
+        base_width=8,
+    ),
+    "preact-bottleneck-keras": dict(
+        layers_per_stage=(2, 2),
+        block="bottleneck",
+        preact=True,
+        stem="cifar",
+        stem_width=16,
+        widths=(16, 32),
+        strides=(2, 1),
+        downsample_at="last",
+        convention="keras",
+    ),
+    "preact-basic-wide": dict(
+        layers_per_stage=(2, 2),
+        block="basic",
+        preact=True,
+        stem="cifar",
+        stem_width=16,
+        widths=(32, 64),
+        strides=(1, 2),
+        dropout=0.2,
+    ),
 }
 
 
@@ -285,14 +350,18 @@ _SD_CONFIGS = {
 def test_stochastic_depth_is_the_identity_at_inference(kind):
     keras.utils.set_random_seed(3)
     plain = resnet(**_SD_CONFIGS[kind], input_shape=(16, 16, 3), classes=10, classifier_activation=None)
-    sd = resnet(**_SD_CONFIGS[kind], input_shape=(16, 16, 3), classes=10, classifier_activation=None,
-                stochastic_depth=0.5)
-    assert len([layer for layer in sd.layers if isinstance(layer, StochasticDepth)]) == \
-        sum(_SD_CONFIGS[kind]["layers_per_stage"])
+    sd = resnet(
+        **_SD_CONFIGS[kind], input_shape=(16, 16, 3), classes=10, classifier_activation=None, stochastic_depth=0.5
+    )
+    assert len([layer for layer in sd.layers if isinstance(layer, StochasticDepth)]) == sum(
+        _SD_CONFIGS[kind]["layers_per_stage"]
+    )
     rng = np.random.default_rng(4)
     for layer in plain.layers:
-        weights = [w + rng.normal(0, 0.1, w.shape).astype(w.dtype) if "moving" not in v.path else w
-                   for w, v in zip(layer.get_weights(), layer.weights)]
+        weights = [
+            w + rng.normal(0, 0.1, w.shape).astype(w.dtype) if "moving" not in v.path else w
+            for w, v in zip(layer.get_weights(), layer.weights)
+        ]
         layer.set_weights(weights)
         sd.get_layer(layer.name).set_weights(weights)
     x = random_images((16, 16, 3), batch=4)
@@ -313,8 +382,9 @@ def _tolerance(n, p):
 def test_stochastic_depth_layer_per_sample_rate_and_scale(p):
     keras.utils.set_random_seed(6)
     n = 20_000
-    y = keras.ops.convert_to_numpy(StochasticDepth(p, mode="sample", seed=11)(np.ones((n, 2, 2, 3), "float32"),
-                                                                            training=True))
+    y = keras.ops.convert_to_numpy(
+        StochasticDepth(p, mode="sample", seed=11)(np.ones((n, 2, 2, 3), "float32"), training=True)
+    )
     dropped = np.all(y == 0, axis=(1, 2, 3))
     assert abs(dropped.mean() - (1 - p)) < _tolerance(n, p)
     np.testing.assert_allclose(y[~dropped], 1 / p, rtol=1e-6)  # kept branches are scaled by 1/p_l
@@ -336,8 +406,13 @@ def test_stochastic_depth_layer_per_batch_drops_the_whole_batch(p):
 
 def test_stochastic_depth_drops_each_block_of_a_model_at_its_rate():
     keras.utils.set_random_seed(7)
-    model = resnet(**_SD_CONFIGS["post-basic"], input_shape=(8, 8, 3), classes=10, stochastic_depth=0.5,
-                   stochastic_depth_mode="sample")
+    model = resnet(
+        **_SD_CONFIGS["post-basic"],
+        input_shape=(8, 8, 3),
+        classes=10,
+        stochastic_depth=0.5,
+        stochastic_depth_mode="sample",
+    )
     drops = [layer for layer in model.layers if isinstance(layer, StochasticDepth)]
     branches = keras.Model(model.input, [layer.output for layer in drops])
     n = 2_000
@@ -350,8 +425,13 @@ def test_stochastic_depth_drops_each_block_of_a_model_at_its_rate():
 
 def test_stochastic_depth_trains_in_a_compiled_step():
     # Per-sample masks need the dynamic batch size inside a traced function.
-    model = resnet(**_SD_CONFIGS["post-basic"], input_shape=(8, 8, 3), classes=10, stochastic_depth=0.5,
-                   stochastic_depth_mode="sample")
+    model = resnet(
+        **_SD_CONFIGS["post-basic"],
+        input_shape=(8, 8, 3),
+        classes=10,
+        stochastic_depth=0.5,
+        stochastic_depth_mode="sample",
+    )
     model.compile("sgd", "sparse_categorical_crossentropy")
     history = model.fit(random_images((8, 8, 3), batch=6), np.arange(6) % 10, batch_size=4, epochs=1, verbose=0)
     assert np.isfinite(history.history["loss"][0])
@@ -359,13 +439,17 @@ def test_stochastic_depth_trains_in_a_compiled_step():
 
 # --- argument checks ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"convention": "caffe"}, "convention.*Received: convention='caffe'"),
-    ({"stochastic_depth": 1.5}, "Received: stochastic_depth=1.5"),
-    ({"shortcut": "D"}, "Received: shortcut='D'"),
-    ({"groups": 32}, "Received: groups=32"),
-    ({"layers_per_stage": (2, 2), "widths": (64,)}, "one entry per stage"),
-])
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"convention": "caffe"}, "convention.*Received: convention='caffe'"),
+        ({"stochastic_depth": 1.5}, "Received: stochastic_depth=1.5"),
+        ({"shortcut": "D"}, "Received: shortcut='D'"),
+        ({"groups": 32}, "Received: groups=32"),
+        ({"layers_per_stage": (2, 2), "widths": (64,)}, "one entry per stage"),
+    ],
+)
 def test_impossible_configurations_raise_clearly(kwargs, message):
     with pytest.raises(ValueError, match=message):
         resnet(**kwargs)
@@ -374,8 +458,9 @@ def test_impossible_configurations_raise_clearly(kwargs, message):
 def test_zero_init_residual_makes_untrained_blocks_the_identity():
     for kind in ("post-basic", "preact-bottleneck-keras"):
         model = resnet(**_SD_CONFIGS[kind], input_shape=(16, 16, 3), classes=10, zero_init_residual=True)
-        probe = keras.Model(model.input, [model.get_layer("conv2_block1_out").output,
-                                          model.get_layer("conv2_block2_out").output])
+        probe = keras.Model(
+            model.input, [model.get_layer("conv2_block1_out").output, model.get_layer("conv2_block2_out").output]
+        )
         a, b = probe.predict(random_images((16, 16, 3), batch=2), verbose=0)
         s = a.shape[1] // b.shape[1]  # keras' ResNetV2 layout subsamples in the last block of a stage
         np.testing.assert_array_equal(a[:, ::s, ::s], b)  # block 2: identity shortcut + zero branch

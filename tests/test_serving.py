@@ -101,8 +101,9 @@ def image_files(tmp_path_factory):
         "digit.jpg": _encode(digit(2, (64, 64), (0.3, 0.8, 0.6)), "JPEG"),
         "digit.bmp": _encode(digit(3, (50, 70), (0.7, 0.7, 0.2)), "BMP"),
         "digit.gif": _encode(digit(4, (40, 40), (0.2, 0.4, 0.9)), "GIF"),
-        "digit_rgba.png": _encode(np.concatenate([digit(5, (48, 48), (0.5, 0.9, 0.4)),
-                                                  np.full((48, 48, 1), 128, "uint8")], -1), "PNG"),
+        "digit_rgba.png": _encode(
+            np.concatenate([digit(5, (48, 48), (0.5, 0.9, 0.4)), np.full((48, 48, 1), 128, "uint8")], -1), "PNG"
+        ),
     }
     with open(load_sample_images().filenames[0], "rb") as f:
         files["china.jpg"] = f.read()
@@ -165,9 +166,11 @@ def test_predict_images_takes_grey_rgb_and_rgba_pixels(exported, served):
     _check(predict(images=tf.constant(grey))["probabilities"], want_grey, "predict_images grey")
     grey_alpha = np.concatenate([grey, np.full_like(grey, 200)], -1)
     _check(predict(images=tf.constant(grey_alpha))["probabilities"], want_grey, "predict_images grey + alpha")
-    for bad, message in [(np.zeros((0, SIZE, SIZE, 3), np.uint8), "batch of 0"),
-                         (np.zeros((1, SIZE, SIZE, 5), np.uint8), "1, 2, 3 or 4 channels"),
-                         (np.zeros((1, 0, SIZE, 3), np.uint8), "at least one pixel")]:
+    for bad, message in [
+        (np.zeros((0, SIZE, SIZE, 3), np.uint8), "batch of 0"),
+        (np.zeros((1, SIZE, SIZE, 5), np.uint8), "1, 2, 3 or 4 channels"),
+        (np.zeros((1, 0, SIZE, 3), np.uint8), "at least one pixel"),
+    ]:
         with pytest.raises(tf.errors.InvalidArgumentError, match=message):
             predict(images=tf.constant(bad))
 
@@ -177,16 +180,33 @@ def test_saved_model_cli_run_with_input_exprs(exported, image_files, tmp_path):
     cli_bin = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
     if not os.path.exists(cli_bin):
         pytest.skip("saved_model_cli (installed with tensorflow) not found beside the interpreter")
-    small_photo = tf.io.encode_jpeg(tf.cast(tf.image.resize(tf.io.decode_jpeg(image_files["china.jpg"].read_bytes()),
-                                                            (48, 72)), tf.uint8)).numpy()
+    small_photo = tf.io.encode_jpeg(
+        tf.cast(tf.image.resize(tf.io.decode_jpeg(image_files["china.jpg"].read_bytes()), (48, 72)), tf.uint8)
+    ).numpy()
     (tmp_path / "small.jpg").write_bytes(small_photo)
     paths = [image_files["digit_grey.png"], image_files["digit.jpg"], tmp_path / "small.jpg"]
     contents = _files_bytes(paths)
     # A Python literal (the flag is read with ast.literal_eval); every byte escaped, since ';' separates inputs.
     literal = "[" + ", ".join("b'" + "".join(f"\\x{byte:02x}" for byte in c) + "'" for c in contents) + "]"
-    result = subprocess.run([cli_bin, "run", "--dir", path, "--tag_set", "serve", "--signature_def",
-                             "serving_default", "--input_exprs", f"image_bytes={literal}", "--outdir",
-                             str(tmp_path / "cli_out")], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [
+            cli_bin,
+            "run",
+            "--dir",
+            path,
+            "--tag_set",
+            "serve",
+            "--signature_def",
+            "serving_default",
+            "--input_exprs",
+            f"image_bytes={literal}",
+            "--outdir",
+            str(tmp_path / "cli_out"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     probs = np.load(tmp_path / "cli_out" / "probabilities.npy")
     _check(probs, _library_probabilities(model, paths), "saved_model_cli")
@@ -219,8 +239,10 @@ def _tree_hashes(folder):
     for root, _, files in os.walk(folder):
         for name in files:
             full = os.path.join(root, name)
-            hashes[os.path.relpath(full, folder)] = (hashlib.sha256(open(full, "rb").read()).hexdigest(),
-                                                     os.stat(full).st_mtime_ns)
+            hashes[os.path.relpath(full, folder)] = (
+                hashlib.sha256(open(full, "rb").read()).hexdigest(),
+                os.stat(full).st_mtime_ns,
+            )
     return hashes
 
 
@@ -338,8 +360,11 @@ def _rest_predict(loaded, url, body):
             inputs = {n: [_rest_values(row[n]) for row in rows] for n in names}
     else:
         columns = body["inputs"]
-        inputs = ({n: _rest_values(columns[n]) for n in names} if isinstance(columns, dict) and set(columns) ==
-                  set(names) else {names[0]: _rest_values(columns)})
+        inputs = (
+            {n: _rest_values(columns[n]) for n in names}
+            if isinstance(columns, dict) and set(columns) == set(names)
+            else {names[0]: _rest_values(columns)}
+        )
     try:
         out = signature(**{n: tf.constant(v, dtype=specs[n].dtype) for n, v in inputs.items()})
     except tf.errors.InvalidArgumentError as e:
@@ -455,8 +480,11 @@ def test_docs_grpc_request(exported, served, client_folder, monkeypatch, capsys)
 
 
 def test_rest_errors_are_http_400_with_the_message(served):
-    status, answer = _rest_predict(served, "http://localhost:8501/v1/models/m:predict",
-                                   {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]})
+    status, answer = _rest_predict(
+        served,
+        "http://localhost:8501/v1/models/m:predict",
+        {"instances": [{"b64": base64.b64encode(b"not an image").decode()}]},
+    )
     assert status == 400 and "Could not decode image(s) [0]" in answer["error"]
 
 
@@ -484,5 +512,8 @@ def test_grey_model_serves_grey_and_colour_files(image_files, tmp_path):
     got = loaded.signatures["serving_default"](image_bytes=tf.constant([image_files["digit.gif"].read_bytes()]))
     _check(got["probabilities"], _library_probabilities(model, [luma]), "LeNet-5, GIF")
     grey = read_image(tmp_path / "digit28.png", 1)[None]
-    _check(loaded.signatures["predict_images"](images=tf.constant(grey))["probabilities"], want[-1:],
-           "LeNet-5 predict_images, one channel")
+    _check(
+        loaded.signatures["predict_images"](images=tf.constant(grey))["probabilities"],
+        want[-1:],
+        "LeNet-5 predict_images, one channel",
+    )

@@ -10,15 +10,28 @@ from tests.helpers import random_images, trainable_params
 from tests.test_googlenet import ALEXNET_PARAMS, conv_dense_macs
 
 # Table 1 of the paper, "# parameter before pruning" per layer (SqueezeNet 1.0).
-TABLE1_PARAMS = {"conv1": 14_208, "fire2_": 11_920, "fire3_": 12_432, "fire4_": 45_344, "fire5_": 49_440,
-                 "fire6_": 104_880, "fire7_": 111_024, "fire8_": 188_992, "fire9_": 197_184, "conv10": 513_000}
+TABLE1_PARAMS = {
+    "conv1": 14_208,
+    "fire2_": 11_920,
+    "fire3_": 12_432,
+    "fire4_": 45_344,
+    "fire5_": 49_440,
+    "fire6_": 104_880,
+    "fire7_": 111_024,
+    "fire8_": 188_992,
+    "fire9_": 197_184,
+    "conv10": 513_000,
+}
 
 
 def _params(model, key):
     """Trainable parameters of the layer ``key``, or of every layer whose name starts with ``key`` ending in "_"."""
-    return sum(int(np.prod(w.shape)) for layer in model.layers
-               if layer.name == key or (key.endswith("_") and layer.name.startswith(key))
-               for w in layer.trainable_weights)
+    return sum(
+        int(np.prod(w.shape))
+        for layer in model.layers
+        if layer.name == key or (key.endswith("_") and layer.name.startswith(key))
+        for w in layer.trainable_weights
+    )
 
 
 def test_squeezenet1_0_matches_table1_and_torchvision():
@@ -61,11 +74,14 @@ def _names(model, cls):
     return {layer.name for layer in model.layers if isinstance(layer, cls)}
 
 
-@pytest.mark.parametrize("version, conv_bypass_params", [
-    # 1×1 convs with bias around fire2 (conv1 → 128), fire4 (128 → 256), fire6 (256 → 384), fire8 (384 → 512).
-    ("1_0", (96 + 1) * 128 + (128 + 1) * 256 + (256 + 1) * 384 + (384 + 1) * 512),  # 341,248
-    ("1_1", (64 + 1) * 128 + (128 + 1) * 256 + (256 + 1) * 384 + (384 + 1) * 512),  # 337,152
-])
+@pytest.mark.parametrize(
+    "version, conv_bypass_params",
+    [
+        # 1×1 convs with bias around fire2 (conv1 → 128), fire4 (128 → 256), fire6 (256 → 384), fire8 (384 → 512).
+        ("1_0", (96 + 1) * 128 + (128 + 1) * 256 + (256 + 1) * 384 + (384 + 1) * 512),  # 341,248
+        ("1_1", (64 + 1) * 128 + (128 + 1) * 256 + (256 + 1) * 384 + (384 + 1) * 512),  # 337,152
+    ],
+)
 def test_bypass_variants(version, conv_bypass_params):
     """Figure 2: simple bypass around fire3, 5, 7, 9 (no parameters); complex bypass adds 1×1 convs around the
     modules whose depth changes."""
@@ -75,7 +91,11 @@ def test_bypass_variants(version, conv_bypass_params):
     assert _names(simple, keras.layers.Add) == {"fire3_out", "fire5_out", "fire7_out", "fire9_out"}
     assert _names(complex_, keras.layers.Add) == {f"fire{i}_out" for i in range(2, 10)}
     assert {n for n in _names(complex_, keras.layers.Conv2D) if n.endswith("_bypass")} == {
-        "fire2_bypass", "fire4_bypass", "fire6_bypass", "fire8_bypass"}
+        "fire2_bypass",
+        "fire4_bypass",
+        "fire6_bypass",
+        "fire8_bypass",
+    }
     assert trainable_params(simple) == plain
     assert trainable_params(complex_) - plain == conv_bypass_params
 

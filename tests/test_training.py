@@ -61,6 +61,7 @@ class Poison(keras.layers.Layer):
 
 # -- recipes ---------------------------------------------------------------------------------------------------
 
+
 def test_every_registered_model_has_a_json_recipe():
     for name in kerasarch.list_models():
         spec = kerasarch.get_spec(name)
@@ -75,33 +76,51 @@ PAPER_RECIPES = [
     # He et al. 2015 (arXiv:1512.03385) §4.2: "weight decay of 0.0001 and momentum of 0.9 ... mini-batch size of
     # 128 ... start with a learning rate of 0.1, divide it by 10 at 32k and 48k iterations, and terminate training
     # at 64k iterations" (iterations of 391 steps per epoch: 50k images / 128).
-    ("resnet20", {"lr": 0.1, "momentum": 0.9, "batch_size": 128, "weight_decay": 1e-4},
-     {"iterations": 64_000, "steps": 391, "lr_at_iteration": {31_000: 0.1, 33_000: 0.01, 49_000: 0.001}}),
+    (
+        "resnet20",
+        {"lr": 0.1, "momentum": 0.9, "batch_size": 128, "weight_decay": 1e-4},
+        {"iterations": 64_000, "steps": 391, "lr_at_iteration": {31_000: 0.1, 33_000: 0.01, 49_000: 0.001}},
+    ),
     # Simonyan & Zisserman 2015 (arXiv:1409.1556) §3.1: "batch size was set to 256, momentum to 0.9 ... weight
     # decay ... 5·10^-4 ... dropout ratio set to 0.5 ... learning rate was initially set to 10^-2, and then
     # decreased by a factor of 10 when the validation set accuracy stopped improving ... decreased 3 times ...
     # stopped after 370K iterations (74 epochs)".
-    ("vgg16", {"lr": 0.01, "momentum": 0.9, "batch_size": 256, "weight_decay": 5e-4, "dropout": 0.5,
-               "epochs": 74}, {"plateau": (0.1, 3)}),
+    (
+        "vgg16",
+        {"lr": 0.01, "momentum": 0.9, "batch_size": 256, "weight_decay": 5e-4, "dropout": 0.5, "epochs": 74},
+        {"plateau": (0.1, 3)},
+    ),
     # Krizhevsky et al. 2012 §5: "batch size of 128 examples, momentum of 0.9, and weight decay of 0.0005 ...
     # learning rate ... initialized at 0.01 ... divide the learning rate by 10 when the validation error rate
     # stopped improving ... reduced three times ... roughly 90 cycles"; §4.2: dropout "with probability 0.5".
-    ("alexnet", {"lr": 0.01, "momentum": 0.9, "batch_size": 128, "weight_decay": 5e-4, "dropout": 0.5,
-                 "epochs": 90}, {"plateau": (0.1, 3)}),
+    (
+        "alexnet",
+        {"lr": 0.01, "momentum": 0.9, "batch_size": 128, "weight_decay": 5e-4, "dropout": 0.5, "epochs": 90},
+        {"plateau": (0.1, 3)},
+    ),
     # Szegedy et al. 2015 (arXiv:1409.4842) §6: "0.9 momentum, fixed learning rate schedule (decreasing the
     # learning rate by 4% every 8 epochs)"; §5: auxiliary losses "weighted by 0.3"; "dropout layer with 40% ratio".
-    ("googlenet", {"momentum": 0.9, "aux_loss_weight": 0.3, "dropout": 0.4},
-     {"lr_ratio_at_epoch": {7: 1.0, 8: 0.96, 16: 0.96 ** 2}}),
+    (
+        "googlenet",
+        {"momentum": 0.9, "aux_loss_weight": 0.3, "dropout": 0.4},
+        {"lr_ratio_at_epoch": {7: 1.0, 8: 0.96, 16: 0.96**2}},
+    ),
     # Zagoruyko & Komodakis 2016 (arXiv:1605.07146) §3: "SGD with Nesterov momentum ... initial learning rate to
     # 0.1, weight decay to 0.0005, dampening to 0, momentum to 0.9 and minibatch size to 128 ... learning rate
     # dropped by 0.2 at 60, 120 and 160 epochs and we train for total 200 epochs".
-    ("wrn28_10", {"lr": 0.1, "nesterov": True, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128,
-                  "epochs": 200}, {"lr_at_epoch": {59: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008}}),
+    (
+        "wrn28_10",
+        {"lr": 0.1, "nesterov": True, "momentum": 0.9, "weight_decay": 5e-4, "batch_size": 128, "epochs": 200},
+        {"lr_at_epoch": {59: 0.1, 60: 0.02, 120: 0.004, 160: 0.0008}},
+    ),
     # Huang et al. 2017 (arXiv:1608.06993) §4.2: "batch size 64 for 300 ... epochs ... initial learning rate is
     # set to 0.1, and is divided by 10 at 50% and 75% of the total number of training epochs ... weight decay of
     # 10^-4 and a Nesterov momentum of 0.9 without dampening".
-    ("densenet_bc_100_12", {"lr": 0.1, "batch_size": 64, "epochs": 300, "weight_decay": 1e-4, "nesterov": True,
-                            "momentum": 0.9}, {"lr_at_epoch": {149: 0.1, 150: 0.01, 225: 0.001}}),
+    (
+        "densenet_bc_100_12",
+        {"lr": 0.1, "batch_size": 64, "epochs": 300, "weight_decay": 1e-4, "nesterov": True, "momentum": 0.9},
+        {"lr_at_epoch": {149: 0.1, 150: 0.01, 225: 0.001}},
+    ),
 ]
 
 
@@ -145,13 +164,14 @@ def test_schedules():
     r = training.get_recipe(kerasarch.get_spec("resnet20"))  # 164 epochs, /10 at 50% and 75%
     assert [training.lr_at(r, e) for e in (0, 81, 82, 122, 123)] == pytest.approx([0.1, 0.1, 0.01, 0.01, 0.001])
     g = training.get_recipe(None, "googlenet")  # 4% less every 8 epochs
-    assert training.lr_at(g, 7) == pytest.approx(0.01) and training.lr_at(g, 16) == pytest.approx(0.01 * 0.96 ** 2)
+    assert training.lr_at(g, 7) == pytest.approx(0.01) and training.lr_at(g, 16) == pytest.approx(0.01 * 0.96**2)
     s = training.get_recipe(None, "squeezenet")  # linear decay to 0 over the run, per step
     assert training.lr_at(s, 34, 0, 10) == pytest.approx(0.02)
     w = training.get_recipe(None, {"base": "preact_cifar"})
     assert training.lr_at(w, 0, 5, 10) == 0.01 and training.lr_at(w, 1) == 0.1
-    plateau = recipes.PlateauState({"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 2,
-                                    "max_reductions": 1})
+    plateau = recipes.PlateauState(
+        {"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 2, "max_reductions": 1}
+    )
     reduced = [plateau.update({"val_accuracy": a}) for a in (0.5, 0.6, 0.6, 0.6, 0.6, 0.6, 0.6)]
     assert reduced == [False, False, False, True, False, False, False] and plateau.multiplier == pytest.approx(0.1)
 
@@ -165,13 +185,25 @@ def test_auxiliary_losses_and_weight_decay_enter_the_objective(aux_weight, decay
     model = keras.Model(inputs, {"aux1": aux, "predictions": main}, name="two_heads")
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, (8, 28, 28, 1)).astype("float32"), rng.integers(0, 10, 8).astype("int32")
-    want = [keras.losses.sparse_categorical_crossentropy(y, model(x)[k]).numpy().mean() for k in ("predictions",
-                                                                                                  "aux1")]
+    want = [
+        keras.losses.sparse_categorical_crossentropy(y, model(x)[k]).numpy().mean() for k in ("predictions", "aux1")
+    ]
     l2 = sum(float(np.sum(w.numpy() ** 2)) for w in model.trainable_weights if w.ndim >= 2)  # kernels only
     batches = tf.data.Dataset.from_tensors((x, y))  # one ready batch, used as given
-    result = training.train(model, batches, recipe={"lr": 0.0, "schedule": {"type": "constant"}, "epochs": 1,
-                                                    "aux_loss_weight": aux_weight, "batch_size": 8,
-                                                    "weight_decay": decay}, precision="float32", verbose=0)
+    result = training.train(
+        model,
+        batches,
+        recipe={
+            "lr": 0.0,
+            "schedule": {"type": "constant"},
+            "epochs": 1,
+            "aux_loss_weight": aux_weight,
+            "batch_size": 8,
+            "weight_decay": decay,
+        },
+        precision="float32",
+        verbose=0,
+    )
     expected = want[0] + aux_weight * want[1] + 0.5 * decay * l2
     assert result.history["loss"][0] == pytest.approx(expected, rel=1e-5)
     assert training.loop._inference_model(model).output_shape == (None, 10)  # heads discarded at inference
@@ -182,11 +214,15 @@ def test_googlenet_is_built_with_its_auxiliary_classifiers():
     recipe = training.get_recipe(spec)
     model = training.loop._build_model("googlenet", spec, recipe, 10, None, None, "float32")
     assert sorted(model.output_names if hasattr(model, "output_names") else model.output) == [
-        "aux1", "aux2", "predictions"]
+        "aux1",
+        "aux2",
+        "predictions",
+    ]
     assert len(training.loop._inference_model(model).outputs) == 1
 
 
 # -- precision -------------------------------------------------------------------------------------------------
+
 
 def test_precision_auto():
     rp = training.resolve_precision
@@ -210,12 +246,15 @@ SAPPHIRE_RAPIDS = SKYLAKE_SP + " avx512_vnni avx512_bf16 amx_bf16 amx_tile amx_i
 @pytest.mark.parametrize("flags, bf16", [(SKYLAKE_SP, False), (SAPPHIRE_RAPIDS, True)], ids=["skylake", "spr"])
 def test_cpu_flags_from_a_cpuinfo_file(tmp_path, flags, bf16):
     path = tmp_path / "cpuinfo"
-    path.write_text(f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n\n"
-                    f"processor\t: 1\nflags\t\t: {flags}\n")
+    path.write_text(
+        f"processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: {flags}\nbugs\t\t: spectre_v1\n\n"
+        f"processor\t: 1\nflags\t\t: {flags}\n"
+    )
     assert cpu_flags(str(path)) == set(flags.split())
     assert training.cpu_supports_bfloat16(cpu_flags(str(path))) is bf16
     assert training.resolve_precision("auto", gpus=[], tpu=False, cpu_flags_=cpu_flags(str(path))) == (
-        "mixed_bfloat16" if bf16 else "float32")
+        "mixed_bfloat16" if bf16 else "float32"
+    )
     assert cpu_flags(str(tmp_path / "missing")) == set()
 
 
@@ -236,8 +275,13 @@ def test_dtype_policy_context_sets_and_restores_the_global_policy():
 def test_mixed_precision_training(precision, mnist):
     (xtr, ytr), _ = mnist
     previous = keras.config.dtype_policy().name
-    result = training.train(lambda: tiny(), subset((xtr, ytr), 20), recipe={"epochs": 2, "batch_size": 20, "lr": 0.1},
-                            precision=precision, verbose=0)
+    result = training.train(
+        lambda: tiny(),
+        subset((xtr, ytr), 20),
+        recipe={"epochs": 2, "batch_size": 20, "lr": 0.1},
+        precision=precision,
+        verbose=0,
+    )
     assert keras.config.dtype_policy().name == previous  # the global policy is restored
     conv = result.model.get_layer("conv")
     assert conv.compute_dtype == precision.split("_")[1] and conv.kernel.dtype == "float32"
@@ -250,25 +294,42 @@ def test_mixed_precision_training(precision, mnist):
 
 def test_xla_step(mnist):
     (xtr, ytr), _ = mnist
-    result = training.train(lambda: tiny(), subset((xtr, ytr), 20), recipe={"epochs": 2, "batch_size": 20, "lr": 0.1},
-                            precision="float32", jit_compile=True, verbose=0)
+    result = training.train(
+        lambda: tiny(),
+        subset((xtr, ytr), 20),
+        recipe={"epochs": 2, "batch_size": 20, "lr": 0.1},
+        precision="float32",
+        jit_compile=True,
+        verbose=0,
+    )
     assert result.recipe["run"]["jit_compile"] is True and result.history["loss"][1] < result.history["loss"][0]
 
 
 def test_explicit_precision_must_match_a_given_model():
     with pytest.raises(ValueError, match="built under"):
-        training.train(tiny(), tf.data.Dataset.from_tensor_slices((np.zeros((4, 28, 28, 1), "float32"),
-                                                                  np.zeros(4, "int32"))),
-                       precision="mixed_bfloat16", verbose=0)
+        training.train(
+            tiny(),
+            tf.data.Dataset.from_tensor_slices((np.zeros((4, 28, 28, 1), "float32"), np.zeros(4, "int32"))),
+            precision="mixed_bfloat16",
+            verbose=0,
+        )
 
 
 # -- the run folder --------------------------------------------------------------------------------------------
 
+
 def test_lenet5_run_folder(tmp_path, mnist, capsys):
     (xtr, ytr), (xte, yte) = mnist
     out = str(tmp_path / "run")
-    result = training.train("lenet5", subset((xtr, ytr), 8), subset((xte, yte), 4), epochs=2, out_dir=out,
-                            precision="float32", verbose="auto")
+    result = training.train(
+        "lenet5",
+        subset((xtr, ytr), 8),
+        subset((xte, yte), 4),
+        epochs=2,
+        out_dir=out,
+        precision="float32",
+        verbose="auto",
+    )
     printed = capsys.readouterr().out.strip().splitlines()
     assert [line.split(" - ")[0] for line in printed] == ["epoch 1/2", "epoch 2/2"]  # not a terminal: a line each
     assert result.stop_reason is None and result.history["epoch"] == [1, 2]
@@ -300,8 +361,9 @@ def test_progress_bar_on_a_terminal(mnist, capsys):
 
     assert ProgressReporter("auto", 1, stream=Terminal()).verbose == 1
     (xtr, ytr), _ = mnist
-    training.train(lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20},
-                   precision="float32", verbose=1)
+    training.train(
+        lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20}, precision="float32", verbose=1
+    )
     text = capsys.readouterr().out
     assert "Epoch 1/1" in text and "5/5" in text and "loss" in text
 
@@ -309,10 +371,23 @@ def test_progress_bar_on_a_terminal(mnist, capsys):
 def test_finished_run_is_not_trained_again(tmp_path, mnist):
     (xtr, ytr), _ = mnist
     out = str(tmp_path / "run")
-    first = training.train(lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20},
-                           out_dir=out, precision="float32", verbose=0)
-    again = training.train(lambda: tiny(), subset((xtr, ytr), 40), recipe={"epochs": 1, "batch_size": 20},
-                           out_dir=out, precision="float32", verbose=0, seed=5)
+    first = training.train(
+        lambda: tiny(),
+        subset((xtr, ytr), 40),
+        recipe={"epochs": 1, "batch_size": 20},
+        out_dir=out,
+        precision="float32",
+        verbose=0,
+    )
+    again = training.train(
+        lambda: tiny(),
+        subset((xtr, ytr), 40),
+        recipe={"epochs": 1, "batch_size": 20},
+        out_dir=out,
+        precision="float32",
+        verbose=0,
+        seed=5,
+    )
     for a, b in zip(first.model.weights, again.model.weights):
         np.testing.assert_array_equal(a.numpy(), b.numpy())
     assert again.history == first.history
@@ -338,8 +413,15 @@ def test_nan_loss_stops_and_keeps_last_good_weights(tmp_path, mnist, with_folder
 
     cb = keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end, on_train_batch_begin=on_batch_begin)
     out = str(tmp_path / "run") if with_folder else None
-    result = training.train(build, subset((xtr, ytr), 20), recipe={"epochs": 4, "batch_size": 25}, out_dir=out,
-                            precision="float32", callbacks=[cb], verbose=0)
+    result = training.train(
+        build,
+        subset((xtr, ytr), 20),
+        recipe={"epochs": 4, "batch_size": 25},
+        out_dir=out,
+        precision="float32",
+        callbacks=[cb],
+        verbose=0,
+    )
     assert result.stop_reason == "nan_loss" and result.history["epoch"] == [1]
     for w, good in zip(result.model.weights, seen[0]):  # the weights at the end of epoch 1 (poison flag off)
         np.testing.assert_array_equal(w.numpy(), good)
@@ -358,20 +440,32 @@ def test_sigterm_checkpoints_and_resumes(tmp_path, mnist):
         if batch == 4:
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = training.train(lambda: tiny(), subset((xtr, ytr), 10), recipe={"epochs": 2, "batch_size": 50},
-                             out_dir=out, precision="float32", verbose=0,
-                             callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=on_batch_end)])
+    stopped = training.train(
+        lambda: tiny(),
+        subset((xtr, ytr), 10),
+        recipe={"epochs": 2, "batch_size": 50},
+        out_dir=out,
+        precision="float32",
+        verbose=0,
+        callbacks=[keras.callbacks.LambdaCallback(on_train_batch_end=on_batch_end)],
+    )
     assert stopped.stop_reason == "interrupted"
     status = json.load(open(os.path.join(out, "status.json")))
     assert status["state"] == "interrupted"
     _, state = training.checkpoint.load_checkpoint(os.path.join(out, "checkpoint.npz"))
     assert (state["epoch"], state["step"]) == (0, 5)
-    done = training.train(lambda: tiny(), subset((xtr, ytr), 10), recipe={"epochs": 2, "batch_size": 50},
-                          out_dir=out, precision="float32", verbose=0)
+    done = training.train(
+        lambda: tiny(),
+        subset((xtr, ytr), 10),
+        recipe={"epochs": 2, "batch_size": 50},
+        out_dir=out,
+        precision="float32",
+        verbose=0,
+    )
     assert done.stop_reason is None and done.history["epoch"] == [1, 2]
 
 
-_KILL_SCRIPT = r'''
+_KILL_SCRIPT = r"""
 import os, signal, sys
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
 import keras, numpy as np, tensorflow as tf
@@ -401,12 +495,15 @@ cb = keras.callbacks.LambdaCallback(on_epoch_begin=on_epoch_begin, on_train_batc
 res = training.train(build, ds, recipe={"epochs": 3, "batch_size": 25, "augment": "lenet"}, out_dir=out,
                      precision="float32", deterministic=True, seed=7, checkpoint_steps=6, callbacks=[cb], verbose=0)
 np.savez(result, *[w.numpy() for w in res.model.weights])
-'''
+"""
 
 
 def _run(args, timeout=300):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
-           "TF_CPP_MIN_LOG_LEVEL": "3"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+    }
     return subprocess.run([sys.executable, *args], env=env, timeout=timeout, capture_output=True, text=True)
 
 
@@ -414,11 +511,21 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(tmp_path):
     script = tmp_path / "job.py"
     script.write_text(textwrap.dedent(_KILL_SCRIPT))
     # Uninterrupted run and a run killed mid-epoch 2 (after step 16 of 20), side by side.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3",
-           "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")])}
-    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / name), str(tmp_path / f"{name}.npz"),
-                               str(kill)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-             for name, kill in (("plain", -1), ("killed", 115))]
+    env = {
+        **os.environ,
+        "TF_CPP_MIN_LOG_LEVEL": "3",
+        "PYTHONPATH": os.pathsep.join([ROOT, os.environ.get("PYTHONPATH", "")]),
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(tmp_path / name), str(tmp_path / f"{name}.npz"), str(kill)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for name, kill in (("plain", -1), ("killed", 115))
+    ]
     outs = [p.communicate(timeout=300) for p in procs]
     assert procs[0].returncode == 0, outs[0][1][-3000:]
     assert procs[1].returncode == -signal.SIGKILL, outs[1][1][-3000:]
@@ -435,6 +542,7 @@ def test_resume_after_sigkill_reaches_the_uninterrupted_weights(tmp_path):
 
 
 # -- training from a folder of images --------------------------------------------------------------------------
+
 
 def test_train_from_image_folder_with_bad_files(tmp_path, mnist):
     from test_data import add_bad_files, write_mnist_folder
@@ -453,12 +561,14 @@ def test_train_from_image_folder_with_bad_files(tmp_path, mnist):
 
 # -- the command line ------------------------------------------------------------------------------------------
 
+
 def test_cli_train_prints_test_accuracy(tmp_path, capsys):
     from kerasarch.cli import main
 
     out = str(tmp_path / "cli")
-    assert main(["train", "lenet5_relu", "--data", "digits", "--epochs", "2", "--out", out,
-                 "--precision", "float32"]) == 0
+    assert (
+        main(["train", "lenet5_relu", "--data", "digits", "--epochs", "2", "--out", out, "--precision", "float32"]) == 0
+    )
     text = capsys.readouterr().out
     line = [row for row in text.splitlines() if row.startswith("test accuracy")][0]
     acc = float(line.split()[2].rstrip("%")) / 100

@@ -42,13 +42,20 @@ def _cli(argv, capsys):
 
 # ---------------------------------------------------------------------------------------------------- class names
 
+
 def test_imagenet_class_names_are_human_readable_in_the_standard_order():
     names, ids, clean = imagenet_class_names(), imagenet_class_names("wnid"), imagenet_class_names("clean")
     assert len(names) == len(ids) == len(clean) == 1000
     # keras.applications' imagenet_class_index.json / torchvision's _IMAGENET_CATEGORIES, written out.
-    expected = {0: ("n01440764", "tench"), 1: ("n01443537", "goldfish"), 340: ("n02391049", "zebra"),
-                385: ("n02504013", "Indian elephant"), 386: ("n02504458", "African elephant"),
-                948: ("n07742313", "Granny Smith"), 999: ("n15075141", "toilet tissue")}
+    expected = {
+        0: ("n01440764", "tench"),
+        1: ("n01443537", "goldfish"),
+        340: ("n02391049", "zebra"),
+        385: ("n02504013", "Indian elephant"),
+        386: ("n02504458", "African elephant"),
+        948: ("n07742313", "Granny Smith"),
+        999: ("n15075141", "toilet tissue"),
+    }
     for index, (wnid, name) in expected.items():
         assert (ids[index], names[index]) == (wnid, name)
     assert clean[386] == "African bush elephant" and names[134] == names[517] == "crane"  # WordNet's own clash
@@ -64,11 +71,13 @@ def test_imagenet_class_names_are_human_readable_in_the_standard_order():
 
 # ------------------------------------------------------------------------------------------ other channel counts
 
+
 def test_adapt_input_kernel_against_hand_computed_kernels():
     kernel = np.array([[1, 2], [3, 4], [5, 6]], "float32").reshape(1, 1, 3, 2)  # (kh, kw, RGB, out)
     np.testing.assert_array_equal(adapt_input_kernel(kernel, 1)[0, 0], [[9, 12]])  # R + G + B
-    np.testing.assert_array_equal(adapt_input_kernel(kernel, 4)[0, 0],
-                                  [[0.75, 1.5], [2.25, 3.0], [3.75, 4.5], [0.75, 1.5]])  # R G B R, x 3/4
+    np.testing.assert_array_equal(
+        adapt_input_kernel(kernel, 4)[0, 0], [[0.75, 1.5], [2.25, 3.0], [3.75, 4.5], [0.75, 1.5]]
+    )  # R G B R, x 3/4
     np.testing.assert_array_equal(adapt_input_kernel(kernel, 2)[0, 0], [[1.5, 3.0], [4.5, 6.0]])  # R G, x 3/2
     np.testing.assert_array_equal(adapt_input_kernel(kernel, 3), kernel)
     with pytest.raises(ValueError, match="RGB"):
@@ -109,15 +118,21 @@ def test_grey_and_four_channel_models_load_an_rgb_checkpoint(rgb_checkpoint, cap
     path, rgb = rgb_checkpoint
     kernel = rgb.get_layer("conv1_conv").kernel.numpy()
     grey = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 1), weights=str(path))
-    np.testing.assert_allclose(grey.get_layer("conv1_conv").kernel.numpy(),
-                               kernel[:, :, 0:1] + kernel[:, :, 1:2] + kernel[:, :, 2:3], rtol=1e-6)
+    np.testing.assert_allclose(
+        grey.get_layer("conv1_conv").kernel.numpy(),
+        kernel[:, :, 0:1] + kernel[:, :, 1:2] + kernel[:, :, 2:3],
+        rtol=1e-6,
+    )
     assert "summed over the RGB channels" in capsys.readouterr().err
     # Everything after conv1 is the RGB network's: a grey image g gives what the RGB model gives for (g, g, g).
     g = np.random.default_rng(1).uniform(-1, 1, (2, SIZE, SIZE, 1)).astype("float32")
     np.testing.assert_allclose(grey(g, training=False), rgb(np.repeat(g, 3, axis=-1), training=False), atol=2e-5)
     four = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 4), weights=str(path))
-    np.testing.assert_allclose(four.get_layer("conv1_conv").kernel.numpy(),
-                               np.concatenate([kernel, kernel[:, :, :1]], axis=2) * 0.75, rtol=1e-6)
+    np.testing.assert_allclose(
+        four.get_layer("conv1_conv").kernel.numpy(),
+        np.concatenate([kernel, kernel[:, :, :1]], axis=2) * 0.75,
+        rtol=1e-6,
+    )
 
 
 def test_a_grey_dataset_fine_tunes_a_three_channel_checkpoint(rgb_checkpoint, tmp_path, capsys):
@@ -127,15 +142,26 @@ def test_a_grey_dataset_fine_tunes_a_three_channel_checkpoint(rgb_checkpoint, tm
     path, rgb = rgb_checkpoint
     folder = _image_folder(tmp_path / "grey", {"a": 3, "b": 3}, size=SIZE, mode="L")
     ds = from_directory(str(folder), channels=1)
-    result = training.train("resnet18", ds, None, epochs=1, batch_size=6, lr=1e-9,
-                                      input_shape=(SIZE, SIZE, 1), build_kwargs={"weights": str(path)}, verbose=0)
+    result = training.train(
+        "resnet18",
+        ds,
+        None,
+        epochs=1,
+        batch_size=6,
+        lr=1e-9,
+        input_shape=(SIZE, SIZE, 1),
+        build_kwargs={"weights": str(path)},
+        verbose=0,
+    )
     kernel = rgb.get_layer("conv1_conv").kernel.numpy()
-    np.testing.assert_allclose(result.model.get_layer("conv1_conv").kernel.numpy(), kernel.sum(2, keepdims=True),
-                               rtol=1e-4, atol=1e-5)  # lr 1e-9: the adapted kernel is still the checkpoint's
+    np.testing.assert_allclose(
+        result.model.get_layer("conv1_conv").kernel.numpy(), kernel.sum(2, keepdims=True), rtol=1e-4, atol=1e-5
+    )  # lr 1e-9: the adapted kernel is still the checkpoint's
     assert result.model.output_shape[-1] == 2 and np.isfinite(result.history["loss"][-1])  # a new two-class head
 
 
 # ------------------------------------------------------------------------------------------------- image folders
+
 
 def _image_folder(root, counts, *, size=RESIZED, mode="RGB", seed=0):
     rng = np.random.default_rng(seed)
@@ -154,7 +180,7 @@ def _reference_probabilities(model, paths):
     for p in paths:
         x = np.asarray(Image.open(p).convert("RGB"), "float32")
         assert x.shape[:2] == (RESIZED, RESIZED)
-        x = x[OFFSET:OFFSET + SIZE, OFFSET:OFFSET + SIZE]
+        x = x[OFFSET : OFFSET + SIZE, OFFSET : OFFSET + SIZE]
         batch.append((x / 255.0 - TORCH_MEAN) / TORCH_STD)
     return np.asarray(model(np.stack(batch), training=False))
 
@@ -167,13 +193,28 @@ def test_predict_end_to_end_with_class_names_and_corrupt_files_skipped(rgb_check
     (folder / "x" / "cut.png").write_bytes((folder / "x" / "0.png").read_bytes()[:100])
     (folder / "notes.txt").write_text("not an image")
     out = tmp_path / "predictions.json"
-    code, _, err = _cli(["predict", "resnet18", str(folder), "--weights", str(path), "--input-size", str(SIZE),
-                         "--top", "3", "--out", str(out)], capsys)
+    code, _, err = _cli(
+        [
+            "predict",
+            "resnet18",
+            str(folder),
+            "--weights",
+            str(path),
+            "--input-size",
+            str(SIZE),
+            "--top",
+            "3",
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "broken.jpg" in err and "cut.png" in err and "skipped" in err
     report = json.loads(out.read_text())
-    assert sorted(s["file"] for s in report["skipped"]) == sorted(str(folder / "x" / n) for n in ("broken.jpg",
-                                                                                                    "cut.png"))
+    assert sorted(s["file"] for s in report["skipped"]) == sorted(
+        str(folder / "x" / n) for n in ("broken.jpg", "cut.png")
+    )
     expected = _reference_probabilities(rgb, good)
     names = imagenet_class_names()
     assert [r["file"] for r in report["predictions"]] == good
@@ -183,8 +224,7 @@ def test_predict_end_to_end_with_class_names_and_corrupt_files_skipped(rgb_check
         assert [t["class"] for t in row["top"]] == [names[i] for i in top]
         np.testing.assert_allclose([t["probability"] for t in row["top"]], probs[top], rtol=1e-4, atol=1e-6)
     # Without --out on a pipe: CSV on stdout, one line per usable image.
-    code, stdout, _ = _cli(["predict", "resnet18", good[0], "--weights", str(path), "--input-size", str(SIZE)],
-                           capsys)
+    code, stdout, _ = _cli(["predict", "resnet18", good[0], "--weights", str(path), "--input-size", str(SIZE)], capsys)
     lines = stdout.strip().splitlines()
     assert code == 0 and lines[0].startswith("file,top1_index,top1_class") and len(lines) == 2
     assert lines[1].split(",")[2] == names[int(np.argmax(expected[0]))]
@@ -200,8 +240,21 @@ def test_evaluate_end_to_end_top1_top5_and_confusion_matrix(rgb_checkpoint, tmp_
     top5 = np.argsort(-probs, axis=1)[:, :5]
     want1, want5 = float(np.mean(top5[:, 0] == truth)), float(np.mean((top5 == truth[:, None]).any(1)))
     out = tmp_path / "eval"
-    code, stdout, err = _cli(["evaluate", "resnet18", "--data", str(folder), "--weights", str(path),
-                              "--input-size", str(SIZE), "--out", str(out)], capsys)
+    code, stdout, err = _cli(
+        [
+            "evaluate",
+            "resnet18",
+            "--data",
+            str(folder),
+            "--weights",
+            str(path),
+            "--input-size",
+            str(SIZE),
+            "--out",
+            str(out),
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["examples"] == 5
@@ -212,8 +265,9 @@ def test_evaluate_end_to_end_top1_top5_and_confusion_matrix(rgb_checkpoint, tmp_
     assert (out / "confusion.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_evaluate_refuses_class_folders_the_model_does_not_have_before_reading_images(rgb_checkpoint, tmp_path,
-                                                                                      capsys, monkeypatch):
+def test_evaluate_refuses_class_folders_the_model_does_not_have_before_reading_images(
+    rgb_checkpoint, tmp_path, capsys, monkeypatch
+):
     from kerasarch.commands import evaluate
 
     path, _ = rgb_checkpoint
@@ -223,13 +277,15 @@ def test_evaluate_refuses_class_folders_the_model_does_not_have_before_reading_i
         raise AssertionError("images were read before the class folders were checked")
 
     monkeypatch.setattr(evaluate, "evaluate_dataset", never)
-    code, _, err = _cli(["evaluate", "resnet18", "--data", str(folder), "--weights", str(path),
-                         "--input-size", str(SIZE)], capsys)
+    code, _, err = _cli(
+        ["evaluate", "resnet18", "--data", str(folder), "--weights", str(path), "--input-size", str(SIZE)], capsys
+    )
     assert code == 2
     assert "do not match the model's classes" in err and "'my_cats'" in err and "'my_dogs'" in err
 
 
 # ------------------------------------------------------------------------------- torchvision-layout .pth files
+
 
 class _Tensor:
     def __init__(self, array):
@@ -259,8 +315,10 @@ def _write_pth(path, state):
 
     def reduce(t):
         strides = tuple(s // 4 for s in t.array.strides)
-        return (_rebuild_tensor_v2, (("__storage__", id(t)), 0, t.array.shape, strides, False,
-                                     collections.OrderedDict()))
+        return (
+            _rebuild_tensor_v2,
+            (("__storage__", id(t)), 0, t.array.shape, strides, False, collections.OrderedDict()),
+        )
 
     saved = {n: sys.modules.get(n) for n in ("torch", "torch._utils")}
     sys.modules.update({"torch": torch_mod, "torch._utils": utils_mod})
@@ -325,18 +383,39 @@ def test_checkpoint_to_served_model_train_evaluate_export_serve(rgb_checkpoint, 
     _image_folder(data / "train", {"a": 4, "b": 4}, size=SIZE)
     _image_folder(data / "test", {"a": 3, "b": 3}, size=SIZE, seed=1)
     run = tmp_path / "run"
-    code, stdout, err = _cli(["train", "resnet18", "--data", str(data), "--weights", str(pth), "--epochs", "1",
-                              "--lr", "1e-9", "--batch-size", "4", "--out", str(run), "--verbose", "0"], capsys)
+    code, stdout, err = _cli(
+        [
+            "train",
+            "resnet18",
+            "--data",
+            str(data),
+            "--weights",
+            str(pth),
+            "--epochs",
+            "1",
+            "--lr",
+            "1e-9",
+            "--batch-size",
+            "4",
+            "--out",
+            str(run),
+            "--verbose",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0, err
     trained_line = stdout
     trained = keras.models.load_model(run / "model.keras", compile=False)
     for name in ("conv1_conv", "conv3_block1_0_conv", "conv5_block2_2_conv"):  # lr 1e-9: still the checkpoint's
-        np.testing.assert_allclose(trained.get_layer(name).kernel.numpy(), rgb.get_layer(name).kernel.numpy(),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            trained.get_layer(name).kernel.numpy(), rgb.get_layer(name).kernel.numpy(), atol=1e-5
+        )
     assert trained.output_shape[-1] == 2
 
-    code, stdout, err = _cli(["evaluate", str(run), "--data", str(data / "test"), "--out", str(tmp_path / "eval")],
-                             capsys)
+    code, stdout, err = _cli(
+        ["evaluate", str(run), "--data", str(data / "test"), "--out", str(tmp_path / "eval")], capsys
+    )
     assert code == 0, err
     evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert evaluated["examples"] == 6
@@ -359,8 +438,9 @@ def test_weights_of_another_architecture_name_the_layer_that_does_not_fit(tmp_pa
     other = tmp_path / "squeezenet.weights.h5"
     kerasarch.build_model("squeezenet1_1", input_shape=(SIZE, SIZE, 3)).save_weights(other)
     folder = _image_folder(tmp_path / "photos", {"x": 1})
-    code, _, err = _cli(["predict", "resnet18", str(folder), "--weights", str(other), "--input-size", str(SIZE)],
-                        capsys)
+    code, _, err = _cli(
+        ["predict", "resnet18", str(folder), "--weights", str(other), "--input-size", str(SIZE)], capsys
+    )
     assert code == 2 and "conv1_conv" in err and "squeezenet.weights.h5" in err
 
 
@@ -389,8 +469,9 @@ def _publish(monkeypatch, model_name, path, source):
 
     entry = weights_for(model_name, source)
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    published = dataclasses.replace(entry, origin=path.as_uri(), file_name=path.name, sha256=digest, md5=None,
-                                    notop=None)
+    published = dataclasses.replace(
+        entry, origin=path.as_uri(), file_name=path.name, sha256=digest, md5=None, notop=None
+    )
     monkeypatch.setitem(WEIGHTS, model_name, (published,))
     return published
 
@@ -415,23 +496,48 @@ def test_finetune_extract_vgg16_fc7_from_the_published_keras_checkpoint(tmp_path
     _publish(monkeypatch, "vgg16", h5, "keras")
     data = _image_folder(tmp_path / "data", {"a": 2, "b": 2}, size=SMALL_RESIZED)
     out = tmp_path / "fc7"
-    code, _, err = _finetune(["extract", "vgg16", str(data), "--weights", "imagenet", "--tap", "fc7", "--out",
-                              str(out), "--input-shape", f"{SMALL},{SMALL},3", "--quiet"], capsys)
+    code, _, err = _finetune(
+        [
+            "extract",
+            "vgg16",
+            str(data),
+            "--weights",
+            "imagenet",
+            "--tap",
+            "fc7",
+            "--out",
+            str(out),
+            "--input-shape",
+            f"{SMALL},{SMALL},3",
+            "--quiet",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert (home / "weights" / h5.name).exists()  # fetched through the cache
     features = load_features(out)
     paths = [str(p) for c in ("a", "b") for p in sorted((data / c).iterdir())]
-    crops = np.stack([np.asarray(Image.open(p).convert("RGB"), "float32")[
-        SMALL_OFFSET:SMALL_OFFSET + SMALL, SMALL_OFFSET:SMALL_OFFSET + SMALL] for p in paths])
+    crops = np.stack(
+        [
+            np.asarray(Image.open(p).convert("RGB"), "float32")[
+                SMALL_OFFSET : SMALL_OFFSET + SMALL, SMALL_OFFSET : SMALL_OFFSET + SMALL
+            ]
+            for p in paths
+        ]
+    )
     fc2 = keras.Model(peer.input, peer.get_layer("fc2").output)
     expected = np.asarray(fc2(crops[..., ::-1] - CAFFE_MEAN_BGR, training=False))
     order = np.argsort(features.index)
     np.testing.assert_allclose(features.features[order], expected, rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("name, frozen", [
-    ("resnet18", ("conv1_conv", "conv4_block2_2_conv", "conv5_block2_2_bn")),
-    pytest.param("resnet50", ("conv1_conv", "conv4_block6_3_conv", "conv5_block3_3_bn"), marks=pytest.mark.slow)])
+@pytest.mark.parametrize(
+    "name, frozen",
+    [
+        ("resnet18", ("conv1_conv", "conv4_block2_2_conv", "conv5_block2_2_bn")),
+        pytest.param("resnet50", ("conv1_conv", "conv4_block6_3_conv", "conv5_block3_3_bn"), marks=pytest.mark.slow),
+    ],
+)
 def test_finetune_train_from_the_published_torchvision_checkpoint(name, frozen, tmp_path, home, monkeypatch, capsys):
     import keras
 
@@ -441,9 +547,28 @@ def test_finetune_train_from_the_published_torchvision_checkpoint(name, frozen, 
     _publish(monkeypatch, name, pth, "IMAGENET1K_V1")
     data = _image_folder(tmp_path / "data", {"a": 4, "b": 4}, size=SMALL_RESIZED)
     out = tmp_path / "run"
-    code, _, err = _finetune(["train", name, str(data), "--weights", "imagenet", "--out", str(out),
-                              "--input-shape", f"{SMALL},{SMALL},3", "--freeze-to", "all", "--epochs-head", "1",
-                              "--epochs-finetune", "0", "--batch-size", "4"], capsys)
+    code, _, err = _finetune(
+        [
+            "train",
+            name,
+            str(data),
+            "--weights",
+            "imagenet",
+            "--out",
+            str(out),
+            "--input-shape",
+            f"{SMALL},{SMALL},3",
+            "--freeze-to",
+            "all",
+            "--epochs-head",
+            "1",
+            "--epochs-finetune",
+            "0",
+            "--batch-size",
+            "4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     tuned = keras.models.load_model(out / "model.keras", compile=False)
     for layer in frozen:  # frozen: the checkpoint's weights
@@ -455,15 +580,22 @@ def test_finetune_train_from_the_published_torchvision_checkpoint(name, frozen, 
 # ----------------------------------------------------------------------------------------- the checkpoint table
 
 # torchvision/models/resnet.py, *_Weights.IMAGENET1K_V2: file (sha256 prefix in the name), resize_size, acc@1.
-TORCHVISION_V2 = {"resnet50": ("resnet50-11ad3fa6.pth", 80.858), "resnet101": ("resnet101-cd907fc2.pth", 81.886),
-                  "resnet152": ("resnet152-f82ba261.pth", 82.284),
-                  "resnext50_32x4d": ("resnext50_32x4d-1a0047aa.pth", 81.198),
-                  "resnext101_32x8d": ("resnext101_32x8d-110c445d.pth", 82.834),
-                  "wide_resnet50_2": ("wide_resnet50_2-9ba9bcbe.pth", 81.602),
-                  "wide_resnet101_2": ("wide_resnet101_2-d733dc28.pth", 82.51)}
+TORCHVISION_V2 = {
+    "resnet50": ("resnet50-11ad3fa6.pth", 80.858),
+    "resnet101": ("resnet101-cd907fc2.pth", 81.886),
+    "resnet152": ("resnet152-f82ba261.pth", 82.284),
+    "resnext50_32x4d": ("resnext50_32x4d-1a0047aa.pth", 81.198),
+    "resnext101_32x8d": ("resnext101_32x8d-110c445d.pth", 82.834),
+    "wide_resnet50_2": ("wide_resnet50_2-9ba9bcbe.pth", 81.602),
+    "wide_resnet101_2": ("wide_resnet101_2-d733dc28.pth", 82.51),
+}
 # timm/models/resnet.py (_rcfg: test 288x288, crop_pct 1.0, bicubic) and timm's results table (top-1 at 288).
-TIMM = {"resnet50": ("resnet50.a1_in1k", 81.22), "resnet101": ("resnet101.a1h_in1k", 82.8),
-        "resnet152": ("resnet152.a1h_in1k", 83.46), "resnext50_32x4d": ("resnext50_32x4d.a1h_in1k", 82.03)}
+TIMM = {
+    "resnet50": ("resnet50.a1_in1k", 81.22),
+    "resnet101": ("resnet101.a1h_in1k", 82.8),
+    "resnet152": ("resnet152.a1h_in1k", 83.46),
+    "resnext50_32x4d": ("resnext50_32x4d.a1h_in1k", 82.03),
+}
 
 
 def test_torchvision_v2_and_timm_checkpoints_with_their_eval_transforms():
@@ -503,8 +635,9 @@ def test_kerasarch_list_pretrained_shows_every_checkpoint(capsys):
     assert "imagenet:torchvision:IMAGENET1K_V1" in stdout and "imagenet:timm:resnet50.a1_in1k" in stdout
 
 
-def test_imagenet_weights_say_which_checkpoint_and_timm_safetensors_load(rgb_checkpoint, tmp_path, home,
-                                                                         monkeypatch, capsys):
+def test_imagenet_weights_say_which_checkpoint_and_timm_safetensors_load(
+    rgb_checkpoint, tmp_path, home, monkeypatch, capsys
+):
     from safetensors.numpy import save_file
 
     _, rgb = rgb_checkpoint
@@ -513,8 +646,10 @@ def test_imagenet_weights_say_which_checkpoint_and_timm_safetensors_load(rgb_che
     _publish(monkeypatch, "resnet18", pth, "torchvision")
     model = kerasarch.build_model("resnet18", input_shape=(SIZE, SIZE, 3), weights="imagenet")
     err = capsys.readouterr().err
-    assert "resnet18 weights='imagenet': torchvision IMAGENET1K_V1 (resnet18-f37072fd.pth, published top-1 " \
-           "69.758%; resize 256, centre crop 224, bilinear, torch)" in err
+    assert (
+        "resnet18 weights='imagenet': torchvision IMAGENET1K_V1 (resnet18-f37072fd.pth, published top-1 "
+        "69.758%; resize 256, centre crop 224, bilinear, torch)" in err
+    )
     x = np.random.default_rng(2).normal(0, 1, (2, SIZE, SIZE, 3)).astype("float32")
     np.testing.assert_allclose(model(x, training=False), rgb(x, training=False), atol=1e-5)
     # timm's ResNet keys are torchvision's: its model.safetensors loads the same way.
@@ -589,18 +724,37 @@ def test_evaluate_a_tfds_split_offline(rgb_checkpoint, tmp_path, capsys):
     path, rgb = rgb_checkpoint
     script = tmp_path / "prepare.py"
     script.write_text(_TFDS_BUILDER)
-    subprocess.run([sys.executable, str(script), str(tmp_path / "tfds")], check=True, timeout=900,
-                   capture_output=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "tfds")],
+        check=True,
+        timeout=900,
+        capture_output=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     rng = np.random.default_rng(5)  # the builder's images, drawn again
     images = [rng.integers(0, 256, (RESIZED, RESIZED, 3), dtype=np.uint8) for _ in range(5)]
     truth = np.array([0, 1, 2, 2, 0])  # tench 0, goldfish 1, great white shark 2 in ImageNet's order
-    crops = np.stack([im[OFFSET:OFFSET + SIZE, OFFSET:OFFSET + SIZE].astype("float32") for im in images])
+    crops = np.stack([im[OFFSET : OFFSET + SIZE, OFFSET : OFFSET + SIZE].astype("float32") for im in images])
     probs = np.asarray(rgb((crops / 255.0 - TORCH_MEAN) / TORCH_STD, training=False))
     top5 = np.argsort(-probs, axis=1)[:, :5]
     want1, want5 = float(np.mean(top5[:, 0] == truth)), float(np.mean((top5 == truth[:, None]).any(1)))
-    code, stdout, err = _cli(["evaluate", "resnet18", "--weights", str(path), "--input-size", str(SIZE), "--data",
-                              "tfds:kerasarch_tiny_imagenet", "--data-dir", str(tmp_path / "tfds"), "--out",
-                              str(tmp_path / "eval")], capsys)
+    code, stdout, err = _cli(
+        [
+            "evaluate",
+            "resnet18",
+            "--weights",
+            str(path),
+            "--input-size",
+            str(SIZE),
+            "--data",
+            "tfds:kerasarch_tiny_imagenet",
+            "--data-dir",
+            str(tmp_path / "tfds"),
+            "--out",
+            str(tmp_path / "eval"),
+        ],
+        capsys,
+    )
     assert code == 0, err
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     assert metrics["examples"] == 5 and metrics["class_names"] == ["tench", "goldfish", "great white shark"]

@@ -50,8 +50,17 @@ def test_a_step_budget_gives_the_same_number_of_updates_whatever_the_batch_size(
 
     updates = {}
     for batch in (2, 8):
-        result = train("lenet5", digits, str(tmp_path / f"b{batch}"), steps=7, batch_size=batch, patience=100,
-                       refit=False, precision="float32", verbose=0)
+        result = train(
+            "lenet5",
+            digits,
+            str(tmp_path / f"b{batch}"),
+            steps=7,
+            batch_size=batch,
+            patience=100,
+            refit=False,
+            precision="float32",
+            verbose=0,
+        )
         updates[batch] = (result["steps"], result["updates"])
     assert updates == {2: (7, 7), 8: (7, 7)}
 
@@ -63,8 +72,9 @@ def test_gradient_accumulation_counts_updates_not_batches(digits):
 
     model = _tiny_model()
     before = [w.copy() for w in model.get_weights()]
-    history = fit_steps(model, digits.to_dataset(1), None, steps=4, lr=0.1, batch_size=4, accumulation=3,
-                        preprocessing="unit")
+    history = fit_steps(
+        model, digits.to_dataset(1), None, steps=4, lr=0.1, batch_size=4, accumulation=3, preprocessing="unit"
+    )
     assert history["updates"] == 4 and history["iterations"] == [4]
     assert not np.allclose(model.get_weights()[0], before[0])
 
@@ -95,8 +105,19 @@ def test_early_stopping_restores_the_best_weights(digits):
     model.get_layer("head_predictions").set_weights(start)
     val = ArraySource("shifted", digits.images, shifted, digits.class_names)
     np.testing.assert_array_equal(np.argmax(x @ start[0] + start[1], 1), shifted)  # val accuracy 1 at step 0
-    history = fit_steps(model, digits.to_dataset(1), val.to_dataset(1), steps=60, lr=0.5, batch_size=18,
-                        optimizer="sgd", warmup=0.0, eval_every=1, patience=3, preprocessing="unit")
+    history = fit_steps(
+        model,
+        digits.to_dataset(1),
+        val.to_dataset(1),
+        steps=60,
+        lr=0.5,
+        batch_size=18,
+        optimizer="sgd",
+        warmup=0.0,
+        eval_every=1,
+        patience=3,
+        preprocessing="unit",
+    )
     assert history["val_accuracy"][0] == 1.0 and history["val_accuracy"][-1] < 1.0, history["val_accuracy"]
     assert history["best_step"] == 0 and history["stopped_early"] and history["updates"] < 60
     for got, want in zip(model.get_layer("head_predictions").get_weights(), start):
@@ -109,8 +130,19 @@ def test_of_equal_validation_accuracies_the_latest_weights_are_kept(digits):
     from finetune.transfer import fit_steps
 
     model = _tiny_model()
-    history = fit_steps(model, digits.to_dataset(1), digits.to_dataset(1), steps=30, lr=0.05, batch_size=18,
-                        optimizer="sgd", warmup=0.0, eval_every=5, patience=100, preprocessing="unit")
+    history = fit_steps(
+        model,
+        digits.to_dataset(1),
+        digits.to_dataset(1),
+        steps=30,
+        lr=0.05,
+        batch_size=18,
+        optimizer="sgd",
+        warmup=0.0,
+        eval_every=5,
+        patience=100,
+        preprocessing="unit",
+    )
     assert history["val_accuracy"][-1] == 1.0 and history["best_step"] == 30 and history["updates"] == 30
     x = digits.images.reshape(len(digits), -1).astype("float32") / 255.0
     kernel, bias = model.get_layer("head_predictions").get_weights()
@@ -129,7 +161,7 @@ def _softmax_regression(z, y, classes, C):
     onehot = np.eye(classes)[y]
 
     def f(theta):
-        w, b = theta[:d * classes].reshape(d, classes), theta[d * classes:]
+        w, b = theta[: d * classes].reshape(d, classes), theta[d * classes :]
         s = z @ w + b
         s = s - s.max(1, keepdims=True)
         p = np.exp(s) / np.exp(s).sum(1, keepdims=True)
@@ -137,9 +169,14 @@ def _softmax_regression(z, y, classes, C):
         g = p - onehot
         return loss, np.concatenate([(z.T @ g + w / C).ravel(), g.sum(0)])
 
-    theta = minimize(f, np.zeros(d * classes + classes), jac=True, method="L-BFGS-B",
-                     options={"maxiter": 20000, "gtol": 1e-10, "ftol": 1e-14}).x
-    return theta[:d * classes].reshape(d, classes), theta[d * classes:]
+    theta = minimize(
+        f,
+        np.zeros(d * classes + classes),
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20000, "gtol": 1e-10, "ftol": 1e-14},
+    ).x
+    return theta[: d * classes].reshape(d, classes), theta[d * classes :]
 
 
 def test_lp_ft_phase_one_head_is_the_linear_probe_solution(digits):
@@ -208,8 +245,11 @@ def test_a_validation_split_that_would_empty_a_class_is_an_error_before_training
     # a separate validation set missing a class
     val = open_source("digits", split="test")
     val = val.subset(np.flatnonzero(val.labels != 7))
-    with pytest.raises(FinetuneError, match=r"validation data .* needs at least 1 image\(s\) of every class. "
-                                            r"Received: \{'7': 0\}"):
+    with pytest.raises(
+        FinetuneError,
+        match=r"validation data .* needs at least 1 image\(s\) of every class. "
+        r"Received: \{'7': 0\}",
+    ):
         train("lenet5", "digits", str(out), val=val, verbose=0)
     assert not out.exists()
 
@@ -249,8 +289,12 @@ def test_keras_augmentation_layers_mix_images_and_labels():
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 255, (8, 16, 16, 1)).astype("float32"))
     y = tf.one_hot(np.arange(8) % 4, 4)
-    for kw, mixes in ((dict(mixup=0.4), True), (dict(cutmix=1.0), True), (dict(randaugment=2), False),
-                      (dict(random_erasing=1.0), False)):
+    for kw, mixes in (
+        (dict(mixup=0.4), True),
+        (dict(cutmix=1.0), True),
+        (dict(randaugment=2), False),
+        (dict(random_erasing=1.0), False),
+    ):
         images, labels = keras_augmenter(seed=1, **kw)(x, y)
         images, labels = np.asarray(images), np.asarray(labels)
         assert images.shape == x.shape and 0 <= images.min() and images.max() <= 255, kw
@@ -263,9 +307,23 @@ def test_keras_augmentation_layers_mix_images_and_labels():
 def test_training_with_every_keras_option_on(digits, tmp_path):
     from finetune.train import train
 
-    result = train("lenet5", digits, str(tmp_path / "all"), steps=4, batch_size=4, mixup=0.2, cutmix=1.0,
-                   randaugment=1, random_erasing=0.5, accumulation=2, ema=0.9, layer_decay=0.5, refit=False,
-                   precision="float32", verbose=0)
+    result = train(
+        "lenet5",
+        digits,
+        str(tmp_path / "all"),
+        steps=4,
+        batch_size=4,
+        mixup=0.2,
+        cutmix=1.0,
+        randaugment=1,
+        random_erasing=0.5,
+        accumulation=2,
+        ema=0.9,
+        layer_decay=0.5,
+        refit=False,
+        precision="float32",
+        verbose=0,
+    )
     assert result["updates"] == 4 and result["layer_decay"] == 0.5
 
 
@@ -292,8 +350,20 @@ def test_ema_weights_are_evaluated_and_kept(digits):
         model = _tiny_model()
         model.set_weights(start)
         val = digits.to_dataset(1) if ema else None
-        history = fit_steps(model, digits.to_dataset(1), val, steps=steps, lr=0.5, batch_size=18, optimizer="sgd",
-                            warmup=0.0, eval_every=5, patience=100, ema=ema, preprocessing="unit")
+        history = fit_steps(
+            model,
+            digits.to_dataset(1),
+            val,
+            steps=steps,
+            lr=0.5,
+            batch_size=18,
+            optimizer="sgd",
+            warmup=0.0,
+            eval_every=5,
+            patience=100,
+            ema=ema,
+            preprocessing="unit",
+        )
         return model.get_weights(), history
 
     start = [w.copy() for w in _tiny_model().get_weights()]
@@ -316,10 +386,17 @@ def test_the_fine_tuned_model_keeps_a_card_with_its_classes(digits, tmp_path):
 
     out = str(tmp_path / "run")
     train("lenet5", digits, out, steps=2, refit=False, precision="float32", verbose=0)
-    code = ("import kerasarch, keras, json; from kerasarch.card import card_of; "
-            f"c = card_of(keras.saving.load_model({os.path.join(out, 'model.keras')!r})); "
-            "print(json.dumps([c.input.preprocessing, list(c.class_names), c.recipe['method'], c.data['examples']]))")
-    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    code = (
+        "import kerasarch, keras, json; from kerasarch.card import card_of; "
+        f"c = card_of(keras.saving.load_model({os.path.join(out, 'model.keras')!r})); "
+        "print(json.dumps([c.input.preprocessing, list(c.class_names), c.recipe['method'], c.data['examples']]))"
+    )
+    printed = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     assert printed.returncode == 0, printed.stderr[-2000:]
     assert json.loads(printed.stdout.strip().splitlines()[-1]) == ["lecun", ["0", "1", "2"], "scratch", 15]

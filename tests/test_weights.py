@@ -52,6 +52,7 @@ def _sha256(path):
 
 # ----------------------------------------------------------------------------------------------- download cache
 
+
 @pytest.fixture
 def home(tmp_path, monkeypatch):
     root = tmp_path / "home"
@@ -114,6 +115,7 @@ def test_malformed_hash_is_refused():
 
 # ------------------------------------------------------------------------------------------------ weights table
 
+
 def test_table_entries_are_consistent():
     registered = set(kerasarch.list_models())
     for name, entries in WEIGHTS.items():
@@ -144,8 +146,17 @@ def test_imagenet_class_names_offline():
 
 
 def _table_entry(monkeypatch, model, src, fmt="keras_h5", notop=None, sha256=None):
-    info = WeightsInfo(model=model, id="test", source="keras", origin=src.as_uri(), file_name=src.name, format=fmt,
-                       input=imagenet_eval("torch"), sha256=sha256 or _sha256(src), notop=notop)
+    info = WeightsInfo(
+        model=model,
+        id="test",
+        source="keras",
+        origin=src.as_uri(),
+        file_name=src.name,
+        format=fmt,
+        input=imagenet_eval("torch"),
+        sha256=sha256 or _sha256(src),
+        notop=notop,
+    )
     monkeypatch.setitem(WEIGHTS, model, (info,))
     return info
 
@@ -174,12 +185,19 @@ def test_build_model_weights_imagenet_downloads_checks_and_caches(tmp_path, home
     top = tmp_path / "sq_top.h5"
     source.save(top)
     notop_model = kerasarch.build_model("squeezenet1_1", input_shape=shape, include_top=False)
-    notop_model.set_weights(source.get_weights()[:len(notop_model.get_weights())])
+    notop_model.set_weights(source.get_weights()[: len(notop_model.get_weights())])
     notop = tmp_path / "sq_notop.weights.h5"
     notop_model.save_weights(notop)
-    notop_info = WeightsInfo(model="squeezenet1_1", id="test", source="keras", origin=notop.as_uri(),
-                             file_name=notop.name, format="keras_h5", input=imagenet_eval("torch"),
-                             sha256=_sha256(notop))
+    notop_info = WeightsInfo(
+        model="squeezenet1_1",
+        id="test",
+        source="keras",
+        origin=notop.as_uri(),
+        file_name=notop.name,
+        format="keras_h5",
+        input=imagenet_eval("torch"),
+        sha256=_sha256(notop),
+    )
     _table_entry(monkeypatch, "squeezenet1_1", top, notop=notop_info)
     x = random_images(shape, batch=2)
     model = kerasarch.build_model("squeezenet1_1", input_shape=shape, weights="imagenet")
@@ -228,11 +246,17 @@ def test_imagenet_needs_a_model_card():
 
 # kerasarch name, keras.applications constructor, in the default run (each < 30 s at 64×64)
 KA_PEERS = [
-    ("vgg16", "VGG16", True), ("vgg19", "VGG19", False),
-    ("resnet50_keras", "ResNet50", True), ("resnet101_keras", "ResNet101", False),
+    ("vgg16", "VGG16", True),
+    ("vgg19", "VGG19", False),
+    ("resnet50_keras", "ResNet50", True),
+    ("resnet101_keras", "ResNet101", False),
     ("resnet152_keras", "ResNet152", False),
-    ("resnet50v2", "ResNet50V2", False), ("resnet101v2", "ResNet101V2", False), ("resnet152v2", "ResNet152V2", False),
-    ("densenet121", "DenseNet121", True), ("densenet169", "DenseNet169", False), ("densenet201", "DenseNet201", False),
+    ("resnet50v2", "ResNet50V2", False),
+    ("resnet101v2", "ResNet101V2", False),
+    ("resnet152v2", "ResNet152V2", False),
+    ("densenet121", "DenseNet121", True),
+    ("densenet169", "DenseNet169", False),
+    ("densenet201", "DenseNet201", False),
 ]
 
 
@@ -305,6 +329,7 @@ def test_a_file_that_does_not_fit_names_the_layer_and_both_shapes(tmp_path):
 
 # -------------------------------------------------------------- torch checkpoints written without torch
 
+
 def _torch_stubs():
     """Stand-ins for the names torch pickles reference (``torch._utils._rebuild_tensor_v2``, ``torch.FloatStorage``),
     so the pickle below is byte-for-byte what torch writes for the same tensors, without torch."""
@@ -367,9 +392,11 @@ def _write_pth(path, tensors, legacy=False):
         p = Pickler(buf, protocol=2)
         p.dispatch_table = {_Tensor: reduce_tensor}
         if legacy:
-            for header in (0x1950A86A20F9469CFC6C, 1001,
-                           {"protocol_version": 1001, "little_endian": True,
-                            "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            for header in (
+                0x1950A86A20F9469CFC6C,
+                1001,
+                {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}},
+            ):
                 pickle.dump(header, buf, protocol=2)
         p.dump(tensors)
     finally:
@@ -396,9 +423,13 @@ def _write_pth(path, tensors, legacy=False):
 def test_pth_reader_without_torch(tmp_path, legacy):
     rng = np.random.default_rng(0)
     base = rng.standard_normal(24).astype("float32")
-    tensors = _tensors_for({"a.weight": rng.standard_normal((4, 3, 2, 2)).astype("float32"),
-                            "a.bias": rng.standard_normal(4).astype("float16"),
-                            "bn.num_batches_tracked": np.array(7, dtype="int64")})
+    tensors = _tensors_for(
+        {
+            "a.weight": rng.standard_normal((4, 3, 2, 2)).astype("float32"),
+            "a.bias": rng.standard_normal(4).astype("float16"),
+            "bn.num_batches_tracked": np.array(7, dtype="int64"),
+        }
+    )
     tensors["t.weight"] = _Tensor(base, 0, (4, 6), (1, 4))  # a transposed view: strides (1, 4)
     tensors["shared.weight"] = _Tensor(base, 2, (5,), (1,))  # same storage, offset 2
     path = tmp_path / "ckpt.pth"
@@ -427,6 +458,7 @@ def test_pth_reader_refuses_arbitrary_objects(tmp_path):
 
 # ------------------------------------------------------------ torch -> Keras conversion against numpy
 
+
 def _np_conv_nchw(x, w, b, groups=1):
     """Reference 3×3 'same' convolution in PyTorch's layout: x (N, C, H, W), w (O, C/groups, kh, kw)."""
     n, c, h, wd = x.shape
@@ -438,7 +470,7 @@ def _np_conv_nchw(x, w, b, groups=1):
         g = oc // per_group
         for i in range(h):
             for j in range(wd):
-                patch = xp[:, g * cg:(g + 1) * cg, i:i + kh, j:j + kw]
+                patch = xp[:, g * cg : (g + 1) * cg, i : i + kh, j : j + kw]
                 out[:, oc, i, j] = (patch * w[oc]).sum(axis=(1, 2, 3)) + b[oc]
     return out
 
@@ -455,13 +487,22 @@ def test_conversion_matches_a_pytorch_layout_reference():
     y = keras.layers.Dense(7, name="fc")(y)
     model = keras.Model(inputs, y)
     w, b = rng.standard_normal((6, 2, 3, 3)), rng.standard_normal(6)
-    gamma, beta, mean, var = rng.uniform(0.5, 1.5, 6), rng.standard_normal(6), rng.standard_normal(6), \
-        rng.uniform(0.5, 1.5, 6)
+    gamma, beta, mean, var = (
+        rng.uniform(0.5, 1.5, 6),
+        rng.standard_normal(6),
+        rng.standard_normal(6),
+        rng.uniform(0.5, 1.5, 6),
+    )
     fw, fb = rng.standard_normal((7, 6 * 4 * 5)), rng.standard_normal(7)
     layer = {lay.name: lay for lay in model.layers}
     layer["conv"].set_weights(torch_to_keras_arrays({"weight": w, "bias": b}, layer["conv"], model))
-    layer["bn"].set_weights(torch_to_keras_arrays({"weight": gamma, "bias": beta, "running_mean": mean,
-                                                   "running_var": var, "num_batches_tracked": 3}, layer["bn"], model))
+    layer["bn"].set_weights(
+        torch_to_keras_arrays(
+            {"weight": gamma, "bias": beta, "running_mean": mean, "running_var": var, "num_batches_tracked": 3},
+            layer["bn"],
+            model,
+        )
+    )
     layer["fc"].set_weights(torch_to_keras_arrays({"weight": fw, "bias": fb}, layer["fc"], model))
     x = rng.standard_normal((2, 4, 5, 4)).astype("float32")
     ref = _np_conv_nchw(x.transpose(0, 3, 1, 2).astype(np.float64), w, b, groups=2)
@@ -473,31 +514,78 @@ def test_conversion_matches_a_pytorch_layout_reference():
 def test_name_mappings_follow_torchvision_module_names():
     """A few keys of each torchvision family -> the kerasarch layer they must land in (torchvision's module tree:
     resnet.py, densenet.py, squeezenet.py, googlenet.py)."""
+
     def names(family, keys, model=None):
         return MAPPERS[family]({k: {"weight": np.zeros((1, 1, 1, 1))} for k in keys}, model)
 
-    assert names("resnet", ["conv1", "bn1", "layer1.0.conv3", "layer3.5.bn2", "layer2.0.downsample.0",
-                            "layer2.0.downsample.1", "fc"]) == {
-        "conv1": "conv1_conv", "bn1": "conv1_bn", "layer1.0.conv3": "conv2_block1_3_conv",
-        "layer3.5.bn2": "conv4_block6_2_bn", "layer2.0.downsample.0": "conv3_block1_0_conv",
-        "layer2.0.downsample.1": "conv3_block1_0_bn", "fc": "predictions"}
-    assert names("densenet", ["features.conv0", "features.denseblock2.denselayer12.norm.1",
-                              "features.denseblock2.denselayer12.conv2", "features.transition3.conv",
-                              "features.norm5", "classifier"]) == {
-        "features.conv0": "conv1_conv", "features.denseblock2.denselayer12.norm.1": "conv3_block12_0_bn",
-        "features.denseblock2.denselayer12.conv2": "conv3_block12_2_conv", "features.transition3.conv": "pool4_conv",
-        "features.norm5": "bn", "classifier": "predictions"}
-    sq11 = ["features.0", "features.3.squeeze", "features.4.expand1x1", "features.6.expand3x3",
-            "features.12.squeeze", "classifier.1"]
+    assert names(
+        "resnet",
+        ["conv1", "bn1", "layer1.0.conv3", "layer3.5.bn2", "layer2.0.downsample.0", "layer2.0.downsample.1", "fc"],
+    ) == {
+        "conv1": "conv1_conv",
+        "bn1": "conv1_bn",
+        "layer1.0.conv3": "conv2_block1_3_conv",
+        "layer3.5.bn2": "conv4_block6_2_bn",
+        "layer2.0.downsample.0": "conv3_block1_0_conv",
+        "layer2.0.downsample.1": "conv3_block1_0_bn",
+        "fc": "predictions",
+    }
+    assert names(
+        "densenet",
+        [
+            "features.conv0",
+            "features.denseblock2.denselayer12.norm.1",
+            "features.denseblock2.denselayer12.conv2",
+            "features.transition3.conv",
+            "features.norm5",
+            "classifier",
+        ],
+    ) == {
+        "features.conv0": "conv1_conv",
+        "features.denseblock2.denselayer12.norm.1": "conv3_block12_0_bn",
+        "features.denseblock2.denselayer12.conv2": "conv3_block12_2_conv",
+        "features.transition3.conv": "pool4_conv",
+        "features.norm5": "bn",
+        "classifier": "predictions",
+    }
+    sq11 = [
+        "features.0",
+        "features.3.squeeze",
+        "features.4.expand1x1",
+        "features.6.expand3x3",
+        "features.12.squeeze",
+        "classifier.1",
+    ]
     assert names("squeezenet", sq11) == {
-        "features.0": "conv1", "features.3.squeeze": "fire2_squeeze1x1", "features.4.expand1x1": "fire3_expand1x1",
-        "features.6.expand3x3": "fire4_expand3x3", "features.12.squeeze": "fire5_squeeze1x1",
-        "classifier.1": "conv10"}
-    assert names("googlenet", ["conv1.conv", "conv3.bn", "inception4e.branch3.1.conv", "inception5b.branch4.1.bn",
-                               "aux2.conv.bn", "aux2.fc1", "aux2.fc2", "fc"]) == {
-        "conv1.conv": "conv1_7x7_s2", "conv3.bn": "conv2_3x3_bn", "inception4e.branch3.1.conv": "inception4e_5x5",
-        "inception5b.branch4.1.bn": "inception5b_pool_proj_bn", "aux2.conv.bn": "aux2_conv_bn", "aux2.fc1": "aux2_fc",
-        "aux2.fc2": "aux2", "fc": "predictions"}
+        "features.0": "conv1",
+        "features.3.squeeze": "fire2_squeeze1x1",
+        "features.4.expand1x1": "fire3_expand1x1",
+        "features.6.expand3x3": "fire4_expand3x3",
+        "features.12.squeeze": "fire5_squeeze1x1",
+        "classifier.1": "conv10",
+    }
+    assert names(
+        "googlenet",
+        [
+            "conv1.conv",
+            "conv3.bn",
+            "inception4e.branch3.1.conv",
+            "inception5b.branch4.1.bn",
+            "aux2.conv.bn",
+            "aux2.fc1",
+            "aux2.fc2",
+            "fc",
+        ],
+    ) == {
+        "conv1.conv": "conv1_7x7_s2",
+        "conv3.bn": "conv2_3x3_bn",
+        "inception4e.branch3.1.conv": "inception4e_5x5",
+        "inception5b.branch4.1.bn": "inception5b_pool_proj_bn",
+        "aux2.conv.bn": "aux2_conv_bn",
+        "aux2.fc1": "aux2_fc",
+        "aux2.fc2": "aux2",
+        "fc": "predictions",
+    }
     with pytest.raises(ValueError, match="'layer1.0.se.fc'.*resnet"):
         names("resnet", ["layer1.0.se.fc"])
 
@@ -513,8 +601,15 @@ def _keras_to_torch_vgg_bn(model):
         elif isinstance(layer, keras.layers.BatchNormalization):
             i += 1
             g, be, m, v = layer.get_weights()
-            sd.update({f"features.{i}.weight": g, f"features.{i}.bias": be, f"features.{i}.running_mean": m,
-                       f"features.{i}.running_var": v, f"features.{i}.num_batches_tracked": np.array(5)})
+            sd.update(
+                {
+                    f"features.{i}.weight": g,
+                    f"features.{i}.bias": be,
+                    f"features.{i}.running_mean": m,
+                    f"features.{i}.running_var": v,
+                    f"features.{i}.num_batches_tracked": np.array(5),
+                }
+            )
             i += 2  # relu
         elif isinstance(layer, keras.layers.MaxPooling2D):
             i += 1
@@ -551,13 +646,21 @@ TV_PEERS = [
     ("alexnet_owt", "alexnet", 224, False),
     *[(f"vgg{d}{bn}", f"vgg{d}{bn}", 224, False) for d in (11, 13, 16, 19) for bn in ("", "_bn")],
     ("googlenet_bn", "googlenet", 224, False),
-    ("resnet18", "resnet18", 64, True), ("resnet34", "resnet34", 64, False), ("resnet50", "resnet50", 64, False),
-    ("resnet101", "resnet101", 64, False), ("resnet152", "resnet152", 64, False),
-    ("resnext50_32x4d", "resnext50_32x4d", 64, True), ("resnext101_32x8d", "resnext101_32x8d", 64, False),
-    ("wide_resnet50_2", "wide_resnet50_2", 64, False), ("wide_resnet101_2", "wide_resnet101_2", 64, False),
-    ("squeezenet1_0", "squeezenet1_0", 64, True), ("squeezenet1_1", "squeezenet1_1", 64, True),
-    ("densenet121", "densenet121", 64, True), ("densenet161", "densenet161", 64, False),
-    ("densenet169", "densenet169", 64, False), ("densenet201", "densenet201", 64, False),
+    ("resnet18", "resnet18", 64, True),
+    ("resnet34", "resnet34", 64, False),
+    ("resnet50", "resnet50", 64, False),
+    ("resnet101", "resnet101", 64, False),
+    ("resnet152", "resnet152", 64, False),
+    ("resnext50_32x4d", "resnext50_32x4d", 64, True),
+    ("resnext101_32x8d", "resnext101_32x8d", 64, False),
+    ("wide_resnet50_2", "wide_resnet50_2", 64, False),
+    ("wide_resnet101_2", "wide_resnet101_2", 64, False),
+    ("squeezenet1_0", "squeezenet1_0", 64, True),
+    ("squeezenet1_1", "squeezenet1_1", 64, True),
+    ("densenet121", "densenet121", 64, True),
+    ("densenet161", "densenet161", 64, False),
+    ("densenet169", "densenet169", 64, False),
+    ("densenet201", "densenet201", 64, False),
 ]
 
 
@@ -585,8 +688,10 @@ def _torchvision_model(builder, x, seed=0):
 
 
 @needs_torch
-@pytest.mark.parametrize("name, builder, size", [
-    pytest.param(n, b, s, marks=() if fast else pytest.mark.slow, id=n) for n, b, s, fast in TV_PEERS])
+@pytest.mark.parametrize(
+    "name, builder, size",
+    [pytest.param(n, b, s, marks=() if fast else pytest.mark.slow, id=n) for n, b, s, fast in TV_PEERS],
+)
 def test_torchvision_checkpoints_load_with_identical_outputs(name, builder, size, tmp_path):
     _skip_unregistered(name)
     x = random_images((size, size, 3), batch=2, seed=1) * 2.0 - 1.0
@@ -594,8 +699,9 @@ def test_torchvision_checkpoints_load_with_identical_outputs(name, builder, size
     path = tmp_path / f"{builder}.pth"
     torch.save(tv.state_dict(), path)
     kwargs = {"aux_logits": True} if builder == "googlenet" else {}
-    model = kerasarch.build_model(name, input_shape=(size, size, 3), weights=str(path), classifier_activation=None,
-                                  **kwargs)
+    model = kerasarch.build_model(
+        name, input_shape=(size, size, 3), weights=str(path), classifier_activation=None, **kwargs
+    )
     with torch.no_grad():
         want = tv(torch.from_numpy(x.transpose(0, 3, 1, 2)))
     if builder == "googlenet":  # torchvision returns the main logits in eval mode; kerasarch lists all outputs
@@ -636,8 +742,7 @@ def test_safetensors_from_torchvision_and_headless_and_other_classes(tmp_path):
         tv.fc = torch.nn.Identity()
         pooled = tv(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
     _compare(model(x), want, "resnet18 from .safetensors")
-    headless = kerasarch.build_model("resnet18", input_shape=shape, include_top=False, pooling="avg",
-                                     weights=str(path))
+    headless = kerasarch.build_model("resnet18", input_shape=shape, include_top=False, pooling="avg", weights=str(path))
     np.testing.assert_allclose(headless(x), pooled, atol=TOL)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -35,5 +35,4 @@ shapes, nested Functional and Sequential models included, one row per layer call
 from kerasarch.analysis.counting import OPTIMIZER_SLOTS
 from kerasarch.analysis.profile import LayerRow, Profile, ReceptiveField, profile, receptive_field, resolve_model
 
-__all__ = ["profile", "receptive_field", "Profile", "LayerRow", "ReceptiveField", "resolve_model",
-           "OPTIMIZER_SLOTS"]
+__all__ = ["profile", "receptive_field", "Profile", "LayerRow", "ReceptiveField", "resolve_model", "OPTIMIZER_SLOTS"]

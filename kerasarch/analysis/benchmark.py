@@ -117,9 +117,14 @@ def _cpu_name():
 
 def machine_info():
     """What the measurements ran on: CPU, cores available, accelerators, library versions, load."""
-    info = {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count(), "python": platform.python_version(), "keras": keras.__version__,
-            "backend": keras.backend.backend(), "platform": platform.platform()}
+    info = {
+        "cpu": _cpu_name(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "keras": keras.__version__,
+        "backend": keras.backend.backend(),
+        "platform": platform.platform(),
+    }
     try:
         info["load_average"] = [round(v, 2) for v in os.getloadavg()]
     except OSError:
@@ -137,12 +142,22 @@ def _runner(model, jit_compile):
 
         def run(x):
             return [np.asarray(t) for t in keras.tree.flatten(fn(x))]
+
         return run, lambda a: tf.constant(a)
     return (lambda x: [np.asarray(t) for t in keras.tree.flatten(model.predict_on_batch(x))]), (lambda a: a)
 
 
-def measure(model_name, *, input_shape=None, batch_sizes=(1, 32), runs=5, warmup=1, dtype_policy=None,
-            jit_compile=False, progress=None):
+def measure(
+    model_name,
+    *,
+    input_shape=None,
+    batch_sizes=(1, 32),
+    runs=5,
+    warmup=1,
+    dtype_policy=None,
+    jit_compile=False,
+    progress=None,
+):
     """Builds ``model_name`` (a registry name or ``.keras`` path) and measures it in this process.
 
     Args:
@@ -176,8 +191,13 @@ def _measure(model_name, input_shape, batch_sizes, runs, warmup, jit_compile, ti
     if gpu:
         tf.config.experimental.reset_memory_stats("GPU:0")
     gc.collect()
-    result = {"model": os.path.basename(str(model_name)), "dtype_policy": keras.config.dtype_policy().name,
-              "runs": runs, "warmup": warmup, "jit_compile": bool(jit_compile)}
+    result = {
+        "model": os.path.basename(str(model_name)),
+        "dtype_policy": keras.config.dtype_policy().name,
+        "runs": runs,
+        "warmup": warmup,
+        "jit_compile": bool(jit_compile),
+    }
     with PeakRSS() as mem:
         t0 = time.perf_counter()
         model, spec = resolve_model(model_name, input_shape)
@@ -189,8 +209,9 @@ def _measure(model_name, input_shape, batch_sizes, runs, warmup, jit_compile, ti
         shape = tuple(model.inputs[0].shape[1:])
         timings = {}
         for b in batch_sizes:
-            x = to_tensor(rng.uniform(0, 1, size=(b, *shape)).astype(keras.backend.standardize_dtype(
-                model.inputs[0].dtype)))
+            x = to_tensor(
+                rng.uniform(0, 1, size=(b, *shape)).astype(keras.backend.standardize_dtype(model.inputs[0].dtype))
+            )
             for _ in range(warmup):
                 run(x)
                 tick(f"batch {b} warm-up")
@@ -203,22 +224,31 @@ def _measure(model_name, input_shape, batch_sizes, runs, warmup, jit_compile, ti
             timings[b] = times
             del x
     at_spec_size = spec is not None and tuple(p.input_shape) == tuple(spec.input_shape)
-    result.update({
-        "spec": spec is not None, "input_shape": list(p.input_shape), "params": p.total_params,
-        "trainable_params": p.trainable_params, "macs": p.total_macs, "gmacs": p.gmacs,
-        "other_gops": round(p.total_other_ops / 1e9, 4),
-        "activations": p.total_activations, "activation_mb": round(p.activation_bytes(batch_size=1) / 1e6, 2),
-        "working_set_mb": round(p.peak_activation_bytes(batch_size=1) / 1e6, 3),
-        "param_mb": round(p.total_params * dtype_itemsize(p.variable_dtype) / 1e6, 2),
-        # Published figures hold at the spec's input size only.
-        "ref_gmacs": getattr(spec, "gmacs", None) if at_spec_size else None,
-        "top1": getattr(spec, "top1", None) if at_spec_size else None,
-        "family": getattr(spec, "family", None), "paper": getattr(spec, "paper", None),
-        "batch_sizes": list(batch_sizes),
-        "times_s": {str(b): [round(t, 6) for t in ts] for b, ts in timings.items()},
-        "peak_rss_mb": round(mem.delta / 1e6, 1), "baseline_rss_mb": round(mem.baseline / 1e6, 1),
-        "memory_method": mem.method,
-    })
+    result.update(
+        {
+            "spec": spec is not None,
+            "input_shape": list(p.input_shape),
+            "params": p.total_params,
+            "trainable_params": p.trainable_params,
+            "macs": p.total_macs,
+            "gmacs": p.gmacs,
+            "other_gops": round(p.total_other_ops / 1e9, 4),
+            "activations": p.total_activations,
+            "activation_mb": round(p.activation_bytes(batch_size=1) / 1e6, 2),
+            "working_set_mb": round(p.peak_activation_bytes(batch_size=1) / 1e6, 3),
+            "param_mb": round(p.total_params * dtype_itemsize(p.variable_dtype) / 1e6, 2),
+            # Published figures hold at the spec's input size only.
+            "ref_gmacs": getattr(spec, "gmacs", None) if at_spec_size else None,
+            "top1": getattr(spec, "top1", None) if at_spec_size else None,
+            "family": getattr(spec, "family", None),
+            "paper": getattr(spec, "paper", None),
+            "batch_sizes": list(batch_sizes),
+            "times_s": {str(b): [round(t, 6) for t in ts] for b, ts in timings.items()},
+            "peak_rss_mb": round(mem.delta / 1e6, 1),
+            "baseline_rss_mb": round(mem.baseline / 1e6, 1),
+            "memory_method": mem.method,
+        }
+    )
     first = batch_sizes[0]
     result["latency_ms"] = round(statistics.median(timings[first]) * 1e3, 3)
     result["latency_batch"] = first
@@ -239,13 +269,18 @@ def measure_isolated(model_name, progress=None, **kwargs):
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     payload = json.dumps({"model_name": os.fspath(model_name), **kwargs})
     with tempfile.TemporaryFile(mode="w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "kerasarch.analysis.benchmark", payload], env=env,
-                                stdout=subprocess.PIPE, stderr=err, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "kerasarch.analysis.benchmark", payload],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
         result = None
         for line in proc.stdout:
             if not line.startswith(_EVENT):
                 continue
-            event = json.loads(line[len(_EVENT):])
+            event = json.loads(line[len(_EVENT) :])
             if event["event"] == "progress" and progress is not None:
                 progress(event["stage"], event["done"], event["total"])
             elif event["event"] == "result":

@@ -38,7 +38,7 @@ def _fmt_mb(v):
 
 def _nice_sizes(max_params):
     """Up to three round parameter counts (1, 2.5, 5 × 10^k) at most the largest model's, for the size legend."""
-    out = [m * 10 ** k for k in range(0, 13) for m in (1, 2.5, 5) if m * 10 ** k <= max_params * 1.05]
+    out = [m * 10**k for k in range(0, 13) for m in (1, 2.5, 5) if m * 10**k <= max_params * 1.05]
     return out[-3:] if out else [max_params]
 
 
@@ -54,16 +54,25 @@ def accuracy_chart(results, path, title="Top-1 accuracy vs. multiply-adds"):
     colors = [f"C{i % 10}" for i in range(len(known))]
     # GMACs for ImageNet networks, MMACs or KMACs for small ones.
     top_gmacs = max((r["gmacs"] for r in known), default=1.0)
-    scale, unit = next(((f, u) for f, u in ((1, "GMACs"), (1e3, "MMACs"), (1e6, "KMACs")) if top_gmacs * f >= 0.1),
-                       (1e9, "MACs"))
+    scale, unit = next(
+        ((f, u) for f, u in ((1, "GMACs"), (1e3, "MMACs"), (1e6, "KMACs")) if top_gmacs * f >= 0.1), (1e9, "MACs")
+    )
     for r, c in zip(known, colors):
         area = max(r["params"] * area_per_param, 12)
-        ax.scatter(r["gmacs"] * scale, r["top1"], s=area, color=c, alpha=0.55, edgecolors="black", linewidths=0.8,
-                   zorder=3)
+        ax.scatter(
+            r["gmacs"] * scale, r["top1"], s=area, color=c, alpha=0.55, edgecolors="black", linewidths=0.8, zorder=3
+        )
         # The label sits right of the bubble (offset by its radius in points).
-        ax.annotate(f"{r['model']} ({_fmt_count(r['params'])})", (r["gmacs"] * scale, r["top1"]),
-                    xytext=((area / math.pi) ** 0.5 + 3, 0), textcoords="offset points", ha="left", va="center",
-                    fontsize=8, zorder=4)
+        ax.annotate(
+            f"{r['model']} ({_fmt_count(r['params'])})",
+            (r["gmacs"] * scale, r["top1"]),
+            xytext=((area / math.pi) ** 0.5 + 3, 0),
+            textcoords="offset points",
+            ha="left",
+            va="center",
+            fontsize=8,
+            zorder=4,
+        )
     if known:
         xs = [r["gmacs"] * scale for r in known]
         ys = [r["top1"] for r in known]
@@ -74,13 +83,25 @@ def accuracy_chart(results, path, title="Top-1 accuracy vs. multiply-adds"):
             ax.set_xlim(-0.06 * max(xs), max(xs) * 1.3)
         ax.set_ylim(min(ys) - 4, max(ys) + 4)
         sizes = _nice_sizes(max_params)
-        handles = [ax.scatter([], [], s=m * area_per_param, color="grey", alpha=0.35, edgecolors="black",
-                              linewidths=0.8) for m in sizes]
+        handles = [
+            ax.scatter([], [], s=m * area_per_param, color="grey", alpha=0.35, edgecolors="black", linewidths=0.8)
+            for m in sizes
+        ]
         # Legend rows far enough apart for the largest reference bubble (spacing is in font sizes, 8 pt).
         spacing = 0.8 + 2 * (max(sizes) * area_per_param / math.pi) ** 0.5 / 8 * 0.75
-        ax.legend(handles, [_fmt_count(m) for m in sizes], loc="center left", bbox_to_anchor=(1.02, 0.5),
-                  labelspacing=spacing, borderpad=1.6, handletextpad=1.5, frameon=False, fontsize=8,
-                  title="parameters\n(bubble area)", title_fontsize=8)
+        ax.legend(
+            handles,
+            [_fmt_count(m) for m in sizes],
+            loc="center left",
+            bbox_to_anchor=(1.02, 0.5),
+            labelspacing=spacing,
+            borderpad=1.6,
+            handletextpad=1.5,
+            frameon=False,
+            fontsize=8,
+            title="parameters\n(bubble area)",
+            title_fontsize=8,
+        )
     else:
         ax.text(0.5, 0.5, "no model has a known top-1 accuracy", transform=ax.transAxes, ha="center", va="center")
     ax.set_xlabel(f"multiply-adds per image ({unit if known else 'GMACs'}, computed)")
@@ -116,14 +137,26 @@ def speed_chart(results, path, machine=""):
     big = [k for k in (results[0] if results else {}) if k.startswith("throughput_b")]
     fig = _figure(10, 1.2 + 0.45 * len(names))
     ax1 = fig.add_subplot(1, 2, 1)
-    _barh(ax1, names, [r["latency_ms"] for r in results], "C0", lambda v: f"{v:,.1f} ms",
-          f"latency at batch {b1} (ms, median)")
+    _barh(
+        ax1,
+        names,
+        [r["latency_ms"] for r in results],
+        "C0",
+        lambda v: f"{v:,.1f} ms",
+        f"latency at batch {b1} (ms, median)",
+    )
     ax1.set_title("Latency (lower is better)", fontsize=10)
     if big:
         key = big[0]
         ax2 = fig.add_subplot(1, 2, 2)
-        _barh(ax2, names, [r[key] for r in results], "C2", lambda v: f"{v:,.1f}/s",
-              f"throughput at batch {key[len('throughput_b'):]} (images/s, median)")
+        _barh(
+            ax2,
+            names,
+            [r[key] for r in results],
+            "C2",
+            lambda v: f"{v:,.1f}/s",
+            f"throughput at batch {key[len('throughput_b') :]} (images/s, median)",
+        )
         ax2.set_title("Throughput (higher is better)", fontsize=10)
     if machine:
         fig.suptitle(machine, fontsize=8)
@@ -136,10 +169,11 @@ def memory_chart(results, path, batch=32):
     """Grouped bars (MB): weights, the estimated inference working set of ``batch`` images, their sum, and the
     measured peak RSS increase (which adds TensorFlow's runtime, kernels' workspaces and caches)."""
     names = [r["model"] for r in results]
-    series = [("weights", [r["param_mb"] for r in results], "C1"),
-              (f"activation working set, batch {batch} (estimate)",
-               [r["working_set_mb"] * batch for r in results], "C4"),
-              ("measured peak RSS increase", [r["peak_rss_mb"] for r in results], "C3")]
+    series = [
+        ("weights", [r["param_mb"] for r in results], "C1"),
+        (f"activation working set, batch {batch} (estimate)", [r["working_set_mb"] * batch for r in results], "C4"),
+        ("measured peak RSS increase", [r["peak_rss_mb"] for r in results], "C3"),
+    ]
     fig = _figure(9, 1.8 + 0.75 * len(names))
     ax = fig.add_subplot(1, 1, 1)
     h = 0.27
@@ -170,11 +204,13 @@ def published_top1() -> list[dict]:
     points = []
     for name in list_models():
         spec = get_spec(name)
-        published = [(f"{c.source}:{getattr(c, 'id', c.source)}", c.top1) for c in getattr(spec, "checkpoints", ())
-                     if c.top1 is not None]
+        published = [
+            (f"{c.source}:{getattr(c, 'id', c.source)}", c.top1)
+            for c in getattr(spec, "checkpoints", ())
+            if c.top1 is not None
+        ]
         if spec.gmacs and published:
-            points.append({"model": name, "gmacs": spec.gmacs, "params": spec.params or 0,
-                           "checkpoints": published})
+            points.append({"model": name, "gmacs": spec.gmacs, "params": spec.params or 0, "checkpoints": published})
     return points
 
 
@@ -192,10 +228,17 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
         xs = [p["gmacs"]] * len(ys)
         if len(ys) > 1:
             ax.plot(xs, ys, color=color, linewidth=1.5, alpha=0.8, zorder=2)
-        ax.scatter(xs, ys, s=max(p["params"] * area_per_param, 12), color=color, alpha=0.6, edgecolors="black",
-                   linewidths=0.6, zorder=3)
-        ax.annotate(p["model"], (p["gmacs"], ys[-1]), xytext=(6, 2), textcoords="offset points", fontsize=7,
-                    zorder=4)
+        ax.scatter(
+            xs,
+            ys,
+            s=max(p["params"] * area_per_param, 12),
+            color=color,
+            alpha=0.6,
+            edgecolors="black",
+            linewidths=0.6,
+            zorder=3,
+        )
+        ax.annotate(p["model"], (p["gmacs"], ys[-1]), xytext=(6, 2), textcoords="offset points", fontsize=7, zorder=4)
     if points:
         xs = [p["gmacs"] for p in points]
         ax.set_xscale("log")
@@ -204,10 +247,17 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
     ax.set_ylabel("published ImageNet top-1 (%)")
     ax.set_title(title)
     ax.grid(True, alpha=0.3, zorder=0)
-    fig.text(0.01, 0.01, "Each point: one published checkpoint's top-1 (its own evaluation transform). A line joins "
-             "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters. "
-             "A checkpoint evaluated at another size (timm's, 288×288) costs (size/224)² × the GMACs shown.",
-             fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.text(
+        0.01,
+        0.01,
+        "Each point: one published checkpoint's top-1 (its own evaluation transform). A line joins "
+        "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters. "
+        "A checkpoint evaluated at another size (timm's, 288×288) costs (size/224)² × the GMACs shown.",
+        fontsize=7,
+        ha="left",
+        va="bottom",
+        wrap=True,
+    )
     fig.tight_layout(rect=(0, 0.03, 1, 1))
     fig.savefig(path)
     return path

@@ -15,33 +15,89 @@ __all__ = ["OpCount", "count_op", "receptive_field_step", "CUSTOM_COUNTERS", "OP
 
 # Optimizer state per trainable parameter (slots), for the training-memory estimate.
 OPTIMIZER_SLOTS = {
-    "sgd": 0, "sgd_momentum": 1, "momentum": 1, "nesterov": 1, "rmsprop": 1, "rmsprop_momentum": 2,
-    "adagrad": 1, "adadelta": 2, "adam": 2, "adamw": 2, "nadam": 2, "adamax": 2, "lion": 1, "ftrl": 2,
-    "lamb": 2, "adafactor": 1,
+    "sgd": 0,
+    "sgd_momentum": 1,
+    "momentum": 1,
+    "nesterov": 1,
+    "rmsprop": 1,
+    "rmsprop_momentum": 2,
+    "adagrad": 1,
+    "adadelta": 2,
+    "adam": 2,
+    "adamw": 2,
+    "nadam": 2,
+    "adamax": 2,
+    "lion": 1,
+    "ftrl": 2,
+    "lamb": 2,
+    "adafactor": 1,
 }
 
 _CONV = (layers.Conv1D, layers.Conv2D, layers.Conv3D)
 _DEPTHWISE = (layers.DepthwiseConv1D, layers.DepthwiseConv2D)
 _SEPARABLE = (layers.SeparableConv1D, layers.SeparableConv2D)
 _TRANSPOSE = (layers.Conv1DTranspose, layers.Conv2DTranspose, layers.Conv3DTranspose)
-_POOL = (layers.MaxPooling1D, layers.MaxPooling2D, layers.MaxPooling3D, layers.AveragePooling1D,
-         layers.AveragePooling2D, layers.AveragePooling3D)
-_GLOBAL_POOL = (layers.GlobalAveragePooling1D, layers.GlobalAveragePooling2D, layers.GlobalAveragePooling3D,
-                layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.GlobalMaxPooling3D)
+_POOL = (
+    layers.MaxPooling1D,
+    layers.MaxPooling2D,
+    layers.MaxPooling3D,
+    layers.AveragePooling1D,
+    layers.AveragePooling2D,
+    layers.AveragePooling3D,
+)
+_GLOBAL_POOL = (
+    layers.GlobalAveragePooling1D,
+    layers.GlobalAveragePooling2D,
+    layers.GlobalAveragePooling3D,
+    layers.GlobalMaxPooling1D,
+    layers.GlobalMaxPooling2D,
+    layers.GlobalMaxPooling3D,
+)
 # Element-wise layers with weights: their work is "other ops", never MACs.
-_NORM_COST = {"BatchNormalization": 2, "LayerNormalization": 5, "GroupNormalization": 5, "UnitNormalization": 3,
-              "RMSNormalization": 4, "Normalization": 2, "Rescaling": 2}
+_NORM_COST = {
+    "BatchNormalization": 2,
+    "LayerNormalization": 5,
+    "GroupNormalization": 5,
+    "UnitNormalization": 3,
+    "RMSNormalization": 4,
+    "Normalization": 2,
+    "Rescaling": 2,
+}
 # Activation-like layers: computed in place (their output is not counted again as stored memory).
-_INPLACE_COST = {"Activation": 1, "ReLU": 1, "LeakyReLU": 1, "ELU": 1, "Softmax": 3, "PReLU": 2,
-                 "ScaledTanh": 3}
+_INPLACE_COST = {"Activation": 1, "ReLU": 1, "LeakyReLU": 1, "ELU": 1, "Softmax": 3, "PReLU": 2, "ScaledTanh": 3}
 # Views: the output shares its input's memory and costs nothing.
-_VIEWS = {"Flatten", "Reshape", "Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D",
-          "GaussianNoise", "GaussianDropout", "AlphaDropout", "ActivityRegularization", "Identity", "InputLayer",
-          "Masking", "StochasticDepth"}
+_VIEWS = {
+    "Flatten",
+    "Reshape",
+    "Dropout",
+    "SpatialDropout1D",
+    "SpatialDropout2D",
+    "SpatialDropout3D",
+    "GaussianNoise",
+    "GaussianDropout",
+    "AlphaDropout",
+    "ActivityRegularization",
+    "Identity",
+    "InputLayer",
+    "Masking",
+    "StochasticDepth",
+}
 # Data movement that materialises a new tensor: one copy per output value.
-_COPIES = {"Concatenate", "ZeroPadding1D", "ZeroPadding2D", "ZeroPadding3D", "Cropping1D", "Cropping2D",
-           "Cropping3D", "UpSampling1D", "UpSampling2D", "UpSampling3D", "Permute", "RepeatVector",
-           "ZeroPadShortcut"}
+_COPIES = {
+    "Concatenate",
+    "ZeroPadding1D",
+    "ZeroPadding2D",
+    "ZeroPadding3D",
+    "Cropping1D",
+    "Cropping2D",
+    "Cropping3D",
+    "UpSampling1D",
+    "UpSampling2D",
+    "UpSampling3D",
+    "Permute",
+    "RepeatVector",
+    "ZeroPadShortcut",
+}
 # Layers whose output steers other layers (no image content): no cost, no receptive field.
 _CONTROL = {"GlobalDropPathSampler"}
 _MERGE = {"Add": 0, "Subtract": 0, "Multiply": 0, "Maximum": 0, "Minimum": 0, "Average": 1}
@@ -97,7 +153,7 @@ def _connection_table_conv(layer, in_shapes, out_shapes):
 def _trainable_subsampling(layer, in_shapes, out_shapes):
     # LeNet-5's S2/S4: window sum (p² − 1 adds), one multiply by the map's coefficient, one bias add.
     out = _size(out_shapes[0])
-    return OpCount(out, layer.pool_size ** 2 * out)
+    return OpCount(out, layer.pool_size**2 * out)
 
 
 def _euclidean_rbf(layer, in_shapes, out_shapes):
@@ -239,9 +295,12 @@ def receptive_field_step(op, in_fields, in_shapes, out_shapes):
     if len(in_spatial) == n and len(out_spatial) < n:
         # Global pooling, Flatten: every output sees the whole input map.
         return tuple((r + (size - 1) * j, j * size) for (r, j), size in zip(field, in_spatial))
-    if (len(in_spatial) == n == len(out_spatial) and all(i and o for i, o in zip(in_spatial, out_spatial))
-            and any(o <= i // 2 for i, o in zip(in_spatial, out_spatial))
-            and not isinstance(op, (layers.Cropping1D, layers.Cropping2D, layers.Cropping3D))):
+    if (
+        len(in_spatial) == n == len(out_spatial)
+        and all(i and o for i, o in zip(in_spatial, out_spatial))
+        and any(o <= i // 2 for i, o in zip(in_spatial, out_spatial))
+        and not isinstance(op, (layers.Cropping1D, layers.Cropping2D, layers.Cropping3D))
+    ):
         # An unknown layer that shrinks the map by a whole factor: treated as pooling with that window.
         f = tuple(max(i // o, 1) for i, o in zip(in_spatial, out_spatial))
         return tuple((r + (fa - 1) * j, j * fa) for (r, j), fa in zip(field, f))

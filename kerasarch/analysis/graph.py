@@ -25,8 +25,11 @@ def _fully_defined(shape):
 def _call(op, inputs, args, kwargs, node, visit, path):
     if is_graph_model(op):
         return walk(op, inputs, visit, path=(*path, op.name))
-    recorded = node is not None and len(node.input_tensors) == len(inputs) and all(
-        _shape_tail(a.shape) == _shape_tail(b.shape) for a, b in zip(inputs, node.input_tensors))
+    recorded = (
+        node is not None
+        and len(node.input_tensors) == len(inputs)
+        and all(_shape_tail(a.shape) == _shape_tail(b.shape) for a, b in zip(inputs, node.input_tensors))
+    )
     if recorded and all(_fully_defined(t.shape) for t in node.outputs):
         outputs = [keras.KerasTensor(t.shape, dtype=t.dtype) for t in node.outputs]
     else:
@@ -34,8 +37,10 @@ def _call(op, inputs, args, kwargs, node, visit, path):
             outputs = keras.tree.flatten(op.compute_output_spec(*args, **kwargs))
         except Exception as e:  # noqa: BLE001  (re-raised with the layer's name)
             shapes = [tuple(t.shape) for t in inputs]
-            raise ValueError(f"Cannot infer the output shape of layer '{op.name}' ({type(op).__name__}) for input "
-                             f"shapes {shapes}: {e}") from e
+            raise ValueError(
+                f"Cannot infer the output shape of layer '{op.name}' ({type(op).__name__}) for input "
+                f"shapes {shapes}: {e}"
+            ) from e
     visit(op, inputs, outputs, path)
     return outputs
 
@@ -54,8 +59,10 @@ def walk(model, inputs, visit, path=()):
         return x
     by_depth = nodes_by_depth(model)
     if by_depth is None:
-        raise TypeError(f"Only Functional and Sequential models can be analysed layer by layer; "
-                        f"{model.name} is a {type(model).__name__}.")
+        raise TypeError(
+            f"Only Functional and Sequential models can be analysed layer by layer; "
+            f"{model.name} is a {type(model).__name__}."
+        )
     tensors = {id(t): s for t, s in zip(model.inputs, inputs)}
     for depth in sorted(by_depth, reverse=True):
         for node in by_depth[depth]:
@@ -64,8 +71,9 @@ def walk(model, inputs, visit, path=()):
             if any(id(t) not in tensors for t in node.input_tensors):
                 continue
             args, kwargs = fill_in_arguments(node, tensors)
-            outputs = _call(node.operation, [tensors[id(t)] for t in node.input_tensors], args, kwargs, node,
-                            visit, path)
+            outputs = _call(
+                node.operation, [tensors[id(t)] for t in node.input_tensors], args, kwargs, node, visit, path
+            )
             for t, o in zip(node.outputs, outputs):
                 tensors[id(t)] = o
     return [tensors[id(t)] for t in model.outputs]

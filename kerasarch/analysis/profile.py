@@ -18,8 +18,15 @@ from kerasarch.analysis.graph import walk
 from kerasarch.keras_compat import producer
 
 __all__ = [
-    "LayerRow", "Profile", "ReceptiveField", "profile", "receptive_field", "resolve_model", "dtype_itemsize",
-    "format_shape", "format_receptive_field",
+    "LayerRow",
+    "Profile",
+    "ReceptiveField",
+    "profile",
+    "receptive_field",
+    "resolve_model",
+    "dtype_itemsize",
+    "format_shape",
+    "format_receptive_field",
 ]
 
 
@@ -197,8 +204,10 @@ class Profile:
         else:
             key = str(optimizer).lower()
             if key not in OPTIMIZER_SLOTS:
-                raise ValueError(f"Unknown optimizer {optimizer!r}: pass one of {sorted(OPTIMIZER_SLOTS)} or a "
-                                 f"number of slots per parameter. Received: optimizer={optimizer!r}")
+                raise ValueError(
+                    f"Unknown optimizer {optimizer!r}: pass one of {sorted(OPTIMIZER_SLOTS)} or a "
+                    f"number of slots per parameter. Received: optimizer={optimizer!r}"
+                )
             slots = OPTIMIZER_SLOTS[key]
         var = dtype_itemsize(self.variable_dtype)
         parts = {
@@ -223,18 +232,27 @@ class Profile:
             if r.name.split("/")[-1] == name:
                 return r
         close = [r.name for r in self.rows if name in r.name][:5]
-        raise ValueError(f"No layer named '{name}' in {self.model_name}."
-                         + (f" Did you mean: {', '.join(close)}?" if close else ""))
+        raise ValueError(
+            f"No layer named '{name}' in {self.model_name}." + (f" Did you mean: {', '.join(close)}?" if close else "")
+        )
 
     def summary(self):
         """The totals as a dict (JSON-friendly)."""
         return {
-            "model": self.model_name, "input_shape": _jsonable_shape(self.input_shape), "batch": self.batch,
-            "compute_dtype": self.compute_dtype, "variable_dtype": self.variable_dtype,
-            "total_params": self.total_params, "trainable_params": self.trainable_params,
-            "total_macs": self.total_macs, "gmacs": round(self.gmacs, 6), "total_other_ops": self.total_other_ops,
-            "activations": self.total_activations, "activations_every_output": self.activation_count(True),
-            "activation_bytes": self.activation_bytes(), "peak_activations": self.peak_activation_count(),
+            "model": self.model_name,
+            "input_shape": _jsonable_shape(self.input_shape),
+            "batch": self.batch,
+            "compute_dtype": self.compute_dtype,
+            "variable_dtype": self.variable_dtype,
+            "total_params": self.total_params,
+            "trainable_params": self.trainable_params,
+            "total_macs": self.total_macs,
+            "gmacs": round(self.gmacs, 6),
+            "total_other_ops": self.total_other_ops,
+            "activations": self.total_activations,
+            "activations_every_output": self.activation_count(True),
+            "activation_bytes": self.activation_bytes(),
+            "peak_activations": self.peak_activation_count(),
             "peak_activation_bytes": self.peak_activation_bytes(),
             "training_memory_bytes_sgd_momentum": self.training_memory_bytes(optimizer="sgd_momentum"),
             "training_memory_bytes_adam": self.training_memory_bytes(optimizer="adam"),
@@ -252,8 +270,21 @@ class Profile:
             f.write(text + "\n")
         return path
 
-    _CSV_FIELDS = ("name", "type", "output_shape", "params", "trainable_params", "macs", "other_ops", "activations",
-                   "stored", "dtype", "rf_size", "rf_jump", "estimated")
+    _CSV_FIELDS = (
+        "name",
+        "type",
+        "output_shape",
+        "params",
+        "trainable_params",
+        "macs",
+        "other_ops",
+        "activations",
+        "stored",
+        "dtype",
+        "rf_size",
+        "rf_jump",
+        "estimated",
+    )
 
     def to_csv(self, path=None):
         """Writes (or returns, with ``path=None``) one CSV line per row."""
@@ -262,10 +293,23 @@ class Profile:
         w.writerow(self._CSV_FIELDS)
         for r in self.rows:
             rf = r.receptive_field
-            w.writerow([r.name, r.type, format_shape(r.output_shape), r.params, r.trainable_params, r.macs,
-                        r.other_ops, r.activations, int(r.stored), r.dtype,
-                        "" if rf is None else format_receptive_field(rf).split(" /")[0],
-                        "" if rf is None else format_receptive_field(rf).split(" /")[1], int(r.estimated)])
+            w.writerow(
+                [
+                    r.name,
+                    r.type,
+                    format_shape(r.output_shape),
+                    r.params,
+                    r.trainable_params,
+                    r.macs,
+                    r.other_ops,
+                    r.activations,
+                    int(r.stored),
+                    r.dtype,
+                    "" if rf is None else format_receptive_field(rf).split(" /")[0],
+                    "" if rf is None else format_receptive_field(rf).split(" /")[1],
+                    int(r.estimated),
+                ]
+            )
         if path is None:
             return buf.getvalue()
         with open(os.fspath(path), "w", newline="") as f:
@@ -283,33 +327,48 @@ class Profile:
             ("parameters", f"{self.total_params:,} ({self.trainable_params:,} trainable)"),
             ("multiply-adds", f"{self.total_macs:,} ({self.gmacs:.3f} GMACs)"),
             ("other ops", f"{self.total_other_ops:,} ({self.total_other_ops / 1e9:.3f} G)"),
-            ("activations / example", f"{self.total_activations:,} values, "
-                                      f"{self.activation_bytes(batch_size=1) / mb:.1f} MB "
-                                      f"(every layer output: {self.activation_count(True):,}); inference "
-                                      f"working set {self.peak_activation_count():,} values, "
-                                      f"{self.peak_activation_bytes(batch_size=1) / mb:.1f} MB"),
-            (f"training memory, batch {self.batch}",
-             f"{tm_sgd / mb:,.0f} MB with SGD+momentum, {tm_adam / mb:,.0f} MB with Adam (estimate)"),
+            (
+                "activations / example",
+                f"{self.total_activations:,} values, "
+                f"{self.activation_bytes(batch_size=1) / mb:.1f} MB "
+                f"(every layer output: {self.activation_count(True):,}); inference "
+                f"working set {self.peak_activation_count():,} values, "
+                f"{self.peak_activation_bytes(batch_size=1) / mb:.1f} MB",
+            ),
+            (
+                f"training memory, batch {self.batch}",
+                f"{tm_sgd / mb:,.0f} MB with SGD+momentum, {tm_adam / mb:,.0f} MB with Adam (estimate)",
+            ),
         ]
 
     def to_markdown(self, max_rows=None):
         """The per-layer table and the totals as Markdown."""
         lines = [f"### {self.model_name}", ""]
         lines += [f"- {k}: {v}" for k, v in self.totals_lines()]
-        lines += ["", "| layer | type | output | params | MACs | other ops | activations | receptive field |",
-                  "|---|---|---|---:|---:|---:|---:|---|"]
+        lines += [
+            "",
+            "| layer | type | output | params | MACs | other ops | activations | receptive field |",
+            "|---|---|---|---:|---:|---:|---:|---|",
+        ]
         rows = self.rows if max_rows is None else self.rows[:max_rows]
         for r in rows:
             act = f"{r.activations:,}" if r.stored else f"({r.activations:,})"
             mark = "*" if r.estimated else ""
-            lines.append(f"| {r.name} | {r.type} | {format_shape(r.output_shape)} | {r.params:,} | "
-                         f"{r.macs:,}{mark} | {r.other_ops:,} | {act} | {format_receptive_field(r.receptive_field)} |")
+            lines.append(
+                f"| {r.name} | {r.type} | {format_shape(r.output_shape)} | {r.params:,} | "
+                f"{r.macs:,}{mark} | {r.other_ops:,} | {act} | {format_receptive_field(r.receptive_field)} |"
+            )
         if max_rows is not None and len(self.rows) > max_rows:
             lines.append(f"| … {len(self.rows) - max_rows} more rows | | | | | | | |")
-        lines.append(f"| **total** | | | **{self.total_params:,}** | **{self.total_macs:,}** | "
-                     f"**{self.total_other_ops:,}** | **{self.total_activations:,}** | |")
-        lines += ["", "Activations in parentheses are computed in place or are views and are not counted again; "
-                      "`*` marks an estimated count (a layer without a known rule)."]
+        lines.append(
+            f"| **total** | | | **{self.total_params:,}** | **{self.total_macs:,}** | "
+            f"**{self.total_other_ops:,}** | **{self.total_activations:,}** | |"
+        )
+        lines += [
+            "",
+            "Activations in parentheses are computed in place or are views and are not counted again; "
+            "`*` marks an estimated count (a layer without a known rule).",
+        ]
         return "\n".join(lines) + "\n"
 
 
@@ -335,13 +394,16 @@ def _input_specs(model, input_shape):
         shapes = [tuple(t.shape[1:]) for t in model.inputs]
         for s in shapes:
             if any(d is None for d in s):
-                raise ValueError(f"{model.name} has an input of unknown size {s}: pass `input_shape`. "
-                                 f"Received: input_shape=None")
+                raise ValueError(
+                    f"{model.name} has an input of unknown size {s}: pass `input_shape`. Received: input_shape=None"
+                )
     else:
         shapes = list(input_shape) if isinstance(input_shape, list) else [tuple(input_shape)]
         if len(shapes) != len(model.inputs):
-            raise ValueError(f"{model.name} has {len(model.inputs)} inputs; give one shape per input. "
-                             f"Received: input_shape={input_shape!r}")
+            raise ValueError(
+                f"{model.name} has {len(model.inputs)} inputs; give one shape per input. "
+                f"Received: input_shape={input_shape!r}"
+            )
     return [keras.KerasTensor((None, *s), dtype=t.dtype) for s, t in zip(shapes, model.inputs)], shapes
 
 
@@ -385,11 +447,22 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
         if names[name] > 1:
             key = f"{name}@{names[name] - 1}"
         out_shapes = [tuple(t.shape[1:]) for t in outputs]
-        rows.append(LayerRow(
-            name=key, type=type_name, output_shape=out_shapes[0] if len(out_shapes) == 1 else out_shapes,
-            params=params, trainable_params=trainable, macs=count.macs, other_ops=count.other_ops,
-            activations=sum(int(math.prod(s)) for s in out_shapes), stored=count.stored, dtype=dtype,
-            receptive_field=_as_rf(field), estimated=count.estimated))
+        rows.append(
+            LayerRow(
+                name=key,
+                type=type_name,
+                output_shape=out_shapes[0] if len(out_shapes) == 1 else out_shapes,
+                params=params,
+                trainable_params=trainable,
+                macs=count.macs,
+                other_ops=count.other_ops,
+                activations=sum(int(math.prod(s)) for s in out_shapes),
+                stored=count.stored,
+                dtype=dtype,
+                receptive_field=_as_rf(field),
+                estimated=count.estimated,
+            )
+        )
 
     for t, spec_t in zip(model.inputs, specs):
         rank = len(spec_t.shape) - 2
@@ -397,8 +470,16 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
         fields[id(spec_t)] = field
         layer = producer(t)
         track([], [spec_t], True, keras.backend.standardize_dtype(spec_t.dtype))
-        add_row(layer.name if layer is not None else "input", "InputLayer", [spec_t], 0, 0, OpCount(0, 0),
-                keras.backend.standardize_dtype(spec_t.dtype), field)
+        add_row(
+            layer.name if layer is not None else "input",
+            "InputLayer",
+            [spec_t],
+            0,
+            0,
+            OpCount(0, 0),
+            keras.backend.standardize_dtype(spec_t.dtype),
+            field,
+        )
 
     def visit(op, inputs, outputs, path):
         in_shapes = [tuple(t.shape[1:]) for t in inputs]
@@ -420,12 +501,16 @@ def profile(model_or_name, input_shape=None, batch=1, **build_kwargs):
         buffers[buffer_of[id(t)]][1] = len(rows)  # the outputs live to the end
     policy = getattr(model, "dtype_policy", None)
     return Profile(
-        model_name=model.name, input_shape=shapes[0] if len(shapes) == 1 else shapes, batch=int(batch),
+        model_name=model.name,
+        input_shape=shapes[0] if len(shapes) == 1 else shapes,
+        batch=int(batch),
         compute_dtype=getattr(policy, "compute_dtype", "float32"),
-        variable_dtype=getattr(policy, "variable_dtype", "float32"), rows=rows,
+        variable_dtype=getattr(policy, "variable_dtype", "float32"),
+        rows=rows,
         total_params=int(sum(math.prod(w.shape) for w in _unique(model.weights))),
         trainable_params=int(sum(math.prod(w.shape) for w in _unique(model.trainable_weights))),
-        buffers=[tuple(b) for b in buffers])
+        buffers=[tuple(b) for b in buffers],
+    )
 
 
 def _unique(weights):
@@ -468,6 +553,5 @@ def receptive_field(model_or_name, layer_name, input_shape=None, **build_kwargs)
     """
     rf = profile(model_or_name, input_shape=input_shape, **build_kwargs).row(layer_name).receptive_field
     if rf is None:
-        raise ValueError(f"Layer '{layer_name}' has no spatial receptive field (the model input has no spatial "
-                         f"axes).")
+        raise ValueError(f"Layer '{layer_name}' has no spatial receptive field (the model input has no spatial axes).")
     return rf

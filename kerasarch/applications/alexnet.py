@@ -59,15 +59,34 @@ def _adaptive_avg_pool_6x6(x, name):
             return layers.AveragePooling2D((h // 6, w // 6), name=name)(x)
         if 6 % h == 0 and 6 % w == 0:
             return layers.UpSampling2D((6 // h, 6 // w), interpolation="nearest", name=name)(x)
-    raise ValueError(f"alexnet_owt with include_top=True needs a pool5 side that is a multiple or a divisor of 6 "
-                     f"(input 224: 6×6; input 63: 1×1), to reproduce torchvision's adaptive pooling to 6×6. "
-                     f"Received: pool5 output {h}×{w}. Use include_top=False for other input sizes.")
+    raise ValueError(
+        f"alexnet_owt with include_top=True needs a pool5 side that is a multiple or a divisor of 6 "
+        f"(input 224: 6×6; input 63: 1×1), to reproduce torchvision's adaptive pooling to 6×6. "
+        f"Received: pool5 output {h}×{w}. Use include_top=False for other input sizes."
+    )
 
 
-def alexnet(*, filters=(96, 256, 384, 384, 256), conv1=(11, 4, 0), conv2=(5, 1, 2), groups=(1, 2, 1, 2, 2),
-            lrn="before_pool", pool_padding=("valid", "valid", "valid"), adaptive_pool=False, dropout=0.5,
-            dropout_before_fc=False, default_size=227, include_top=True, weights=None, input_tensor=None,
-            input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", name="alexnet"):
+def alexnet(
+    *,
+    filters=(96, 256, 384, 384, 256),
+    conv1=(11, 4, 0),
+    conv2=(5, 1, 2),
+    groups=(1, 2, 1, 2, 2),
+    lrn="before_pool",
+    pool_padding=("valid", "valid", "valid"),
+    adaptive_pool=False,
+    dropout=0.5,
+    dropout_before_fc=False,
+    default_size=227,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name="alexnet",
+):
     """Builds AlexNet (two towers as grouped convolutions, torchvision's single tower) or ZFNet by configuration.
 
     Every convolution is followed by a ReLU; conv3–conv5 are 3×3 with padding 1; the max-pools are 3×3 stride 2.
@@ -93,19 +112,37 @@ def alexnet(*, filters=(96, 256, 384, 384, 256), conv1=(11, 4, 0), conv2=(5, 1, 
         A Functional ``keras.Model``.
     """
     if len(filters) != 5 or len(groups) != 5 or len(pool_padding) != 3:
-        raise ValueError(f"`filters` and `groups` need 5 entries (conv1–conv5), `pool_padding` 3 (pool1, pool2, "
-                         f"pool5). Received: filters={filters!r}, groups={groups!r}, pool_padding={pool_padding!r}")
+        raise ValueError(
+            f"`filters` and `groups` need 5 entries (conv1–conv5), `pool_padding` 3 (pool1, pool2, "
+            f"pool5). Received: filters={filters!r}, groups={groups!r}, pool_padding={pool_padding!r}"
+        )
     if lrn not in _LRN_PLACES:
         raise ValueError(f"`lrn` must be one of {_LRN_PLACES}. Received: lrn={lrn!r}")
     check_top_args(include_top, pooling, classes, classifier_activation)
-    inputs, x = make_inputs(input_shape, input_tensor, default=(default_size, default_size, 3),
-                            min_size=_min_size(conv1, conv2, pool_padding), name=name)
+    inputs, x = make_inputs(
+        input_shape,
+        input_tensor,
+        default=(default_size, default_size, 3),
+        min_size=_min_size(conv1, conv2, pool_padding),
+        name=name,
+    )
 
     convs = [conv1, conv2, (3, 1, 1), (3, 1, 1), (3, 1, 1)]
     for i, ((kernel, stride, pad), width, group) in enumerate(zip(convs, filters, groups), start=1):
-        x = apply_conv_bn_act(x, width, kernel, name=f"conv{i}", conv_name=f"conv{i}", act_name=f"relu{i}",
-                              strides=stride, padding=pad, groups=group, use_bias=True, norm=False,
-                              kernel_initializer="glorot_uniform")
+        x = apply_conv_bn_act(
+            x,
+            width,
+            kernel,
+            name=f"conv{i}",
+            conv_name=f"conv{i}",
+            act_name=f"relu{i}",
+            strides=stride,
+            padding=pad,
+            groups=group,
+            use_bias=True,
+            norm=False,
+            kernel_initializer="glorot_uniform",
+        )
         if i in (1, 2) and lrn == "before_pool":
             x = _lrn(x, f"norm{i}")
         if i in _POOLED:
@@ -143,39 +180,98 @@ def _min_size(conv1, conv2, pool_padding):
 
 
 _ALEXNET_TAPS = {"pool5": "pool5", "fc6": "fc6", "fc7": "fc7"}
-_ALEXNET = {"filters": (96, 256, 384, 384, 256), "conv1": (11, 4, 0), "conv2": (5, 1, 2),
-            "groups": (1, 2, 1, 2, 2), "lrn": "before_pool", "pool_padding": ("valid",) * 3, "adaptive_pool": False,
-            "dropout_before_fc": False, "default_size": 227}
-_ZFNET = {**_ALEXNET, "conv1": (7, 2, 1), "conv2": (5, 2, 0), "groups": (1,) * 5, "lrn": "after_pool",
-          "pool_padding": ("same", "same", "valid"), "default_size": 224}
+_ALEXNET = {
+    "filters": (96, 256, 384, 384, 256),
+    "conv1": (11, 4, 0),
+    "conv2": (5, 1, 2),
+    "groups": (1, 2, 1, 2, 2),
+    "lrn": "before_pool",
+    "pool_padding": ("valid",) * 3,
+    "adaptive_pool": False,
+    "dropout_before_fc": False,
+    "default_size": 227,
+}
+_ZFNET = {
+    **_ALEXNET,
+    "conv1": (7, 2, 1),
+    "conv2": (5, 2, 0),
+    "groups": (1,) * 5,
+    "lrn": "after_pool",
+    "pool_padding": ("same", "same", "valid"),
+    "default_size": 224,
+}
 
 
 def _variant(name, config, **fields):
     size = config["default_size"]
     if "checkpoints" not in fields:  # no published weights: the ImageNet single-crop evaluation of its recipe
         fields.update(fit="resize_crop", resize_size=int(round(size * 256 / 224)))
-    return ModelSpec(name=name, family="alexnet", builder=alexnet, config=config, input_shape=(size, size, 3),
-                     min_input_size=_min_size(config["conv1"], config["conv2"], config["pool_padding"]),
-                     taps=_ALEXNET_TAPS, slow=True, **fields)
+    return ModelSpec(
+        name=name,
+        family="alexnet",
+        builder=alexnet,
+        config=config,
+        input_shape=(size, size, 3),
+        min_input_size=_min_size(config["conv1"], config["conv2"], config["pool_padding"]),
+        taps=_ALEXNET_TAPS,
+        slow=True,
+        **fields,
+    )
 
 
 # ZFNet has no published exact count: tests/test_alexnet.py derives it.
 VARIANTS = (
-    _variant("alexnet", _ALEXNET, paper="Krizhevsky, Sutskever & Hinton 2012, NeurIPS (Caffe bvlc_alexnet)",
-             params=60_965_224, params_source="Caffe bvlc_alexnet", gmacs=0.724, preprocessing="caffe",
-             recipe="alexnet", notes="two towers as groups=2 on conv2/conv4/conv5; LRN k=2 (paper)"),
-    _variant("alexnet_owt", {**_ALEXNET, "filters": (64, 192, 384, 256, 256), "conv1": (11, 4, 2), "groups": (1,) * 5,
-                             "lrn": None, "adaptive_pool": True, "dropout_before_fc": True, "default_size": 224},
-             paper="Krizhevsky 2014, arXiv:1404.5997 (torchvision's AlexNet)", params=61_100_840,
-             params_source="torchvision weight metadata (num_params)", gmacs=0.714, top1=56.522, recipe="alexnet",
-             checkpoints=(torchvision_checkpoint("alexnet_owt", "alexnet-owt-7be5be79.pth", map_alexnet, 56.522),),
-             notes="torchvision layout: conv4 256 (the paper's footnote: 384), dropout before fc6/fc7, avgpool 6×6"),
-    _variant("zfnet", _ZFNET, paper="Zeiler & Fergus 2013, arXiv:1311.2901", params=62_357_608,
-             params_source="derived layer by layer (docs/references.md)", preprocessing="unit", recipe="zfnet",
-             notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"),
-    _variant("zfnet_large", {**_ZFNET, "filters": (96, 256, 512, 1024, 512)},
-             paper="Zeiler & Fergus 2013, arXiv:1311.2901 (Table 2: layers 3-5 of 512/1024/512)",
-             params=107_627_624, params_source="derived layer by layer (docs/references.md)", preprocessing="unit",
-             recipe="zfnet", notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)"),
+    _variant(
+        "alexnet",
+        _ALEXNET,
+        paper="Krizhevsky, Sutskever & Hinton 2012, NeurIPS (Caffe bvlc_alexnet)",
+        params=60_965_224,
+        params_source="Caffe bvlc_alexnet",
+        gmacs=0.724,
+        preprocessing="caffe",
+        recipe="alexnet",
+        notes="two towers as groups=2 on conv2/conv4/conv5; LRN k=2 (paper)",
+    ),
+    _variant(
+        "alexnet_owt",
+        {
+            **_ALEXNET,
+            "filters": (64, 192, 384, 256, 256),
+            "conv1": (11, 4, 2),
+            "groups": (1,) * 5,
+            "lrn": None,
+            "adaptive_pool": True,
+            "dropout_before_fc": True,
+            "default_size": 224,
+        },
+        paper="Krizhevsky 2014, arXiv:1404.5997 (torchvision's AlexNet)",
+        params=61_100_840,
+        params_source="torchvision weight metadata (num_params)",
+        gmacs=0.714,
+        top1=56.522,
+        recipe="alexnet",
+        checkpoints=(torchvision_checkpoint("alexnet_owt", "alexnet-owt-7be5be79.pth", map_alexnet, 56.522),),
+        notes="torchvision layout: conv4 256 (the paper's footnote: 384), dropout before fc6/fc7, avgpool 6×6",
+    ),
+    _variant(
+        "zfnet",
+        _ZFNET,
+        paper="Zeiler & Fergus 2013, arXiv:1311.2901",
+        params=62_357_608,
+        params_source="derived layer by layer (docs/references.md)",
+        preprocessing="unit",
+        recipe="zfnet",
+        notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)",
+    ),
+    _variant(
+        "zfnet_large",
+        {**_ZFNET, "filters": (96, 256, 512, 1024, 512)},
+        paper="Zeiler & Fergus 2013, arXiv:1311.2901 (Table 2: layers 3-5 of 512/1024/512)",
+        params=107_627_624,
+        params_source="derived layer by layer (docs/references.md)",
+        preprocessing="unit",
+        recipe="zfnet",
+        notes="contrast normalisation = AlexNet's LRN after pool1/pool2 (Fig. 3 order)",
+    ),
 )
 register_models(VARIANTS)

@@ -23,9 +23,23 @@ from kerasarch.weights.torch_names import map_densenet
 _STEMS = ("imagenet", "cifar")
 
 
-def densenet(blocks=(6, 12, 24, 16), *, growth_rate=32, init_features=None, stem="imagenet", compression=0.5,
-             bottleneck=4, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-             classes=1000, classifier_activation="softmax", name=None):
+def densenet(
+    blocks=(6, 12, 24, 16),
+    *,
+    growth_rate=32,
+    init_features=None,
+    stem="imagenet",
+    compression=0.5,
+    bottleneck=4,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+):
     """Builds a DenseNet-BC.
 
     Args:
@@ -57,8 +71,9 @@ def densenet(blocks=(6, 12, 24, 16), *, growth_rate=32, init_features=None, stem
         x = layers.MaxPooling2D(3, strides=2, name="pool1")(x)
     else:
         # No stride before the first block; one 2×2 pool per transition.
-        inputs, x = make_inputs(input_shape, input_tensor, default=(32, 32, 3), min_size=2 ** (len(blocks) - 1),
-                                name=name)
+        inputs, x = make_inputs(
+            input_shape, input_tensor, default=(32, 32, 3), min_size=2 ** (len(blocks) - 1), name=name
+        )
         x = apply_conv(x, init_features, 3, name="conv1_conv", use_bias=False, kernel_initializer="he_normal")
     for i, num_layers in enumerate(blocks, start=2):
         x = apply_dense_block(x, num_layers, growth_rate, name=f"conv{i}", bottleneck=bottleneck)
@@ -83,18 +98,23 @@ _KERAS = {
     "densenet169": ("d699b8f76981ab1b30698df4c175e90b", "b8c4d4c20dd625c148057b9ff1c1176b", 76.2),
     "densenet201": ("1ceb130c1ea1b78c3bf6114dbdfd8807", "c13680b51ded0fb44dff2d8f86ac8bb1", 77.3),
 }
-_TORCHVISION = {"densenet121": ("densenet121-a639ec97.pth", 74.434),
-                "densenet161": ("densenet161-8d451a50.pth", 77.138),
-                "densenet169": ("densenet169-b2777c0a.pth", 75.6),
-                "densenet201": ("densenet201-c1103571.pth", 76.896)}
+_TORCHVISION = {
+    "densenet121": ("densenet121-a639ec97.pth", 74.434),
+    "densenet161": ("densenet161-8d451a50.pth", 77.138),
+    "densenet169": ("densenet169-b2777c0a.pth", 75.6),
+    "densenet201": ("densenet201-c1103571.pth", 76.896),
+}
 
 
 def _checkpoints(name):
     out = []
     if name in _KERAS:
         top_md5, notop_md5, top1 = _KERAS[name]
-        out.append(keras_checkpoint(name, "densenet", f"{name}_weights_tf_dim_ordering_tf_kernels", top_md5, notop_md5,
-                                    "torch", top1))
+        out.append(
+            keras_checkpoint(
+                name, "densenet", f"{name}_weights_tf_dim_ordering_tf_kernels", top_md5, notop_md5, "torch", top1
+            )
+        )
     file_name, top1 = _TORCHVISION[name]
     out.append(torchvision_checkpoint(name, file_name, map_densenet, top1))
     return tuple(out)
@@ -102,13 +122,26 @@ def _checkpoints(name):
 
 def _imagenet(name, blocks, k, init, params, total, gmacs, top1, slow):
     return ModelSpec(
-        name=name, family="densenet", builder=densenet,
+        name=name,
+        family="densenet",
+        builder=densenet,
         config={"blocks": blocks, "growth_rate": k, "init_features": init, "stem": "imagenet"},
-        paper=_PAPER, input_shape=(224, 224, 3), min_input_size=32, classes=1000,
-        params=params, params_source=_TV, total_params=total, gmacs=gmacs, top1=top1,
-        taps=_block_taps(blocks), recipe="densenet_imagenet", checkpoints=_checkpoints(name), slow=slow,
+        paper=_PAPER,
+        input_shape=(224, 224, 3),
+        min_input_size=32,
+        classes=1000,
+        params=params,
+        params_source=_TV,
+        total_params=total,
+        gmacs=gmacs,
+        top1=top1,
+        taps=_block_taps(blocks),
+        recipe="densenet_imagenet",
+        checkpoints=_checkpoints(name),
+        slow=slow,
         notes="Layer names and weight shapes equal keras.applications' DenseNet121/169/201"
-              + ("; top-1 of keras.applications' weights." if top1 else "."))
+        + ("; top-1 of keras.applications' weights." if top1 else "."),
+    )
 
 
 # DenseNet-BC for CIFAR-10: L = 3 blocks × n composite layers × 2 convs + first conv + 2 transitions + classifier,
@@ -116,12 +149,24 @@ def _imagenet(name, blocks, k, init, params, total, gmacs, top1, slow):
 def _cifar(name, depth, k, approx, top1, slow):
     blocks = ((depth - 4) // 6,) * 3
     return ModelSpec(
-        name=name, family="densenet", builder=densenet,
+        name=name,
+        family="densenet",
+        builder=densenet,
         config={"blocks": blocks, "growth_rate": k, "init_features": 2 * k, "stem": "cifar"},
-        paper=_PAPER + f" (DenseNet-BC, L={depth}, k={k})", input_shape=(32, 32, 3), min_input_size=4,
-        classes=10, params_approx=approx, params_source="1608.06993 Table 2", top1=round(top1, 2),
-        taps=_block_taps(blocks), preprocessing="torch", fit="auto", recipe="densenet_cifar", slow=slow,
-        notes="top1 is CIFAR-10 accuracy with standard augmentation (C10+).")
+        paper=_PAPER + f" (DenseNet-BC, L={depth}, k={k})",
+        input_shape=(32, 32, 3),
+        min_input_size=4,
+        classes=10,
+        params_approx=approx,
+        params_source="1608.06993 Table 2",
+        top1=round(top1, 2),
+        taps=_block_taps(blocks),
+        preprocessing="torch",
+        fit="auto",
+        recipe="densenet_cifar",
+        slow=slow,
+        notes="top1 is CIFAR-10 accuracy with standard augmentation (C10+).",
+    )
 
 
 # ImageNet: (blocks, growth rate, init features, trainable params, total count_params, GMACs, top-1, slow).

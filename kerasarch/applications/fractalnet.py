@@ -30,9 +30,23 @@ FRACTAL_WIDTHS = (64, 128, 256, 512, 512)
 FRACTAL_DROPOUT = (0.0, 0.1, 0.2, 0.3, 0.4)
 
 
-def fractalnet(columns=3, *, widths=FRACTAL_WIDTHS, dropout=FRACTAL_DROPOUT, drop_path=0.15, global_drop_path=0.5,
-               seed=None, include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-               classes=10, classifier_activation="softmax", name=None):
+def fractalnet(
+    columns=3,
+    *,
+    widths=FRACTAL_WIDTHS,
+    dropout=FRACTAL_DROPOUT,
+    drop_path=0.15,
+    global_drop_path=0.5,
+    seed=None,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=10,
+    classifier_activation="softmax",
+    name=None,
+):
     """Builds a FractalNet of ``len(widths)`` blocks of ``columns`` columns.
 
     Args:
@@ -60,12 +74,12 @@ def fractalnet(columns=3, *, widths=FRACTAL_WIDTHS, dropout=FRACTAL_DROPOUT, dro
     inputs, x = make_inputs(input_shape, input_tensor, default=(32, 32, 3), min_size=2 ** len(widths), name=name)
     selector = None
     if global_drop_path:
-        selector = GlobalDropPathSampler(columns, global_rate=global_drop_path, seed=seed,
-                                         name="drop_path_sampler")(x)
+        selector = GlobalDropPathSampler(columns, global_rate=global_drop_path, seed=seed, name="drop_path_sampler")(x)
     for b, (width, rate) in enumerate(zip(widths, rates), start=1):
-        block_seed = None if seed is None else seed + b * 2 ** columns
-        x = apply_fractal_block(x, width, columns, name=f"block{b}", dropout=rate, drop_rate=drop_path,
-                                selector=selector, seed=block_seed)
+        block_seed = None if seed is None else seed + b * 2**columns
+        x = apply_fractal_block(
+            x, width, columns, name=f"block{b}", dropout=rate, drop_rate=drop_path, selector=selector, seed=block_seed
+        )
     x = apply_classifier(x, include_top, pooling, classes, classifier_activation)
     return finish_model(inputs, x, name, weights, input_tensor)
 
@@ -107,8 +121,9 @@ def extract_column(model, column, *, name=None):
         raise ValueError(f"'{model.name}' has no FractalNet columns (layers named block<b>_col<c>_conv<j>).")
     num_columns = max(c for _, c in convs)
     if not isinstance(column, int) or not 1 <= column <= num_columns:
-        raise ValueError(f"`column` must be an integer from 1 to {num_columns} for '{model.name}'. "
-                         f"Received: column={column!r}")
+        raise ValueError(
+            f"`column` must be an integer from 1 to {num_columns} for '{model.name}'. Received: column={column!r}"
+        )
     num_blocks = max(b for b, _ in convs)
     inputs = keras.Input(shape=model.input_shape[1:], name="input_layer")
     x = inputs
@@ -121,7 +136,7 @@ def extract_column(model, column, *, name=None):
         x = by_name[f"block{b}_col{column}_pool"](x)
     # The head (avg_pool, predictions or the `pooling` layer) is the chain after the last block's join.
     last = [layer.name for layer in model.layers].index(f"block{num_blocks}_out")
-    for layer in model.layers[last + 1:]:
+    for layer in model.layers[last + 1 :]:
         x = layer(x)
     return keras.Model(inputs, x, name=name or f"{model.name}_col{column}")
 
@@ -132,17 +147,27 @@ _PAPER = "Larsson et al. 2016, arXiv:1605.07648"
 def _variant(columns, params, paper_figure, error):
     depth = 5 * 2 ** (columns - 1)
     return ModelSpec(
-        name=f"fractalnet{depth}", family="fractalnet", builder=fractalnet, config={"columns": columns},
-        paper=_PAPER + f" (CIFAR, B=5, C={columns})", input_shape=(32, 32, 3), min_input_size=32, classes=10,
+        name=f"fractalnet{depth}",
+        family="fractalnet",
+        builder=fractalnet,
+        config={"columns": columns},
+        paper=_PAPER + f" (CIFAR, B=5, C={columns})",
+        input_shape=(32, 32, 3),
+        min_input_size=32,
+        classes=10,
         params=params,
         params_source="derived from §4's configuration (docs/references.md); the paper's Table 1 prints "
-                      f"{paper_figure}, which this configuration does not give",
+        f"{paper_figure}, which this configuration does not give",
         top1=None if error is None else round(100 - error, 2),
-        taps={f"block{b}": f"block{b}_out" for b in range(1, 6)}, preprocessing="torch", fit="auto",
-        recipe="fractalnet_cifar", slow=True,
+        taps={f"block{b}": f"block{b}_out" for b in range(1, 6)},
+        preprocessing="torch",
+        fit="auto",
+        recipe="fractalnet_cifar",
+        slow=True,
         notes=f"Table 1 prints {paper_figure} parameters for the {depth}-layer network; the configuration of "
-              "§4 has 33.7M (C=3) and 76.1M (C=4), so the printed figures fit neither network nor each other "
-              "swapped. top1 is CIFAR-10+ accuracy with drop-path and dropout.")
+        "§4 has 33.7M (C=3) and 76.1M (C=4), so the printed figures fit neither network nor each other "
+        "swapped. top1 is CIFAR-10+ accuracy with drop-path and dropout.",
+    )
 
 
 # Exact trainable counts derived in tests/test_fractalnet.py.

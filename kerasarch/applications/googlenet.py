@@ -28,8 +28,7 @@ from kerasarch.registry import ModelSpec, register_models
 from kerasarch.weights.published import torchvision_checkpoint
 from kerasarch.weights.torch_names import map_googlenet
 
-__all__ = ["AUX_LOSS_WEIGHT", "AUX_LOSS_WEIGHTS", "INCEPTION_V1_FILTERS", "googlenet",
-           "strip_auxiliary"]
+__all__ = ["AUX_LOSS_WEIGHT", "AUX_LOSS_WEIGHTS", "INCEPTION_V1_FILTERS", "googlenet", "strip_auxiliary"]
 
 # §5: "their loss gets added to the total loss of the network with a discount weight (... weighted by 0.3)".
 AUX_LOSS_WEIGHT = 0.3
@@ -71,9 +70,26 @@ def _aux_head(x, *, name, classes, classifier_activation, batch_norm, aux_pool, 
     return predictions_dense(classes, classifier_activation, name=name)(x)
 
 
-def googlenet(*, batch_norm=False, lrn=True, branch5_kernel=5, pool4_size=3, dropout=0.4, aux_logits=False,
-              aux_pool="5x5/3", aux_dropout=0.7, naive=False, include_top=True, weights=None, input_tensor=None,
-              input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", name="googlenet"):
+def googlenet(
+    *,
+    batch_norm=False,
+    lrn=True,
+    branch5_kernel=5,
+    pool4_size=3,
+    dropout=0.4,
+    aux_logits=False,
+    aux_pool="5x5/3",
+    aux_dropout=0.7,
+    naive=False,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name="googlenet",
+):
     """Builds GoogLeNet (Inception v1), Szegedy et al. 2014, arXiv:1409.4842, Table 1.
 
     Args:
@@ -98,8 +114,10 @@ def googlenet(*, batch_norm=False, lrn=True, branch5_kernel=5, pool4_size=3, dro
     """
     check_top_args(include_top, pooling, classes, classifier_activation)
     if aux_logits and not include_top:
-        raise ValueError("`aux_logits=True` needs `include_top=True` (the auxiliary heads are classifiers). "
-                         f"Received: aux_logits={aux_logits!r}, include_top={include_top!r}")
+        raise ValueError(
+            "`aux_logits=True` needs `include_top=True` (the auxiliary heads are classifiers). "
+            f"Received: aux_logits={aux_logits!r}, include_top={include_top!r}"
+        )
     if aux_pool not in _AUX_POOLS:
         raise ValueError(f"`aux_pool` must be one of {_AUX_POOLS}. Received: aux_pool={aux_pool!r}")
     min_size = 15 if pool4_size == 2 else 31  # the input whose ceil-mode pool4 output is 1×1
@@ -121,12 +139,20 @@ def googlenet(*, batch_norm=False, lrn=True, branch5_kernel=5, pool4_size=3, dro
     for stage, filters in INCEPTION_V1_FILTERS.items():
         if stage in _POOL_BEFORE:
             x = apply_ceil_pool(x, pool4_size if stage == "5a" else 3, 2, name=_POOL_BEFORE[stage])
-        x = apply_inception_module(x, filters, naive=naive, batch_norm=batch_norm, name=f"inception{stage}",
-                                   branch5_kernel=branch5_kernel)
+        x = apply_inception_module(
+            x, filters, naive=naive, batch_norm=batch_norm, name=f"inception{stage}", branch5_kernel=branch5_kernel
+        )
         if aux_logits and stage in _AUX_AFTER:
             head = _AUX_AFTER[stage]
-            aux[head] = _aux_head(x, name=head, classes=classes, classifier_activation=classifier_activation,
-                                  batch_norm=batch_norm, aux_pool=aux_pool, dropout=aux_dropout)
+            aux[head] = _aux_head(
+                x,
+                name=head,
+                classes=classes,
+                classifier_activation=classifier_activation,
+                batch_norm=batch_norm,
+                aux_pool=aux_pool,
+                dropout=aux_dropout,
+            )
     x = apply_classifier(x, include_top, pooling, classes, classifier_activation, dropout=dropout, pool_name="pool5")
     outputs = {**aux, "predictions": x} if aux_logits else x
     return finish_model(inputs, outputs, name, weights, input_tensor)
@@ -144,47 +170,94 @@ def strip_auxiliary(model):
         A Functional ``keras.Model`` with one output, named like ``model``, with its model card.
     """
     if "predictions" not in {layer.name for layer in model.layers}:
-        raise ValueError(f"strip_auxiliary needs a model with its classifier (a 'predictions' layer). "
-                         f"Received: model {model.name!r} without one")
+        raise ValueError(
+            f"strip_auxiliary needs a model with its classifier (a 'predictions' layer). "
+            f"Received: model {model.name!r} without one"
+        )
     main = keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
     return with_card(main, card_of(model)) if has_card(model) else main
 
 
 _VARIANTS = {
-    "googlenet": {"batch_norm": False, "lrn": True, "branch5_kernel": 5, "pool4_size": 3, "dropout": 0.4,
-                  "aux_pool": "5x5/3"},
-    "googlenet_bn": {"batch_norm": True, "lrn": False, "branch5_kernel": 3, "pool4_size": 2, "dropout": 0.2,
-                     "aux_pool": "adaptive"},
+    "googlenet": {
+        "batch_norm": False,
+        "lrn": True,
+        "branch5_kernel": 5,
+        "pool4_size": 3,
+        "dropout": 0.4,
+        "aux_pool": "5x5/3",
+    },
+    "googlenet_bn": {
+        "batch_norm": True,
+        "lrn": False,
+        "branch5_kernel": 3,
+        "pool4_size": 2,
+        "dropout": 0.2,
+        "aux_pool": "adaptive",
+    },
 }
-_TAPS = {"conv1": "conv1_7x7_s2_relu", "pool1": "pool1", "conv2": "conv2_3x3_relu", "pool2": "pool2",
-         "pool3": "pool3", "pool4": "pool4", "pool5": "pool5",
-         **{f"inception_{s}": f"inception{s}_out" for s in INCEPTION_V1_FILTERS}}
+_TAPS = {
+    "conv1": "conv1_7x7_s2_relu",
+    "pool1": "pool1",
+    "conv2": "conv2_3x3_relu",
+    "pool2": "pool2",
+    "pool3": "pool3",
+    "pool4": "pool4",
+    "pool5": "pool5",
+    **{f"inception_{s}": f"inception{s}_out" for s in INCEPTION_V1_FILTERS},
+}
 
 VARIANTS = (
     ModelSpec(
-        name="googlenet", family="googlenet", builder=googlenet, config=_VARIANTS["googlenet"],
+        name="googlenet",
+        family="googlenet",
+        builder=googlenet,
+        config=_VARIANTS["googlenet"],
         paper="Szegedy et al. 2014, arXiv:1409.4842 (Table 1; Caffe bvlc_googlenet)",
-        input_shape=(224, 224, 3), min_input_size=31,
+        input_shape=(224, 224, 3),
+        min_input_size=31,
         params=6_998_552,
         params_source="derived from Table 1's filter columns + biases + the 1024→1000 classifier "
-                      "(docs/references.md; the paper rounds to ≈6.8M, weights only)",
-        gmacs=1.583, taps=_TAPS, preprocessing="caffe", fit="resize_crop", resize_size=256, recipe="googlenet",
+        "(docs/references.md; the paper rounds to ≈6.8M, weights only)",
+        gmacs=1.583,
+        taps=_TAPS,
+        preprocessing="caffe",
+        fit="resize_crop",
+        resize_size=256,
+        recipe="googlenet",
         notes="gmacs counted from Table 1's layers; the paper's '1.5 billion multiply-adds' "
-              "(its ops column sums to 1,502M) takes conv1 as 34M where a 7×7×3×64 conv on 112×112 is 118M. Counts "
-              "without the auxiliary heads; aux_logits=True adds 6,379,728 parameters."),
+        "(its ops column sums to 1,502M) takes conv1 as 34M where a 7×7×3×64 conv on 112×112 is 118M. Counts "
+        "without the auxiliary heads; aux_logits=True adds 6,379,728 parameters.",
+    ),
     ModelSpec(
-        name="googlenet_bn", family="googlenet", builder=googlenet, config=_VARIANTS["googlenet_bn"],
+        name="googlenet_bn",
+        family="googlenet",
+        builder=googlenet,
+        config=_VARIANTS["googlenet_bn"],
         paper="Szegedy et al. 2014, arXiv:1409.4842 (+BN, 3×3 in the 5×5 branch: torchvision)",
-        input_shape=(224, 224, 3), min_input_size=15,
-        params=6_624_904, params_source="torchvision weight metadata (num_params), without aux heads",
-        gmacs=1.498, top1=69.778, taps=_TAPS, recipe="googlenet",
-        checkpoints=(torchvision_checkpoint(
-            "googlenet_bn", "googlenet-1378be20.pth", map_googlenet, 69.778, preprocessing="tf",
-            notes="torchvision builds this GoogLeNet with transform_input=True, which turns its torch-normalised "
-                  "input into (x/255 - 0.5)/0.5 before the first conv; without that step the network sees exactly "
-                  "the 'tf' convention, so that is the preprocessing recorded here."),),
+        input_shape=(224, 224, 3),
+        min_input_size=15,
+        params=6_624_904,
+        params_source="torchvision weight metadata (num_params), without aux heads",
+        gmacs=1.498,
+        top1=69.778,
+        taps=_TAPS,
+        recipe="googlenet",
+        checkpoints=(
+            torchvision_checkpoint(
+                "googlenet_bn",
+                "googlenet-1378be20.pth",
+                map_googlenet,
+                69.778,
+                preprocessing="tf",
+                notes="torchvision builds this GoogLeNet with transform_input=True, which turns its torch-normalised "
+                "input into (x/255 - 0.5)/0.5 before the first conv; without that step the network sees exactly "
+                "the 'tf' convention, so that is the preprocessing recorded here.",
+            ),
+        ),
         notes="torchvision's googlenet: BN eps 1e-3, no conv bias, no LRN, 3×3 in the '5×5' branch "
-              "(pytorch/vision#906), ceil-mode pools, 2×2/2 pool before 5a, dropout 0.2, adaptive 4×4 pool in the "
-              "aux heads."),
+        "(pytorch/vision#906), ceil-mode pools, 2×2/2 pool before 5a, dropout 0.2, adaptive 4×4 pool in the "
+        "aux heads.",
+    ),
 )
 register_models(VARIANTS)

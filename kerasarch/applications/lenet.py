@@ -38,9 +38,22 @@ def _subsample(x, subsampling, activation, name):
     return _activation(TrainableSubsampling2D(2, name=name)(x), activation, f"{name}_act")
 
 
-def lenet5(*, connection_table=True, activation="scaled_tanh", subsampling="trainable", output="dense",
-           rbf_centres="fixed", include_top=True, weights=None, input_tensor=None, input_shape=None, pooling=None,
-           classes=10, classifier_activation="softmax", name="lenet5"):
+def lenet5(
+    *,
+    connection_table=True,
+    activation="scaled_tanh",
+    subsampling="trainable",
+    output="dense",
+    rbf_centres="fixed",
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=10,
+    classifier_activation="softmax",
+    name="lenet5",
+):
     """Builds LeNet-5 (LeCun et al. 1998) or its modern variant.
 
     The paper's network (the defaults): C3 follows the connection table of Table I, S2/S4 are trainable
@@ -86,9 +99,13 @@ def lenet5(*, connection_table=True, activation="scaled_tanh", subsampling="trai
         x = layers.Flatten(name="flatten")(x)
         x = _activation(layers.Dense(84, name="f6")(x), activation, "f6_act")
         if output == "rbf":
-            x = EuclideanRBF(classes, trainable_centres=rbf_centres == "trainable",
-                             activation=classifier_activation, name="predictions",
-                             dtype=output_dtype())(x)
+            x = EuclideanRBF(
+                classes,
+                trainable_centres=rbf_centres == "trainable",
+                activation=classifier_activation,
+                name="predictions",
+                dtype=output_dtype(),
+            )(x)
         else:
             x = predictions_dense(classes, classifier_activation)(x)
     else:
@@ -104,18 +121,32 @@ def _taps(subsampling):
 _PAPER = "LeCun, Bottou, Bengio & Haffner 1998, Proc. IEEE 86(11)"
 # No published weights: the card says what the default recipe ('lenet') trains with: LeCun's scaling (§II-A) and the
 # 28×28 digits centred in the 32×32 field ('auto' pads a 28×28 image and resizes an 8×8 one).
-_INPUT = dict(input_shape=(32, 32, 1), min_input_size=32, classes=10, preprocessing="lecun", fit="auto",
-              recipe="lenet")
+_INPUT = dict(input_shape=(32, 32, 1), min_input_size=32, classes=10, preprocessing="lecun", fit="auto", recipe="lenet")
 
 VARIANTS = (
-    ModelSpec(name="lenet5", family="lenet", builder=lenet5, config={}, paper=_PAPER, params=60_850,
-              params_source="LeCun et al. 1998 §II-B: 60,000 without the output layer, + 850 for the 10-way dense "
-                            "output",
-              taps=_taps("trainable"), notes="paper output layer (Euclidean RBF) via output='rbf'", **_INPUT),
-    ModelSpec(name="lenet5_relu", family="lenet", builder=lenet5,
-              config={"connection_table": False, "activation": "relu", "subsampling": "max"},
-              paper=_PAPER + " (modern variant)", params=61_706,
-              params_source="computed (docs/references.md): 156 + 2,416 + 48,120 + 10,164 + 850",
-              taps=_taps("max"), notes="full C3, ReLU, 2×2 max-pool, dense output", **_INPUT),
+    ModelSpec(
+        name="lenet5",
+        family="lenet",
+        builder=lenet5,
+        config={},
+        paper=_PAPER,
+        params=60_850,
+        params_source="LeCun et al. 1998 §II-B: 60,000 without the output layer, + 850 for the 10-way dense output",
+        taps=_taps("trainable"),
+        notes="paper output layer (Euclidean RBF) via output='rbf'",
+        **_INPUT,
+    ),
+    ModelSpec(
+        name="lenet5_relu",
+        family="lenet",
+        builder=lenet5,
+        config={"connection_table": False, "activation": "relu", "subsampling": "max"},
+        paper=_PAPER + " (modern variant)",
+        params=61_706,
+        params_source="computed (docs/references.md): 156 + 2,416 + 48,120 + 10,164 + 850",
+        taps=_taps("max"),
+        notes="full C3, ReLU, 2×2 max-pool, dense output",
+        **_INPUT,
+    ),
 )
 register_models(VARIANTS)

@@ -23,21 +23,42 @@ __all__ = ["NIN_CONFIGS", "nin"]
 # layer's class-map conv (``classes`` filters) is appended by the builder.
 NIN_CONFIGS = {
     "cifar": {
-        "default": (32, 32, 3), "classes": 10, "min_size": 4,
-        "blocks": (((192, 160, 96), 5, 1, "same", "max", True),
-                   ((192, 192, 192), 5, 1, "same", "avg", True),
-                   ((192, 192), 3, 1, "same", None, False))},
+        "default": (32, 32, 3),
+        "classes": 10,
+        "min_size": 4,
+        "blocks": (
+            ((192, 160, 96), 5, 1, "same", "max", True),
+            ((192, 192, 192), 5, 1, "same", "avg", True),
+            ((192, 192), 3, 1, "same", None, False),
+        ),
+    },
     "imagenet": {
-        "default": (224, 224, 3), "classes": 1000, "min_size": 39,
-        "blocks": (((96, 96, 96), 11, 4, "valid", "max", False),
-                   ((256, 256, 256), 5, 1, "same", "max", False),
-                   ((384, 384, 384), 3, 1, "same", "max", True),
-                   ((1024, 1024), 3, 1, "same", None, False))},
+        "default": (224, 224, 3),
+        "classes": 1000,
+        "min_size": 39,
+        "blocks": (
+            ((96, 96, 96), 11, 4, "valid", "max", False),
+            ((256, 256, 256), 5, 1, "same", "max", False),
+            ((384, 384, 384), 3, 1, "same", "max", True),
+            ((1024, 1024), 3, 1, "same", None, False),
+        ),
+    },
 }
 
 
-def nin(config="imagenet", *, dropout=0.5, include_top=True, weights=None, input_tensor=None, input_shape=None,
-        pooling=None, classes=None, classifier_activation="softmax", name=None):
+def nin(
+    config="imagenet",
+    *,
+    dropout=0.5,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=None,
+    classifier_activation="softmax",
+    name=None,
+):
     """Builds Network in Network, Lin et al. 2013, arXiv:1312.4400.
 
     Args:
@@ -78,26 +99,51 @@ def nin(config="imagenet", *, dropout=0.5, include_top=True, weights=None, input
     return finish_model(inputs, x, name, weights, input_tensor)
 
 
-_TAPS = {"cifar": {**{f"mlpconv{i}": f"mlpconv{i}_out" for i in (1, 2, 3)}, "pool1": "pool1", "pool2": "pool2"},
-         "imagenet": {**{f"mlpconv{i}": f"mlpconv{i}_out" for i in (1, 2, 3, 4)},
-                      **{f"pool{i}": f"pool{i}" for i in (1, 2, 3)}}}
+_TAPS = {
+    "cifar": {**{f"mlpconv{i}": f"mlpconv{i}_out" for i in (1, 2, 3)}, "pool1": "pool1", "pool2": "pool2"},
+    "imagenet": {
+        **{f"mlpconv{i}": f"mlpconv{i}_out" for i in (1, 2, 3, 4)},
+        **{f"pool{i}": f"pool{i}" for i in (1, 2, 3)},
+    },
+}
 
 VARIANTS = (
     ModelSpec(
-        name="nin_cifar", family="nin", builder=nin, config={"config": "cifar"},
+        name="nin_cifar",
+        family="nin",
+        builder=nin,
+        config={"config": "cifar"},
         paper="Lin et al. 2013, arXiv:1312.4400 (CIFAR-10 model released by the authors)",
-        input_shape=(32, 32, 3), min_input_size=4, classes=10,
-        params=966_986, params_source="derived layer by layer (docs/references.md)",
-        top1=89.59, taps=_TAPS["cifar"], preprocessing="torch", fit="auto", recipe="nin_cifar",
+        input_shape=(32, 32, 3),
+        min_input_size=4,
+        classes=10,
+        params=966_986,
+        params_source="derived layer by layer (docs/references.md)",
+        top1=89.59,
+        taps=_TAPS["cifar"],
+        preprocessing="torch",
+        fit="auto",
+        recipe="nin_cifar",
         notes="Trained on global-contrast-normalised, ZCA-whitened CIFAR-10; top1 = 100 - 10.41% test error without "
-              "augmentation (8.81% with)."),
+        "augmentation (8.81% with).",
+    ),
     ModelSpec(
-        name="nin", family="nin", builder=nin, config={"config": "imagenet"},
+        name="nin",
+        family="nin",
+        builder=nin,
+        config={"config": "imagenet"},
         paper="Lin et al. 2013, arXiv:1312.4400 (ImageNet model of the authors' Caffe model zoo)",
-        input_shape=(224, 224, 3), min_input_size=39,
-        params=7_595_176, params_source="derived layer by layer (docs/references.md)",
-        taps=_TAPS["imagenet"], preprocessing="caffe", fit="resize_crop", resize_size=256, recipe="nin_imagenet",
+        input_shape=(224, 224, 3),
+        min_input_size=39,
+        params=7_595_176,
+        params_source="derived layer by layer (docs/references.md)",
+        taps=_TAPS["imagenet"],
+        preprocessing="caffe",
+        fit="resize_crop",
+        resize_size=256,
+        recipe="nin_imagenet",
         notes="≈7.6M parameters; Caffe model zoo nin_imagenet: conv1 11×11/4 unpadded, ceil-mode max-pools, dropout "
-              "only before mlpconv4."),
+        "only before mlpconv4.",
+    ),
 )
 register_models(VARIANTS)

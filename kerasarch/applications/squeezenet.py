@@ -24,17 +24,39 @@ from kerasarch.weights.torch_names import map_squeezenet
 __all__ = ["BYPASSES", "SQUEEZENET_FIRES", "SQUEEZENET_VERSIONS", "squeezenet"]
 
 # Fire modules 2..9 as (squeeze, expand1x1, expand3x3): Table 1 of the paper, the same in both versions.
-SQUEEZENET_FIRES = ((16, 64, 64), (16, 64, 64), (32, 128, 128), (32, 128, 128), (48, 192, 192), (48, 192, 192),
-                    (64, 256, 256), (64, 256, 256))
+SQUEEZENET_FIRES = (
+    (16, 64, 64),
+    (16, 64, 64),
+    (32, 128, 128),
+    (32, 128, 128),
+    (48, 192, 192),
+    (48, 192, 192),
+    (64, 256, 256),
+    (64, 256, 256),
+)
 # Per version: conv1 (filters, kernel) and the layers followed by a 3×3/2 max-pool.
-SQUEEZENET_VERSIONS = {"1_0": {"conv1": (96, 7), "pools_after": (1, 4, 8)},
-                       "1_1": {"conv1": (64, 3), "pools_after": (1, 3, 5)}}
+SQUEEZENET_VERSIONS = {
+    "1_0": {"conv1": (96, 7), "pools_after": (1, 4, 8)},
+    "1_1": {"conv1": (64, 3), "pools_after": (1, 3, 5)},
+}
 BYPASSES = (None, "simple", "complex")
 _MIN_SIZE = {"1_0": 21, "1_1": 17}
 
 
-def squeezenet(version="1_0", *, bypass=None, dropout=0.5, include_top=True, weights=None, input_tensor=None,
-               input_shape=None, pooling=None, classes=1000, classifier_activation="softmax", name=None):
+def squeezenet(
+    version="1_0",
+    *,
+    bypass=None,
+    dropout=0.5,
+    include_top=True,
+    weights=None,
+    input_tensor=None,
+    input_shape=None,
+    pooling=None,
+    classes=1000,
+    classifier_activation="softmax",
+    name=None,
+):
     """Builds SqueezeNet ``version`` ("1_0" or "1_1"), Iandola et al. 2016, arXiv:1602.07360.
 
     Args:
@@ -49,8 +71,9 @@ def squeezenet(version="1_0", *, bypass=None, dropout=0.5, include_top=True, wei
         A Functional ``keras.Model``.
     """
     if version not in SQUEEZENET_VERSIONS:
-        raise ValueError(f"SqueezeNet version must be one of {sorted(SQUEEZENET_VERSIONS)}. "
-                         f"Received: version={version!r}")
+        raise ValueError(
+            f"SqueezeNet version must be one of {sorted(SQUEEZENET_VERSIONS)}. Received: version={version!r}"
+        )
     if bypass not in BYPASSES:
         raise ValueError(f"`bypass` must be one of {BYPASSES}. Received: bypass={bypass!r}")
     cfg = SQUEEZENET_VERSIONS[version]
@@ -58,8 +81,19 @@ def squeezenet(version="1_0", *, bypass=None, dropout=0.5, include_top=True, wei
     check_top_args(include_top, pooling, classes, classifier_activation)
     inputs, x = make_inputs(input_shape, input_tensor, default=(224, 224, 3), min_size=_MIN_SIZE[version], name=name)
     filters, kernel = cfg["conv1"]
-    x = apply_conv_bn_act(x, filters, kernel, name="conv1", conv_name="conv1", act_name="conv1_relu", strides=2,
-                          padding="valid", use_bias=True, norm=False, kernel_initializer="glorot_uniform")
+    x = apply_conv_bn_act(
+        x,
+        filters,
+        kernel,
+        name="conv1",
+        conv_name="conv1",
+        act_name="conv1_relu",
+        strides=2,
+        padding="valid",
+        use_bias=True,
+        norm=False,
+        kernel_initializer="glorot_uniform",
+    )
     x = apply_ceil_pool(x, 3, 2, name="pool1")
     for index, (squeeze, e1, e3) in enumerate(SQUEEZENET_FIRES, start=2):
         same_depth = x.shape[-1] == e1 + e3
@@ -75,9 +109,17 @@ def squeezenet(version="1_0", *, bypass=None, dropout=0.5, include_top=True, wei
         if dropout:
             x = layers.Dropout(dropout, name="drop9")(x)
         # Caffe and torchvision initialise the final conv from N(0, 0.01), the others uniformly.
-        x = apply_conv_bn_act(x, classes, 1, name="conv10", conv_name="conv10", act_name="conv10_relu",
-                              use_bias=True, norm=False,
-                              kernel_initializer=keras.initializers.RandomNormal(stddev=0.01))
+        x = apply_conv_bn_act(
+            x,
+            classes,
+            1,
+            name="conv10",
+            conv_name="conv10",
+            act_name="conv10_relu",
+            use_bias=True,
+            norm=False,
+            kernel_initializer=keras.initializers.RandomNormal(stddev=0.01),
+        )
         x = layers.GlobalAveragePooling2D(name="pool10")(x)
         x = predictions_activation(classifier_activation)(x)
     else:
@@ -91,14 +133,24 @@ _TAPS = {"conv1": "conv1_relu", **{f"fire{i}": f"fire{i}_out" for i in range(2, 
 def _variant(version, params, gmacs, top1, file_name):
     name = f"squeezenet{version}"
     return ModelSpec(
-        name=name, family="squeezenet", builder=squeezenet, config={"version": version},
-        paper="Iandola et al. 2016, arXiv:1602.07360" + (" (v1.1: authors' release, torchvision)"
-                                                          if version == "1_1" else ""),
-        input_shape=(224, 224, 3), min_input_size=_MIN_SIZE[version],
-        params=params, params_source="torchvision weight metadata (num_params)", gmacs=gmacs, top1=top1, taps=_TAPS,
-        recipe="squeezenet", checkpoints=(torchvision_checkpoint(name, file_name, map_squeezenet, top1),),
+        name=name,
+        family="squeezenet",
+        builder=squeezenet,
+        config={"version": version},
+        paper="Iandola et al. 2016, arXiv:1602.07360"
+        + (" (v1.1: authors' release, torchvision)" if version == "1_1" else ""),
+        input_shape=(224, 224, 3),
+        min_input_size=_MIN_SIZE[version],
+        params=params,
+        params_source="torchvision weight metadata (num_params)",
+        gmacs=gmacs,
+        top1=top1,
+        taps=_TAPS,
+        recipe="squeezenet",
+        checkpoints=(torchvision_checkpoint(name, file_name, map_squeezenet, top1),),
         notes="ceil-mode max-pools as in Caffe/torchvision; 'conv10' taps the post-ReLU class maps "
-              "(Caffe's in-place relu_conv10).")
+        "(Caffe's in-place relu_conv10).",
+    )
 
 
 # torchvision weight metadata and IMAGENET1K_V1 files (torchvision/models/squeezenet.py).

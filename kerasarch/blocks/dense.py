@@ -27,8 +27,9 @@ def apply_dense_layer(x, growth_rate, *, name, bottleneck=4, bn_epsilon=BN_EPS_K
     Returns:
         ``concat([x, new maps])`` with ``channels(x) + growth_rate`` channels.
     """
-    y = apply_bn_act_conv(x, bottleneck * growth_rate, 1, name=f"{name}_0", conv_name=f"{name}_1_conv",
-                          bn_epsilon=bn_epsilon)
+    y = apply_bn_act_conv(
+        x, bottleneck * growth_rate, 1, name=f"{name}_0", conv_name=f"{name}_1_conv", bn_epsilon=bn_epsilon
+    )
     y = apply_bn_act_conv(y, growth_rate, 3, name=f"{name}_1", conv_name=f"{name}_2_conv", bn_epsilon=bn_epsilon)
     return layers.Concatenate(name=f"{name}_concat")([x, y])
 

@@ -16,8 +16,17 @@ BYPASS_KINDS = (None, "identity", "conv")
 
 
 def _conv_relu(x, filters, kernel_size, name):
-    return apply_conv_bn_act(x, filters, kernel_size, name=name, conv_name=name, act_name=f"{name}_relu",
-                             use_bias=True, norm=False, kernel_initializer="glorot_uniform")
+    return apply_conv_bn_act(
+        x,
+        filters,
+        kernel_size,
+        name=name,
+        conv_name=name,
+        act_name=f"{name}_relu",
+        use_bias=True,
+        norm=False,
+        kernel_initializer="glorot_uniform",
+    )
 
 
 def apply_fire_module(x, squeeze, expand1x1, expand3x3, *, bypass=None, name):
@@ -44,8 +53,10 @@ def apply_fire_module(x, squeeze, expand1x1, expand3x3, *, bypass=None, name):
         raise ValueError(f"`bypass` must be one of {BYPASS_KINDS}. Received: bypass={bypass!r}")
     out_channels = expand1x1 + expand3x3
     if bypass == "identity" and x.shape[-1] != out_channels:
-        raise ValueError(f"{name}: an identity bypass needs as many input as output channels ({out_channels}). "
-                         f"Received: input with {x.shape[-1]} channels")
+        raise ValueError(
+            f"{name}: an identity bypass needs as many input as output channels ({out_channels}). "
+            f"Received: input with {x.shape[-1]} channels"
+        )
     s = _conv_relu(x, squeeze, 1, f"{name}_squeeze1x1")
     e1 = _conv_relu(s, expand1x1, 1, f"{name}_expand1x1")
     e3 = _conv_relu(s, expand3x3, 3, f"{name}_expand3x3")

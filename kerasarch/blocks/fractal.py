@@ -39,8 +39,9 @@ def apply_fractal_unit(x, filters, *, name, dropout=0.0, bn_epsilon=BN_EPS_TORCH
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def apply_fractal_block(x, filters, columns, *, name, dropout=0.0, drop_rate=0.15, selector=None, seed=None,
-                        bn_epsilon=BN_EPS_TORCH):
+def apply_fractal_block(
+    x, filters, columns, *, name, dropout=0.0, drop_rate=0.15, selector=None, seed=None, bn_epsilon=BN_EPS_TORCH
+):
     """A fractal block ``f_C`` followed by 2×2 max-pooling.
 
     As in the paper's implementation (§4, "for convenience"), the pooling is applied to each column before the
@@ -75,17 +76,21 @@ def apply_fractal_block(x, filters, columns, *, name, dropout=0.0, drop_rate=0.1
         outs = []
         for c in ending:
             count[c] += 1
-            y = apply_fractal_unit(current[c], filters, name=f"{name}_col{c}_conv{count[c]}", dropout=dropout,
-                                   bn_epsilon=bn_epsilon)
+            y = apply_fractal_unit(
+                current[c], filters, name=f"{name}_col{c}_conv{count[c]}", dropout=dropout, bn_epsilon=bn_epsilon
+            )
             if p == depth:
                 y = layers.MaxPooling2D(2, strides=2, name=f"{name}_col{c}_pool")(y)
             outs.append(y)
         if len(ending) == 1 and p < depth:
             current[ending[0]] = outs[0]
             continue
-        join = FractalJoin(columns=None if selector is None else ending, drop_rate=drop_rate,
-                           seed=None if seed is None else seed + joins,
-                           name=f"{name}_out" if p == depth else f"{name}_join{p}")
+        join = FractalJoin(
+            columns=None if selector is None else ending,
+            drop_rate=drop_rate,
+            seed=None if seed is None else seed + joins,
+            name=f"{name}_out" if p == depth else f"{name}_join{p}",
+        )
         y = join(outs + ([selector] if selector is not None else []))
         joins += 1
         for c in ending:

@@ -10,8 +10,14 @@ from keras import layers
 
 from kerasarch.blocks.common import apply_conv_bn_act
 
-__all__ = ["GOOGLENET_BN_EPS", "SLIDE_FILTERS", "SLIDE_INPUT_SHAPE", "apply_inception_conv", "apply_inception_module",
-           "slide_inception_module"]
+__all__ = [
+    "GOOGLENET_BN_EPS",
+    "SLIDE_FILTERS",
+    "SLIDE_INPUT_SHAPE",
+    "apply_inception_conv",
+    "apply_inception_module",
+    "slide_inception_module",
+]
 
 # torchvision's GoogLeNet BasicConv2d: BatchNorm2d(eps=0.001).
 GOOGLENET_BN_EPS = 1e-3
@@ -26,10 +32,22 @@ SLIDE_FILTERS = (128, 64, 192, 64, 96, 64)
 def apply_inception_conv(x, filters, kernel_size, *, name, batch_norm=False, strides=1, padding="same"):
     """GoogLeNet's conv unit: conv ``name`` (with bias) → ReLU ``{name}_relu``; with ``batch_norm`` (torchvision's
     BasicConv2d): conv without bias → BN ``{name}_bn`` (eps 1e-3) → ReLU."""
-    return apply_conv_bn_act(x, filters, kernel_size, name=name, conv_name=name, bn_name=f"{name}_bn",
-                             act_name=f"{name}_relu", strides=strides, padding=padding, use_bias=not batch_norm,
-                             norm=batch_norm, bn_epsilon=GOOGLENET_BN_EPS, bn_momentum=0.9,
-                             kernel_initializer="glorot_uniform")
+    return apply_conv_bn_act(
+        x,
+        filters,
+        kernel_size,
+        name=name,
+        conv_name=name,
+        bn_name=f"{name}_bn",
+        act_name=f"{name}_relu",
+        strides=strides,
+        padding=padding,
+        use_bias=not batch_norm,
+        norm=batch_norm,
+        bn_epsilon=GOOGLENET_BN_EPS,
+        bn_momentum=0.9,
+        kernel_initializer="glorot_uniform",
+    )
 
 
 def apply_inception_module(x, filters, *, naive=False, batch_norm=False, name, branch5_kernel=5):

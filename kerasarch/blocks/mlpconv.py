@@ -33,8 +33,17 @@ def apply_mlpconv(x, filters, kernel_size, *, strides=1, padding="same", name):
     for i, f in enumerate(filters):
         label = f"{name}_conv" if i == 0 else f"{name}_cccp{i}"
         last = i == len(filters) - 1
-        x = apply_conv_bn_act(x, f, kernel_size if i == 0 else 1, name=label, conv_name=label,
-                              act_name=f"{name}_out" if last else f"{label}_relu",
-                              strides=strides if i == 0 else 1, padding=padding if i == 0 else "valid",
-                              use_bias=True, norm=False, kernel_initializer="glorot_uniform")
+        x = apply_conv_bn_act(
+            x,
+            f,
+            kernel_size if i == 0 else 1,
+            name=label,
+            conv_name=label,
+            act_name=f"{name}_out" if last else f"{label}_relu",
+            strides=strides if i == 0 else 1,
+            padding=padding if i == 0 else "valid",
+            use_bias=True,
+            norm=False,
+            kernel_initializer="glorot_uniform",
+        )
     return x

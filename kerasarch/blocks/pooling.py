@@ -53,18 +53,24 @@ def apply_ceil_pool(x, pool_size, strides, *, name, kind="max"):
     sizes = tuple(x.shape[1:3])
     for size in sizes:
         if size is not None and ceil_pool_size(size, pool_size, strides) < 1:
-            raise ValueError(f"{name}: a {pool_size}×{pool_size}/{strides} pooling needs a larger input. "
-                             f"Received: feature map of spatial size {sizes}")
+            raise ValueError(
+                f"{name}: a {pool_size}×{pool_size}/{strides} pooling needs a larger input. "
+                f"Received: feature map of spatial size {sizes}"
+            )
     pool = layers.MaxPooling2D if kind == "max" else layers.AveragePooling2D
     modes = {None if size is None else _padding_mode(size, pool_size, strides) for size in sizes}
     if len(modes) == 1 and None not in modes:
         return pool(pool_size, strides=strides, padding=modes.pop(), name=name)(x)
     if kind == "avg":
-        raise ValueError(f"{name}: ceil-mode average pooling {pool_size}×{pool_size}/{strides} cannot be reproduced "
-                         f"in TensorFlow on this feature map (its mean leaves out the overhanging cells). Received: "
-                         f"feature map of spatial size {sizes}")
+        raise ValueError(
+            f"{name}: ceil-mode average pooling {pool_size}×{pool_size}/{strides} cannot be reproduced "
+            f"in TensorFlow on this feature map (its mean leaves out the overhanging cells). Received: "
+            f"feature map of spatial size {sizes}"
+        )
     # Padding strides - 1 rows is enough for the last window whatever the size (and harmless when unknown).
-    pads = [strides - 1 if size is None else (ceil_pool_size(size, pool_size, strides) - 1) * strides + pool_size
-            - size for size in sizes]
+    pads = [
+        strides - 1 if size is None else (ceil_pool_size(size, pool_size, strides) - 1) * strides + pool_size - size
+        for size in sizes
+    ]
     x = layers.ZeroPadding2D(((0, max(pads[0], 0)), (0, max(pads[1], 0))), name=f"{name}_pad")(x)
     return pool(pool_size, strides=strides, padding="valid", name=name)(x)

@@ -13,13 +13,23 @@ from keras import layers
 from kerasarch.blocks.common import BN_EPS_TORCH, apply_bn_act, apply_conv
 from kerasarch.layers.residual import StochasticDepth, ZeroPadShortcut
 
-__all__ = ["HE_FAN_OUT", "apply_shortcut", "apply_residual_add", "apply_basic_block", "apply_bottleneck_block",
-           "apply_preact_basic_block", "apply_preact_bottleneck_block", "bottleneck_width"]
+__all__ = [
+    "HE_FAN_OUT",
+    "apply_shortcut",
+    "apply_residual_add",
+    "apply_basic_block",
+    "apply_bottleneck_block",
+    "apply_preact_basic_block",
+    "apply_preact_bottleneck_block",
+    "bottleneck_width",
+]
 
 # He et al. 2015 initialisation, N(0, 2 / (k·k·out_channels)) as in fb.resnet.torch and torchvision; a config
 # dict, so that every layer deserialises its own initializer.
-HE_FAN_OUT = {"class_name": "VarianceScaling",
-              "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"}}
+HE_FAN_OUT = {
+    "class_name": "VarianceScaling",
+    "config": {"scale": 2.0, "mode": "fan_out", "distribution": "untruncated_normal"},
+}
 
 SHORTCUTS = ("A", "B", "C")
 
@@ -31,8 +41,7 @@ def bottleneck_width(filters, groups=1, base_width=64):
     return int(filters * (base_width / 64.0)) * groups
 
 
-def _conv(x, filters, kernel_size, *, name, strides=1, groups=1, use_bias, kernel_initializer,
-          explicit_pad=False):
+def _conv(x, filters, kernel_size, *, name, strides=1, groups=1, use_bias, kernel_initializer, explicit_pad=False):
     """Conv ``{name}_conv``. A strided k×k (or any k×k with ``explicit_pad``) gets symmetric zero padding
     ``{name}_pad`` first: TensorFlow's "same" pads only bottom/right at stride 2, which would shift every feature
     map against PyTorch/Caffe weights."""
@@ -41,16 +50,37 @@ def _conv(x, filters, kernel_size, *, name, strides=1, groups=1, use_bias, kerne
         padding = "valid"
     else:
         padding = "same"
-    return apply_conv(x, filters, kernel_size, name=f"{name}_conv", strides=strides, padding=padding,
-                      groups=groups, use_bias=use_bias, kernel_initializer=kernel_initializer)
+    return apply_conv(
+        x,
+        filters,
+        kernel_size,
+        name=f"{name}_conv",
+        strides=strides,
+        padding=padding,
+        groups=groups,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
+    )
 
 
 def _last_gamma(zero_init_residual):
     return "zeros" if zero_init_residual else "ones"
 
 
-def apply_shortcut(x, filters, *, name, strides=1, shortcut="B", preact_input=None, norm=True, use_bias=False,
-                   bn_epsilon=BN_EPS_TORCH, bn_momentum=0.9, kernel_initializer=HE_FAN_OUT):
+def apply_shortcut(
+    x,
+    filters,
+    *,
+    name,
+    strides=1,
+    shortcut="B",
+    preact_input=None,
+    norm=True,
+    use_bias=False,
+    bn_epsilon=BN_EPS_TORCH,
+    bn_momentum=0.9,
+    kernel_initializer=HE_FAN_OUT,
+):
     """The shortcut of a residual block (He et al. 2015, arXiv:1512.03385 §3.3).
 
     Identity where the shapes match (and ``shortcut`` is not ``"C"``). Otherwise option ``"A"``: subsample and
@@ -81,15 +111,21 @@ def apply_shortcut(x, filters, *, name, strides=1, shortcut="B", preact_input=No
     if shortcut == "B" and same_channels:
         return layers.MaxPooling2D(1, strides=strides, name=f"{name}_0_pool")(x)
     source = x if preact_input is None else preact_input
-    s = apply_conv(source, filters, 1, strides=strides, use_bias=use_bias, kernel_initializer=kernel_initializer,
-                   name=f"{name}_0_conv")
+    s = apply_conv(
+        source,
+        filters,
+        1,
+        strides=strides,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
+        name=f"{name}_0_conv",
+    )
     if norm:
         s = apply_bn_act(s, name=f"{name}_0", activation=None, bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
     return s
 
 
-def apply_residual_add(shortcut, residual, *, name, survival_prob=None, stochastic_depth_mode="batch",
-                       add_name=None):
+def apply_residual_add(shortcut, residual, *, name, survival_prob=None, stochastic_depth_mode="batch", add_name=None):
     """``shortcut + residual``, the residual first passing a :class:`StochasticDepth` (``{name}_drop``) when
     ``survival_prob`` is below 1."""
     if survival_prob is not None and survival_prob < 1.0:
@@ -97,9 +133,22 @@ def apply_residual_add(shortcut, residual, *, name, survival_prob=None, stochast
     return layers.Add(name=add_name or f"{name}_add")([shortcut, residual])
 
 
-def apply_basic_block(x, filters, *, name, strides=1, shortcut="B", use_bias=False, bn_epsilon=BN_EPS_TORCH,
-                      bn_momentum=0.9, kernel_initializer=HE_FAN_OUT, dropout=0.0, survival_prob=None,
-                      stochastic_depth_mode="batch", zero_init_residual=False):
+def apply_basic_block(
+    x,
+    filters,
+    *,
+    name,
+    strides=1,
+    shortcut="B",
+    use_bias=False,
+    bn_epsilon=BN_EPS_TORCH,
+    bn_momentum=0.9,
+    kernel_initializer=HE_FAN_OUT,
+    dropout=0.0,
+    survival_prob=None,
+    stochastic_depth_mode="batch",
+    zero_init_residual=False,
+):
     """Post-activation basic block: 3×3 conv-BN-ReLU, 3×3 conv-BN, add the shortcut, ReLU (He et al. 2015,
     arXiv:1512.03385 Fig. 2; ResNet-18/34 and the CIFAR ResNets).
 
@@ -133,10 +182,25 @@ def apply_basic_block(x, filters, *, name, strides=1, shortcut="B", use_bias=Fal
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_bottleneck_block(x, filters, *, name, strides=1, expansion=4, groups=1, base_width=64,
-                           stride_in_1x1=False, shortcut="B", use_bias=False, bn_epsilon=BN_EPS_TORCH,
-                           bn_momentum=0.9, kernel_initializer=HE_FAN_OUT, survival_prob=None,
-                           stochastic_depth_mode="batch", zero_init_residual=False):
+def apply_bottleneck_block(
+    x,
+    filters,
+    *,
+    name,
+    strides=1,
+    expansion=4,
+    groups=1,
+    base_width=64,
+    stride_in_1x1=False,
+    shortcut="B",
+    use_bias=False,
+    bn_epsilon=BN_EPS_TORCH,
+    bn_momentum=0.9,
+    kernel_initializer=HE_FAN_OUT,
+    survival_prob=None,
+    stochastic_depth_mode="batch",
+    zero_init_residual=False,
+):
     """Post-activation bottleneck: 1×1 reduce, 3×3 (grouped for ResNeXt), 1×1 expand to ``expansion·filters``,
     add the shortcut, ReLU (He et al. 2015 Fig. 5; Xie et al. 2016, arXiv:1611.05431 Fig. 3c; Zagoruyko &
     Komodakis' WRN-50-2 through ``base_width``).
@@ -174,9 +238,22 @@ def apply_bottleneck_block(x, filters, *, name, strides=1, expansion=4, groups=1
     return layers.Activation("relu", name=f"{name}_out")(x)
 
 
-def apply_preact_basic_block(x, filters, *, name, strides=1, shortcut="B", use_bias=False, bn_epsilon=BN_EPS_TORCH,
-                             bn_momentum=0.9, kernel_initializer=HE_FAN_OUT, dropout=0.0, survival_prob=None,
-                             stochastic_depth_mode="batch", zero_init_residual=False):
+def apply_preact_basic_block(
+    x,
+    filters,
+    *,
+    name,
+    strides=1,
+    shortcut="B",
+    use_bias=False,
+    bn_epsilon=BN_EPS_TORCH,
+    bn_momentum=0.9,
+    kernel_initializer=HE_FAN_OUT,
+    dropout=0.0,
+    survival_prob=None,
+    stochastic_depth_mode="batch",
+    zero_init_residual=False,
+):
     """Pre-activation basic block: BN-ReLU, 3×3 conv, BN-ReLU, (dropout), 3×3 conv, add (He et al. 2016,
     arXiv:1603.05027 Fig. 4e; the Wide ResNet block B(3,3) of arXiv:1605.07146, dropout between the convs).
 
@@ -198,23 +275,58 @@ def apply_preact_basic_block(x, filters, *, name, strides=1, shortcut="B", use_b
     """
     bn = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
     p = apply_bn_act(x, name=f"{name}_preact", **bn)
-    s = apply_shortcut(x, filters, name=name, strides=strides, shortcut=shortcut, preact_input=p, norm=False,
-                       use_bias=use_bias, kernel_initializer=kernel_initializer, **bn)
-    r = _conv(p, filters, 3, strides=strides, use_bias=False, kernel_initializer=kernel_initializer,
-              name=f"{name}_1")
+    s = apply_shortcut(
+        x,
+        filters,
+        name=name,
+        strides=strides,
+        shortcut=shortcut,
+        preact_input=p,
+        norm=False,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
+        **bn,
+    )
+    r = _conv(p, filters, 3, strides=strides, use_bias=False, kernel_initializer=kernel_initializer, name=f"{name}_1")
     r = apply_bn_act(r, name=f"{name}_1", **bn)
     if dropout:
         r = layers.Dropout(dropout, name=f"{name}_dropout")(r)
-    r = _conv(r, filters, 3, use_bias=use_bias,
-              kernel_initializer="zeros" if zero_init_residual else kernel_initializer, name=f"{name}_2")
-    return apply_residual_add(s, r, name=name, survival_prob=survival_prob,
-                              stochastic_depth_mode=stochastic_depth_mode, add_name=f"{name}_out")
+    r = _conv(
+        r,
+        filters,
+        3,
+        use_bias=use_bias,
+        kernel_initializer="zeros" if zero_init_residual else kernel_initializer,
+        name=f"{name}_2",
+    )
+    return apply_residual_add(
+        s,
+        r,
+        name=name,
+        survival_prob=survival_prob,
+        stochastic_depth_mode=stochastic_depth_mode,
+        add_name=f"{name}_out",
+    )
 
 
-def apply_preact_bottleneck_block(x, filters, *, name, strides=1, expansion=4, groups=1, base_width=64,
-                                  shortcut="B", use_bias=False, bn_epsilon=BN_EPS_TORCH, bn_momentum=0.9,
-                                  kernel_initializer=HE_FAN_OUT, survival_prob=None, stochastic_depth_mode="batch",
-                                  zero_init_residual=False):
+def apply_preact_bottleneck_block(
+    x,
+    filters,
+    *,
+    name,
+    strides=1,
+    expansion=4,
+    groups=1,
+    base_width=64,
+    shortcut="B",
+    use_bias=False,
+    bn_epsilon=BN_EPS_TORCH,
+    bn_momentum=0.9,
+    kernel_initializer=HE_FAN_OUT,
+    survival_prob=None,
+    stochastic_depth_mode="batch",
+    zero_init_residual=False,
+):
     """Pre-activation bottleneck: BN-ReLU, 1×1, BN-ReLU, 3×3 (stride, groups), BN-ReLU, 1×1 expand, add (He et
     al. 2016, arXiv:1603.05027; keras.applications' ResNetV2 block, whose layer names it keeps, ``{name}_2_pad``
     included).
@@ -237,14 +349,45 @@ def apply_preact_bottleneck_block(x, filters, *, name, strides=1, expansion=4, g
     bn = dict(bn_epsilon=bn_epsilon, bn_momentum=bn_momentum)
     width = bottleneck_width(filters, groups, base_width)
     p = apply_bn_act(x, name=f"{name}_preact", **bn)
-    s = apply_shortcut(x, filters * expansion, name=name, strides=strides, shortcut=shortcut, preact_input=p,
-                       norm=False, use_bias=use_bias, kernel_initializer=kernel_initializer, **bn)
+    s = apply_shortcut(
+        x,
+        filters * expansion,
+        name=name,
+        strides=strides,
+        shortcut=shortcut,
+        preact_input=p,
+        norm=False,
+        use_bias=use_bias,
+        kernel_initializer=kernel_initializer,
+        **bn,
+    )
     r = _conv(p, width, 1, use_bias=False, kernel_initializer=kernel_initializer, name=f"{name}_1")
     r = apply_bn_act(r, name=f"{name}_1", **bn)
-    r = _conv(r, width, 3, strides=strides, groups=groups, use_bias=False, kernel_initializer=kernel_initializer,
-              explicit_pad=True, name=f"{name}_2")
+    r = _conv(
+        r,
+        width,
+        3,
+        strides=strides,
+        groups=groups,
+        use_bias=False,
+        kernel_initializer=kernel_initializer,
+        explicit_pad=True,
+        name=f"{name}_2",
+    )
     r = apply_bn_act(r, name=f"{name}_2", **bn)
-    r = _conv(r, filters * expansion, 1, use_bias=use_bias,
-              kernel_initializer="zeros" if zero_init_residual else kernel_initializer, name=f"{name}_3")
-    return apply_residual_add(s, r, name=name, survival_prob=survival_prob,
-                              stochastic_depth_mode=stochastic_depth_mode, add_name=f"{name}_out")
+    r = _conv(
+        r,
+        filters * expansion,
+        1,
+        use_bias=use_bias,
+        kernel_initializer="zeros" if zero_init_residual else kernel_initializer,
+        name=f"{name}_3",
+    )
+    return apply_residual_add(
+        s,
+        r,
+        name=name,
+        survival_prob=survival_prob,
+        stochastic_depth_mode=stochastic_depth_mode,
+        add_name=f"{name}_out",
+    )

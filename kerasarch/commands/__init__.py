@@ -27,6 +27,7 @@ def parse_input_shape(text: str | tuple | list | None, flag: str = "--input-shap
         shape = ()
     if len(shape) != 3 or min(shape) < 1:
         shown = text if isinstance(text, str) else repr(text)
-        raise KerasarchError(f"{flag} must look like 224,224,3 (height, width, channels: three integers >= 1). "
-                             f"Received: {flag} {shown}")
+        raise KerasarchError(
+            f"{flag} must look like 224,224,3 (height, width, channels: three integers >= 1). Received: {flag} {shown}"
+        )
     return shape

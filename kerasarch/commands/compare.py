@@ -15,8 +15,11 @@ def register(sub):
     p.add_argument("--dtype-policy", default=None, help="Keras dtype policy, e.g. mixed_bfloat16 (float32)")
     p.add_argument("--jit-compile", action="store_true", help="compile with XLA")
     p.add_argument("--input-shape", default=None, help="H,W,C for every model (default: each model's own)")
-    p.add_argument("--in-process", action="store_true",
-                   help="measure every model in this process instead of one fresh process per model")
+    p.add_argument(
+        "--in-process",
+        action="store_true",
+        help="measure every model in this process instead of one fresh process per model",
+    )
     p.set_defaults(func=run)
 
 
@@ -29,20 +32,34 @@ def run(args):
     from kerasarch.errors import KerasarchError
 
     if args.runs < 1 or args.warmup < 0 or args.batch < 1:
-        raise KerasarchError(f"--runs and --batch must be >= 1 and --warmup >= 0. Received: runs={args.runs}, "
-                             f"warmup={args.warmup}, batch={args.batch}")
+        raise KerasarchError(
+            f"--runs and --batch must be >= 1 and --warmup >= 0. Received: runs={args.runs}, "
+            f"warmup={args.warmup}, batch={args.batch}"
+        )
     for name in args.models:
         check_model_argument(name)
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise KerasarchError(f"--out {args.out!r} exists and is not a folder; give the report's folder.")
-    results = compare(args.models, args.out, runs=args.runs, warmup=args.warmup, batch=args.batch,
-                      dtype_policy=args.dtype_policy, jit_compile=args.jit_compile,
-                      input_shape=parse_input_shape(args.input_shape), isolate=not args.in_process)
+    results = compare(
+        args.models,
+        args.out,
+        runs=args.runs,
+        warmup=args.warmup,
+        batch=args.batch,
+        dtype_policy=args.dtype_policy,
+        jit_compile=args.jit_compile,
+        input_shape=parse_input_shape(args.input_shape),
+        isolate=not args.in_process,
+    )
     key = f"throughput_b{args.batch}"
-    print(f"{'model':20s} {'params':>10s} {'GMACs':>8s} {'lat b1 ms':>10s} {'img/s b' + str(args.batch):>11s} "
-          f"{'peak MB':>8s}")
+    print(
+        f"{'model':20s} {'params':>10s} {'GMACs':>8s} {'lat b1 ms':>10s} {'img/s b' + str(args.batch):>11s} "
+        f"{'peak MB':>8s}"
+    )
     for r in results:
-        print(f"{r['model']:20s} {r['params'] / 1e6:9.2f}M {r['gmacs']:8.3f} {r['latency_ms']:10.1f} "
-              f"{r[key]:11.1f} {r['peak_rss_mb']:8.0f}")
+        print(
+            f"{r['model']:20s} {r['params'] / 1e6:9.2f}M {r['gmacs']:8.3f} {r['latency_ms']:10.1f} "
+            f"{r[key]:11.1f} {r['peak_rss_mb']:8.0f}"
+        )
     print(f"Wrote {args.out}/compare.md")
     return 0

@@ -29,9 +29,11 @@ def match_classes(net: InferenceModel, folder_classes: list[str], where: str) ->
     """The model output index of each of ``folder_classes``; raises, naming the mismatch, when they do not fit."""
     if net.class_names is None:
         if len(folder_classes) != net.num_classes:
-            raise ValueError(f"{where} has {len(folder_classes)} class folders and the model has {net.num_classes} "
-                             f"outputs (its class names are not recorded): they cannot be the same classes. "
-                             f"Received: {_shown(folder_classes)}")
+            raise ValueError(
+                f"{where} has {len(folder_classes)} class folders and the model has {net.num_classes} "
+                f"outputs (its class names are not recorded): they cannot be the same classes. "
+                f"Received: {_shown(folder_classes)}"
+            )
         return list(range(net.num_classes))
     spellings = [net.class_names, *net.class_ids]
     lookup = {}
@@ -41,16 +43,24 @@ def match_classes(net: InferenceModel, folder_classes: list[str], where: str) ->
                 lookup[key] = i
     indices, unknown = [], []
     for name in folder_classes:
-        hit = next((lookup[k] for k in (name, name.replace("_", " "), name.lower(), name.lower().replace("_", " "))
-                    if k in lookup), None)
+        hit = next(
+            (
+                lookup[k]
+                for k in (name, name.replace("_", " "), name.lower(), name.lower().replace("_", " "))
+                if k in lookup
+            ),
+            None,
+        )
         indices.append(hit)
         if hit is None:
             unknown.append(name)
     if unknown:
-        raise ValueError(f"The class folders of {where} do not match the model's classes: {len(unknown)} of "
-                         f"{len(folder_classes)} ({_shown(unknown)}) are not among the model's {net.num_classes} "
-                         f"classes ({_shown(net.class_names)}). Evaluate on a folder whose sub-folders are named "
-                         f"after the model's classes.")
+        raise ValueError(
+            f"The class folders of {where} do not match the model's classes: {len(unknown)} of "
+            f"{len(folder_classes)} ({_shown(unknown)}) are not among the model's {net.num_classes} "
+            f"classes ({_shown(net.class_names)}). Evaluate on a folder whose sub-folders are named "
+            f"after the model's classes."
+        )
     if len(set(indices)) != len(indices):
         raise ValueError(f"Two class folders of {where} name the same class of the model: {_shown(folder_classes)}")
     return indices
@@ -61,8 +71,9 @@ def _shown(names, n=6):
     return ", ".join(repr(x) for x in names[:n]) + (f" ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def evaluate_dataset(net: InferenceModel, dataset, label_to_output: list[int], *, batch_size: int = 32,
-                     total: int | None = None):
+def evaluate_dataset(
+    net: InferenceModel, dataset, label_to_output: list[int], *, batch_size: int = 32, total: int | None = None
+):
     """Runs ``net`` on an unbatched ``(image, label)`` dataset of ``[0, 255]`` images.
 
     Returns:
@@ -129,8 +140,15 @@ def confusion_matrix_png(confusion, class_names: list[str], path: str, title: st
         top = confusion.max() or 1
         for i in range(rows):
             for j in range(cols):
-                ax.text(j, i, str(confusion[i, j]), ha="center", va="center", fontsize=7,
-                        color="white" if confusion[i, j] > top / 2 else "black")
+                ax.text(
+                    j,
+                    i,
+                    str(confusion[i, j]),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if confusion[i, j] > top / 2 else "black",
+                )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
@@ -156,23 +174,31 @@ def _open_data(args, channels):
         return ds, list(ds.class_names), getattr(ds, "num_examples", None)
     if not os.path.isdir(args.data):
         raise FileNotFoundError(f"--data must be an image folder or tfds:NAME. Received: --data {args.data}")
-    folders = sorted(d for d in os.listdir(args.data) if not d.startswith(".")
-                     and os.path.isdir(os.path.join(args.data, d)))
+    folders = sorted(
+        d for d in os.listdir(args.data) if not d.startswith(".") and os.path.isdir(os.path.join(args.data, d))
+    )
     if not folders:
         raise ValueError(f"{args.data!r} has no class sub-folders: expected {args.data}/<class name>/<images>.")
     return None, folders, None
 
 
 def register(sub):
-    p = sub.add_parser("evaluate", help="top-1/top-5 accuracy and a confusion matrix on a labelled folder or TFDS set",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "evaluate",
+        help="top-1/top-5 accuracy and a confusion matrix on a labelled folder or TFDS set",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("model", metavar="MODEL_OR_FILE", help="registry name, .keras file or run folder")
-    p.add_argument("--data", required=True,
-                   help="a folder of class sub-folders, tfds:NAME, or mnist5k / digits (their test split)")
+    p.add_argument(
+        "--data", required=True, help="a folder of class sub-folders, tfds:NAME, or mnist5k / digits (their test split)"
+    )
     p.add_argument("--split", default="test", help="TFDS split (default test)")
     p.add_argument("--data-dir", default=None, help="TFDS data_dir")
-    p.add_argument("--weights", default="imagenet",
-                   help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a file")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a file",
+    )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
     p.add_argument("--preprocessing", default=None, help="override the model's input convention")
@@ -186,8 +212,9 @@ def run(args):
     from kerasarch.data import BUILTIN
 
     if not args.data.startswith("tfds:") and args.data not in BUILTIN and not os.path.isdir(args.data):
-        raise FileNotFoundError(f"--data must be an image folder, tfds:NAME or one of {', '.join(BUILTIN)}. "
-                                f"Received: --data {args.data}")
+        raise FileNotFoundError(
+            f"--data must be an image folder, tfds:NAME or one of {', '.join(BUILTIN)}. Received: --data {args.data}"
+        )
     net = load_for_inference(args.model, args.weights, preprocessing=args.preprocessing, input_size=args.input_size)
     channels = net.input_shape[-1]
     dataset, classes, total = _open_data(args, channels)
@@ -209,12 +236,29 @@ def run(args):
         from kerasarch.training.checkpoint import atomic_write_text
 
         os.makedirs(args.out, exist_ok=True)
-        png = confusion_matrix_png(confusion, classes, os.path.join(args.out, "confusion.png"),
-                                   title=f"{args.model} on {args.data}: top-1 {top1:.2%}")
-        atomic_write_text(os.path.join(args.out, "metrics.json"), json.dumps(
-            {"model": args.model, "weights": args.weights, "data": args.data, "description": net.description,
-             "examples": n, "top1": top1, f"top{k}": top5, "class_names": classes,
-             "confusion": confusion.tolist()}, indent=2))
+        png = confusion_matrix_png(
+            confusion,
+            classes,
+            os.path.join(args.out, "confusion.png"),
+            title=f"{args.model} on {args.data}: top-1 {top1:.2%}",
+        )
+        atomic_write_text(
+            os.path.join(args.out, "metrics.json"),
+            json.dumps(
+                {
+                    "model": args.model,
+                    "weights": args.weights,
+                    "data": args.data,
+                    "description": net.description,
+                    "examples": n,
+                    "top1": top1,
+                    f"top{k}": top5,
+                    "class_names": classes,
+                    "confusion": confusion.tolist(),
+                },
+                indent=2,
+            ),
+        )
         line += f"; confusion matrix {png}"
     print(line)
     return 0

@@ -14,8 +14,9 @@ from kerasarch.errors import KerasarchError
 
 
 def register(sub):
-    p = sub.add_parser("models-doc", help="generate the models page (docs/models.md): every registered model's size "
-                                          "and cost")
+    p = sub.add_parser(
+        "models-doc", help="generate the models page (docs/models.md): every registered model's size and cost"
+    )
     p.add_argument("pattern", nargs="?", default=None, help="only names matching this glob (default: all)")
     p.add_argument("--out", default="-", help="output file (default '-': standard output)")
     p.set_defaults(func=run)
@@ -48,11 +49,21 @@ def model_rows(names, progress=True):
             print(f"[{i}/{len(names)}] {name}", file=sys.stderr, flush=True)
         spec = get_spec(name)
         p = profile(name)
-        rows.append({"name": name, "family": spec.family, "input": "×".join(map(str, spec.input_shape)),
-                     "trainable": p.trainable_params, "total": p.total_params, "gmacs": p.gmacs,
-                     "ref_gmacs": spec.gmacs, "activations": p.total_activations,
-                     "activation_mb": p.activation_bytes(dtype="float32", batch_size=1) / 1e6,
-                     "top1": spec.top1, "paper": spec.paper})
+        rows.append(
+            {
+                "name": name,
+                "family": spec.family,
+                "input": "×".join(map(str, spec.input_shape)),
+                "trainable": p.trainable_params,
+                "total": p.total_params,
+                "gmacs": p.gmacs,
+                "ref_gmacs": spec.gmacs,
+                "activations": p.total_activations,
+                "activation_mb": p.activation_bytes(dtype="float32", batch_size=1) / 1e6,
+                "top1": spec.top1,
+                "paper": spec.paper,
+            }
+        )
         keras.backend.clear_session(free_memory=True)
         gc.collect()
     return rows
@@ -82,15 +93,20 @@ def render(rows):
         if r["family"] not in families:
             families.append(r["family"])
     for fam in families:
-        lines += [f"## {fam}", "",
-                  "| model | input | params | total | GMACs | ref. GMACs | Δ | activations (M) | MB | top-1 | paper |",
-                  "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+        lines += [
+            f"## {fam}",
+            "",
+            "| model | input | params | total | GMACs | ref. GMACs | Δ | activations (M) | MB | top-1 | paper |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        ]
         for r in (r for r in rows if r["family"] == fam):
             ref, diff = _fmt_ref(r["gmacs"], r["ref_gmacs"])
             top1 = "-" if r["top1"] is None else f"{r['top1']:g}"
-            lines.append(f"| `{r['name']}` | {r['input']} | {r['trainable']:,} | {r['total']:,} | "
-                         f"{_fmt_small(r['gmacs'], 3)} | {ref} | {diff} | {_fmt_small(r['activations'] / 1e6, 2)} | "
-                         f"{_fmt_small(r['activation_mb'], 1)} | {top1} | {r['paper']} |")
+            lines.append(
+                f"| `{r['name']}` | {r['input']} | {r['trainable']:,} | {r['total']:,} | "
+                f"{_fmt_small(r['gmacs'], 3)} | {ref} | {diff} | {_fmt_small(r['activations'] / 1e6, 2)} | "
+                f"{_fmt_small(r['activation_mb'], 1)} | {top1} | {r['paper']} |"
+            )
         lines.append("")
     return "\n".join(lines)
 

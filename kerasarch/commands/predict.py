@@ -124,8 +124,13 @@ def _load_keras_file(path):
         raise ValueError(f"Could not load {path!r} as a Keras model: {e}") from e
 
 
-def load_for_inference(model_or_file: str, weights: str | None = "imagenet", *, preprocessing: str | None = None,
-                       input_size: int | None = None) -> InferenceModel:
+def load_for_inference(
+    model_or_file: str,
+    weights: str | None = "imagenet",
+    *,
+    preprocessing: str | None = None,
+    input_size: int | None = None,
+) -> InferenceModel:
     """Loads a registry model with ``weights``, a ``.keras`` file or a run folder, with the input preparation and
     class names its card gives.
 
@@ -143,14 +148,17 @@ def load_for_inference(model_or_file: str, weights: str | None = "imagenet", *, 
     from kerasarch.card import PREPROCESSING_MODES, card_of, has_card
 
     if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
-        raise ValueError(f"--preprocessing must be one of {', '.join(PREPROCESSING_MODES)}. "
-                         f"Received: {preprocessing!r}")
+        raise ValueError(
+            f"--preprocessing must be one of {', '.join(PREPROCESSING_MODES)}. Received: {preprocessing!r}"
+        )
     path = os.fspath(model_or_file)
     if os.path.isdir(path) or path.endswith(".keras"):
         keras_file = os.path.join(path, "model.keras") if os.path.isdir(path) else path
         if not os.path.isfile(keras_file):
-            raise FileNotFoundError(f"{keras_file!r} not found: MODEL_OR_FILE must be a registry name, a .keras file "
-                                    f"or a run folder holding model.keras. Received: {model_or_file!r}")
+            raise FileNotFoundError(
+                f"{keras_file!r} not found: MODEL_OR_FILE must be a registry name, a .keras file "
+                f"or a run folder holding model.keras. Received: {model_or_file!r}"
+            )
         model = _load_keras_file(keras_file)
         if has_card(model):
             card = card_of(model)
@@ -187,9 +195,11 @@ def _from_run_folder(model, keras_file, preprocessing):
     result = _read_json(os.path.join(folder, "result.json")) or {}
     mode = preprocessing or recipe.get("preprocessing") or result.get("preprocessing")
     if mode is None:
-        raise ValueError(f"{keras_file!r} has no kerasarch model card and no recipe.json or result.json beside it "
-                         f"saying how its inputs are prepared: pass --preprocessing (caffe, torch, tf, unit, lecun or "
-                         f"none).")
+        raise ValueError(
+            f"{keras_file!r} has no kerasarch model card and no recipe.json or result.json beside it "
+            f"saying how its inputs are prepared: pass --preprocessing (caffe, torch, tf, unit, lecun or "
+            f"none)."
+        )
     shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
     config = InputConfig(preprocessing=mode, size=tuple(shape[1:3]), channels=int(shape[3]), fit="auto")
     names = result.get("class_names")
@@ -207,8 +217,11 @@ def list_images(target: str) -> list[str]:
     found = []
     for dirpath, dirnames, filenames in os.walk(target):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(os.path.join(dirpath, f) for f in sorted(filenames)
-                     if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS))
+        found.extend(
+            os.path.join(dirpath, f)
+            for f in sorted(filenames)
+            if not f.startswith(".") and f.lower().endswith(IMAGE_EXTENSIONS)
+        )
     return found
 
 
@@ -231,8 +244,15 @@ def progress_bar(total, label):
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console(stderr=True)
-    return Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console,
-                    transient=True, disable=not console.is_terminal)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
 
 
 def predict_files(net: InferenceModel, paths: list[str], *, top: int = 5, batch_size: int = 32):
@@ -275,13 +295,19 @@ def _name(net, index):
 
 
 def register(sub):
-    p = sub.add_parser("predict", help="top-k classes of images with a registry model, a .keras file or a run folder",
-                       description=__doc__.split("\n\n")[0])
+    p = sub.add_parser(
+        "predict",
+        help="top-k classes of images with a registry model, a .keras file or a run folder",
+        description=__doc__.split("\n\n")[0],
+    )
     p.add_argument("model", metavar="MODEL_OR_FILE", help="registry name, .keras file or run folder")
     p.add_argument("images", metavar="IMAGES_OR_DIR", help="an image file or a folder (searched recursively)")
-    p.add_argument("--weights", default="imagenet",
-                   help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a "
-                        ".h5/.pth/.safetensors/.keras/.weights.h5 file")
+    p.add_argument(
+        "--weights",
+        default="imagenet",
+        help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a "
+        ".h5/.pth/.safetensors/.keras/.weights.h5 file",
+    )
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default=None, help="write the predictions to FILE.csv or FILE.json")
@@ -339,11 +365,19 @@ def run(args):
         from kerasarch.training.checkpoint import atomic_write_text
 
         if args.out.lower().endswith(".json"):
-            text = json.dumps({"model": args.model, "weights": args.weights, "description": net.description,
-                               "predictions": [{"file": r["file"], "top": [
-                                   {"index": i, "class": n, "probability": p} for i, n, p in r["top"]]}
-                                   for r in rows],
-                               "skipped": [{"file": f, "reason": why} for f, why in skipped]}, indent=2)
+            text = json.dumps(
+                {
+                    "model": args.model,
+                    "weights": args.weights,
+                    "description": net.description,
+                    "predictions": [
+                        {"file": r["file"], "top": [{"index": i, "class": n, "probability": p} for i, n, p in r["top"]]}
+                        for r in rows
+                    ],
+                    "skipped": [{"file": f, "reason": why} for f, why in skipped],
+                },
+                indent=2,
+            )
         else:
             text = _csv_text(rows, top)
         atomic_write_text(args.out, text)

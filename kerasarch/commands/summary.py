@@ -39,8 +39,9 @@ def load_error(name, error):
     from kerasarch.errors import KerasarchError
 
     message = " ".join(str(error).split())[:300]
-    return KerasarchError(f"Cannot load model file {name!r} (corrupt or made by another program): "
-                          f"{type(error).__name__}: {message}")
+    return KerasarchError(
+        f"Cannot load model file {name!r} (corrupt or made by another program): {type(error).__name__}: {message}"
+    )
 
 
 def register(sub):
@@ -48,8 +49,11 @@ def register(sub):
     p.add_argument("model", help="a registry name (see `kerasarch list`) or a .keras file")
     p.add_argument("--input-shape", default=None, help="H,W,C (default: the model's)")
     p.add_argument("--batch", type=int, default=1, help="batch size of the memory figures (default 1)")
-    p.add_argument("--dtype-policy", default=None,
-                   help="build under this Keras dtype policy, e.g. mixed_bfloat16 (registry names only)")
+    p.add_argument(
+        "--dtype-policy",
+        default=None,
+        help="build under this Keras dtype policy, e.g. mixed_bfloat16 (registry names only)",
+    )
     p.add_argument("--format", choices=("table", "markdown", "csv", "json"), default="table")
     p.add_argument("--out", default=None, help="write to this file instead of standard output")
     p.add_argument("--card", action="store_true", help="print only the model card (a .keras file or a registry name)")
@@ -74,10 +78,19 @@ def _plain_table(p):
     from kerasarch.analysis.profile import format_receptive_field, format_shape
 
     header = ("layer", "type", "output", "params", "MACs", "other ops", "activations", "RF")
-    body = [(r.name, r.type, format_shape(r.output_shape), f"{r.params:,}",
-             f"{r.macs:,}" + ("*" if r.estimated else ""), f"{r.other_ops:,}",
-             f"{r.activations:,}" if r.stored else f"({r.activations:,})",
-             format_receptive_field(r.receptive_field)) for r in p.rows]
+    body = [
+        (
+            r.name,
+            r.type,
+            format_shape(r.output_shape),
+            f"{r.params:,}",
+            f"{r.macs:,}" + ("*" if r.estimated else ""),
+            f"{r.other_ops:,}",
+            f"{r.activations:,}" if r.stored else f"({r.activations:,})",
+            format_receptive_field(r.receptive_field),
+        )
+        for r in p.rows
+    ]
     widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(header)]
     right = {3, 4, 5, 6}
 
@@ -101,11 +114,19 @@ def _rich_table(p):
     console = Console(highlight=False)
     table = Table(title=f"{p.model_name}", box=box.SIMPLE_HEAD, header_style="bold", pad_edge=False)
     header = ("layer", "type", "output", "params", "MACs", "other ops", "activations", "RF")
-    cells = [(r.name, r.type, format_shape(r.output_shape), f"{r.params:,}" if r.params else "",
-              (f"{r.macs:,}" + ("*" if r.estimated else "")) if r.macs else "",
-              f"{r.other_ops:,}" if r.other_ops else "",
-              f"{r.activations:,}" if r.stored else f"({r.activations:,})", format_receptive_field(r.receptive_field))
-             for r in p.rows]
+    cells = [
+        (
+            r.name,
+            r.type,
+            format_shape(r.output_shape),
+            f"{r.params:,}" if r.params else "",
+            (f"{r.macs:,}" + ("*" if r.estimated else "")) if r.macs else "",
+            f"{r.other_ops:,}" if r.other_ops else "",
+            f"{r.activations:,}" if r.stored else f"({r.activations:,})",
+            format_receptive_field(r.receptive_field),
+        )
+        for r in p.rows
+    ]
     widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
     keep = list(range(len(header)))
     # On a narrow terminal drop the least essential columns rather than cut numbers.
@@ -114,8 +135,13 @@ def _rich_table(p):
             break
         keep.remove(drop)
     for i in keep:
-        table.add_column(header[i], justify="left" if i < 3 else "right", no_wrap=True,
-                         min_width=widths[i] if i >= 2 else None, overflow="ellipsis")
+        table.add_column(
+            header[i],
+            justify="left" if i < 3 else "right",
+            no_wrap=True,
+            min_width=widths[i] if i >= 2 else None,
+            overflow="ellipsis",
+        )
     for c in cells:
         styled = [c[i] if not (i == 6 and c[i].startswith("(")) else f"[dim]{c[i]}[/dim]" for i in keep]
         table.add_row(*styled)
@@ -156,8 +182,12 @@ def run(args):
     if args.format == "table" and args.out is None and sys.stdout.isatty():
         _rich_table(p)
         return 0
-    text = {"table": _plain_table, "markdown": lambda q: q.to_markdown(), "csv": lambda q: q.to_csv(),
-            "json": lambda q: q.to_json() + "\n"}[args.format](p)
+    text = {
+        "table": _plain_table,
+        "markdown": lambda q: q.to_markdown(),
+        "csv": lambda q: q.to_csv(),
+        "json": lambda q: q.to_json() + "\n",
+    }[args.format](p)
     if args.out:
         with open(args.out, "w") as f:
             f.write(text)

@@ -14,28 +14,48 @@ model trains on; :func:`kerasarch.training.train` does that itself from the mode
 
 from kerasarch.data.builtin import BUILTIN, load, load_arrays
 from kerasarch.data.directory import (
-                                      IMAGE_EXTENSIONS,
-                                      MAX_IMAGE_PIXELS,
-                                      ImageFileError,
-                                      check_image_file,
-                                      from_directory,
-                                      image_dimensions,
-                                      read_image,
+    IMAGE_EXTENSIONS,
+    MAX_IMAGE_PIXELS,
+    ImageFileError,
+    check_image_file,
+    from_directory,
+    image_dimensions,
+    read_image,
 )
 from kerasarch.data.pipeline import InputPipeline, input_config_of, input_shape_of, is_batched, prepare
 from kerasarch.data.tfds import from_tfds
 from kerasarch.data.transforms import (
-                                       AUGMENTATIONS,
-                                       PREPROCESSING_MODES,
-                                       augment,
-                                       eval_transform,
-                                       fit_image,
-                                       pca_lighting,
-                                       preprocess,
+    AUGMENTATIONS,
+    PREPROCESSING_MODES,
+    augment,
+    eval_transform,
+    fit_image,
+    pca_lighting,
+    preprocess,
 )
 
-__all__ = ["BUILTIN", "load", "load_arrays", "from_directory", "check_image_file", "IMAGE_EXTENSIONS", "from_tfds",
-           "MAX_IMAGE_PIXELS", "ImageFileError", "image_dimensions", "read_image",
-           "InputPipeline", "prepare", "is_batched", "input_shape_of", "input_config_of", "AUGMENTATIONS",
-           "PREPROCESSING_MODES",
-           "augment", "eval_transform", "fit_image", "pca_lighting", "preprocess"]
+__all__ = [
+    "BUILTIN",
+    "load",
+    "load_arrays",
+    "from_directory",
+    "check_image_file",
+    "IMAGE_EXTENSIONS",
+    "from_tfds",
+    "MAX_IMAGE_PIXELS",
+    "ImageFileError",
+    "image_dimensions",
+    "read_image",
+    "InputPipeline",
+    "prepare",
+    "is_batched",
+    "input_shape_of",
+    "input_config_of",
+    "AUGMENTATIONS",
+    "PREPROCESSING_MODES",
+    "augment",
+    "eval_transform",
+    "fit_image",
+    "pca_lighting",
+    "preprocess",
+]

@@ -27,8 +27,16 @@ import warnings
 
 from kerasarch.errors import KerasarchError
 
-__all__ = ["from_directory", "check_image_file", "image_dimensions", "read_image", "max_image_pixels",
-           "ImageFileError", "IMAGE_EXTENSIONS", "MAX_IMAGE_PIXELS"]
+__all__ = [
+    "from_directory",
+    "check_image_file",
+    "image_dimensions",
+    "read_image",
+    "max_image_pixels",
+    "ImageFileError",
+    "IMAGE_EXTENSIONS",
+    "MAX_IMAGE_PIXELS",
+]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 _HEAD, _TAIL = 32, 4096
@@ -44,8 +52,11 @@ def _pixels_from_env():
     try:
         return int(float(text))
     except ValueError:
-        warnings.warn(f"KERASARCH_MAX_IMAGE_PIXELS must be a number of pixels or 'none'. Received: {text!r}; "
-                      f"using {_DEFAULT_MAX_PIXELS}.", stacklevel=2)
+        warnings.warn(
+            f"KERASARCH_MAX_IMAGE_PIXELS must be a number of pixels or 'none'. Received: {text!r}; "
+            f"using {_DEFAULT_MAX_PIXELS}.",
+            stacklevel=2,
+        )
         return _DEFAULT_MAX_PIXELS
 
 
@@ -149,8 +160,10 @@ def check_image_file(path):
         if dims is None:
             return "no image dimensions in the header"
         if dims[0] * dims[1] > limit:
-            return (f"{dims[0]}×{dims[1]} pixels, more than the limit of {limit:,} (a decompression bomb? raise "
-                    "kerasarch.data.MAX_IMAGE_PIXELS or KERASARCH_MAX_IMAGE_PIXELS to allow it)")
+            return (
+                f"{dims[0]}×{dims[1]} pixels, more than the limit of {limit:,} (a decompression bomb? raise "
+                "kerasarch.data.MAX_IMAGE_PIXELS or KERASARCH_MAX_IMAGE_PIXELS to allow it)"
+            )
         if dims[0] == 0 or dims[1] == 0:
             return f"an image of {dims[0]}×{dims[1]} pixels"
     return None
@@ -206,10 +219,19 @@ def _decode(contents, channels):
         rgb_only = tf.logical_or(tf.equal(tf.strings.substr(head, 0, 2), b"BM"), tf.equal(head, b"GIF"))
         image = tf.cond(
             rgb_only,
-            lambda: tf.cast(tf.round(tf.image.rgb_to_grayscale(tf.cast(
-                tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8), tf.float32))),
-                tf.uint8),
-            lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8))
+            lambda: tf.cast(
+                tf.round(
+                    tf.image.rgb_to_grayscale(
+                        tf.cast(
+                            tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8),
+                            tf.float32,
+                        )
+                    )
+                ),
+                tf.uint8,
+            ),
+            lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8),
+        )
     image.set_shape((None, None, channels))
     return image
 
@@ -241,15 +263,30 @@ def _decode_failures(paths, channels, num_parallel_calls):
     import tensorflow as tf
 
     ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
-    ds = ds.map(lambda i, p: (i, tf.shape(_decode(tf.io.read_file(p), channels))[0]),
-                num_parallel_calls=num_parallel_calls, deterministic=False).ignore_errors()
+    ds = ds.map(
+        lambda i, p: (i, tf.shape(_decode(tf.io.read_file(p), channels))[0]),
+        num_parallel_calls=num_parallel_calls,
+        deterministic=False,
+    ).ignore_errors()
     ok = {int(i) for i, _ in ds.as_numpy_iterator()}
     return [i for i in range(len(paths)) if i not in ok]
 
 
-def from_directory(path, image_size=None, *, channels=3, class_names=None, validate="quick",
-                   validation_split=None, subset=None, seed=0, crop_to_aspect_ratio=False, follow_links=False,
-                   num_parallel_calls=None, max_workers=16):
+def from_directory(
+    path,
+    image_size=None,
+    *,
+    channels=3,
+    class_names=None,
+    validate="quick",
+    validation_split=None,
+    subset=None,
+    seed=0,
+    crop_to_aspect_ratio=False,
+    follow_links=False,
+    num_parallel_calls=None,
+    max_workers=16,
+):
     """Labelled images from ``path/<class>/**/<image>``, as an unbatched ``tf.data`` dataset.
 
     Elements are ``(image, label)``: float32 ``(H, W, channels)`` images in ``[0, 255]`` and int32 labels, the
@@ -292,21 +329,27 @@ def from_directory(path, image_size=None, *, channels=3, class_names=None, valid
     if isinstance(image_size, numbers.Integral) and not isinstance(image_size, bool):
         image_size = (int(image_size), int(image_size))
     if image_size is not None and (
-            not isinstance(image_size, (tuple, list)) or len(image_size) != 2
-            or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in image_size)):
-        raise KerasarchError(f"`image_size` must be None, an integer >= 1 or a (height, width) pair of them. "
-                             f"Received: image_size={received!r}")
+        not isinstance(image_size, (tuple, list))
+        or len(image_size) != 2
+        or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in image_size)
+    ):
+        raise KerasarchError(
+            f"`image_size` must be None, an integer >= 1 or a (height, width) pair of them. "
+            f"Received: image_size={received!r}"
+        )
     if image_size is not None:
         image_size = (int(image_size[0]), int(image_size[1]))
-    if validation_split is not None and not (isinstance(validation_split, numbers.Real)
-                                             and 0 < validation_split < 1):
-        raise KerasarchError(f"`validation_split` must be a fraction strictly between 0 and 1. "
-                             f"Received: validation_split={validation_split!r}")
+    if validation_split is not None and not (isinstance(validation_split, numbers.Real) and 0 < validation_split < 1):
+        raise KerasarchError(
+            f"`validation_split` must be a fraction strictly between 0 and 1. "
+            f"Received: validation_split={validation_split!r}"
+        )
     if not os.path.isdir(path):
         raise KerasarchError(f"Image folder not found: {path!r}")
     if class_names is None:
-        class_names = sorted(d for d in os.listdir(path)
-                             if not d.startswith(".") and os.path.isdir(os.path.join(path, d)))
+        class_names = sorted(
+            d for d in os.listdir(path) if not d.startswith(".") and os.path.isdir(os.path.join(path, d))
+        )
     if not class_names:
         raise KerasarchError(f"{path!r} has no class sub-folders: expected {path}/<class name>/<images>.")
     num_parallel_calls = num_parallel_calls or tf.data.AUTOTUNE
@@ -339,31 +382,52 @@ def from_directory(path, image_size=None, *, channels=3, class_names=None, valid
         labels = [y for i, y in enumerate(labels) if i not in drop]
         shown = "; ".join(f"{os.path.relpath(p, path)}: {r}" for p, r in skipped[:5])
         more = f" (and {len(skipped) - 5} more)" if len(skipped) > 5 else ""
-        warnings.warn(f"from_directory({path!r}): skipped {len(skipped)} of {len(skipped) + len(paths)} files that "
-                      f"are not usable images: {shown}{more}.", stacklevel=2)
+        warnings.warn(
+            f"from_directory({path!r}): skipped {len(skipped)} of {len(skipped) + len(paths)} files that "
+            f"are not usable images: {shown}{more}.",
+            stacklevel=2,
+        )
     counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=len(class_names))
     empty = [c for c, n in zip(class_names, counts) if n == 0]
     if empty:
-        raise KerasarchError(f"from_directory({path!r}): class folder(s) {empty} hold no usable image. Every class "
-                             f"needs at least one image (remove the folder or pass `class_names`).")
+        raise KerasarchError(
+            f"from_directory({path!r}): class folder(s) {empty} hold no usable image. Every class "
+            f"needs at least one image (remove the folder or pass `class_names`)."
+        )
 
     if validation_split:
         if subset not in ("training", "validation", "both"):
-            raise KerasarchError("With `validation_split`, `subset` must be 'training', 'validation' or 'both'. "
-                                 f"Received: subset={subset!r}")
+            raise KerasarchError(
+                "With `validation_split`, `subset` must be 'training', 'validation' or 'both'. "
+                f"Received: subset={subset!r}"
+            )
         order = np.random.default_rng(seed).permutation(len(paths))
         n_val = int(round(validation_split * len(paths)))
         if n_val == 0 or n_val == len(paths):
-            raise KerasarchError(f"from_directory({path!r}): validation_split={validation_split} of {len(paths)} "
-                                 f"images leaves {len(paths) - n_val} to train on and {n_val} to validate; both need "
-                                 "at least one image (use more images or another fraction).")
+            raise KerasarchError(
+                f"from_directory({path!r}): validation_split={validation_split} of {len(paths)} "
+                f"images leaves {len(paths) - n_val} to train on and {n_val} to validate; both need "
+                "at least one image (use more images or another fraction)."
+            )
         parts = {"training": order[n_val:], "validation": order[:n_val]}
-        made = {k: _make(path, [paths[i] for i in sorted(v)], [labels[i] for i in sorted(v)], class_names,
-                         skipped, image_size, channels, crop_to_aspect_ratio, num_parallel_calls)
-                for k, v in parts.items()}
+        made = {
+            k: _make(
+                path,
+                [paths[i] for i in sorted(v)],
+                [labels[i] for i in sorted(v)],
+                class_names,
+                skipped,
+                image_size,
+                channels,
+                crop_to_aspect_ratio,
+                num_parallel_calls,
+            )
+            for k, v in parts.items()
+        }
         return (made["training"], made["validation"]) if subset == "both" else made[subset]
-    return _make(path, paths, labels, class_names, skipped, image_size, channels, crop_to_aspect_ratio,
-                 num_parallel_calls)
+    return _make(
+        path, paths, labels, class_names, skipped, image_size, channels, crop_to_aspect_ratio, num_parallel_calls
+    )
 
 
 def _make(root, paths, labels, class_names, skipped, image_size, channels, crop_to_aspect_ratio, num_parallel_calls):
@@ -377,8 +441,9 @@ def _make(root, paths, labels, class_names, skipped, image_size, channels, crop_
                 target = image_size[1] / image_size[0]
                 ch = tf.cast(tf.minimum(h, w / target), tf.int32)
                 cw = tf.cast(tf.minimum(w, h * target), tf.int32)
-                image = tf.image.crop_to_bounding_box(image, (tf.shape(image)[0] - ch) // 2,
-                                                      (tf.shape(image)[1] - cw) // 2, ch, cw)
+                image = tf.image.crop_to_bounding_box(
+                    image, (tf.shape(image)[0] - ch) // 2, (tf.shape(image)[1] - cw) // 2, ch, cw
+                )
             image = tf.image.resize(image, image_size, method="bilinear")
             image.set_shape((*image_size, channels))
         return image, label

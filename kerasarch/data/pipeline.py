@@ -50,8 +50,12 @@ def input_config_of(model_or_shape, *, preprocessing=None, fit=None, augment="no
         config = get_spec(model_or_shape).input_config
     if config is None:
         raw = crops_from_raw(augment) if augment in AUGMENTATIONS else False
-        config = InputConfig(size=(h, w), channels=c or 3, fit="resize_crop" if raw and h else "auto",
-                             resize_size=int(round(min(h, w) * 256 / 224)) if raw and h and w else None)
+        config = InputConfig(
+            size=(h, w),
+            channels=c or 3,
+            fit="resize_crop" if raw and h else "auto",
+            resize_size=int(round(min(h, w) * 256 / 224)) if raw and h and w else None,
+        )
     config = config.for_size((h, w), c)
     changes = {k: v for k, v in (("preprocessing", preprocessing), ("fit", fit)) if v is not None}
     if changes.get("fit") == "resize_crop" and not config.resize_size:
@@ -98,11 +102,27 @@ class InputPipeline:
         input_config: the whole :class:`~kerasarch.card.InputConfig` (default: :func:`input_config_of`).
     """
 
-    def __init__(self, dataset, input_shape, *, batch_size, training, augment="none", preprocessing=None,
-                 seed=0, cache="auto", shuffle_buffer=None, drop_remainder=False, fit=None, input_config=None):
+    def __init__(
+        self,
+        dataset,
+        input_shape,
+        *,
+        batch_size,
+        training,
+        augment="none",
+        preprocessing=None,
+        seed=0,
+        cache="auto",
+        shuffle_buffer=None,
+        drop_remainder=False,
+        fit=None,
+        input_config=None,
+    ):
         if is_batched(dataset):
-            raise ValueError("InputPipeline takes an unbatched dataset of (image, label); this one yields batches. "
-                             "Call .unbatch() first, or pass the batched dataset to training.train() as it is.")
+            raise ValueError(
+                "InputPipeline takes an unbatched dataset of (image, label); this one yields batches. "
+                "Call .unbatch() first, or pass the batched dataset to training.train() as it is."
+            )
         if augment not in AUGMENTATIONS:
             raise ValueError(f"Unknown augmentation {augment!r}; choose one of {AUGMENTATIONS}.")
         if preprocessing is not None and preprocessing not in PREPROCESSING_MODES:
@@ -113,8 +133,9 @@ class InputPipeline:
         if input_config is None:
             input_config = input_config_of(input_shape, preprocessing=preprocessing, fit=fit, augment=augment)
         elif preprocessing is not None or fit is not None:
-            input_config = input_config.replace(**{k: v for k, v in (("preprocessing", preprocessing), ("fit", fit))
-                                                   if v is not None})
+            input_config = input_config.replace(
+                **{k: v for k, v in (("preprocessing", preprocessing), ("fit", fit)) if v is not None}
+            )
         self.input_config = config = input_config
         preprocessing = config.preprocessing
         self.size, self.channels = (int(h), int(w)), c
@@ -124,9 +145,15 @@ class InputPipeline:
         raw = crops_from_raw(augment)
         size, channels = self.size, self.channels
         if training:
-            base = dataset if raw else dataset.map(lambda x, y: (fit_images(x, config), y),
-                                                   num_parallel_calls=AUTOTUNE, deterministic=True)
+            base = (
+                dataset
+                if raw
+                else dataset.map(
+                    lambda x, y: (fit_images(x, config), y), num_parallel_calls=AUTOTUNE, deterministic=True
+                )
+            )
         else:
+
             def finish(x, y):
                 return preprocess(fit_images(x, config), preprocessing), y
 
@@ -199,17 +226,36 @@ class InputPipeline:
         return ds.prefetch(AUTOTUNE)
 
     def _mix(self, epoch):
-        return (self.seed * 1_000_003 + int(epoch) * 7_919 + 17) % (2 ** 31 - 1)
+        return (self.seed * 1_000_003 + int(epoch) * 7_919 + 17) % (2**31 - 1)
 
 
-def prepare(dataset, model, *, batch_size, training, augment="none", preprocessing=None, seed=0, epoch=0,
-            cache="auto", drop_remainder=False):
+def prepare(
+    dataset,
+    model,
+    *,
+    batch_size,
+    training,
+    augment="none",
+    preprocessing=None,
+    seed=0,
+    epoch=0,
+    cache="auto",
+    drop_remainder=False,
+):
     """A batched, prefetched dataset for ``model`` (a ``keras.Model``, a registry name or an input shape).
 
     ``preprocessing`` defaults to the model card's (``"none"`` for a shape or a model without a card). See
     :class:`InputPipeline`.
     """
-    pipeline = InputPipeline(dataset, model, batch_size=batch_size, training=training,
-                             augment=augment, preprocessing=preprocessing, seed=seed, cache=cache,
-                             drop_remainder=drop_remainder)
+    pipeline = InputPipeline(
+        dataset,
+        model,
+        batch_size=batch_size,
+        training=training,
+        augment=augment,
+        preprocessing=preprocessing,
+        seed=seed,
+        cache=cache,
+        drop_remainder=drop_remainder,
+    )
     return pipeline.dataset(epoch)

@@ -5,8 +5,19 @@ from __future__ import annotations
 __all__ = ["from_tfds"]
 
 
-def from_tfds(name, split="train", data_dir=None, download=False, *, image_key="image", label_key="label",
-              image_size=None, channels=None, shuffle_files=False, seed=0):
+def from_tfds(
+    name,
+    split="train",
+    data_dir=None,
+    download=False,
+    *,
+    image_key="image",
+    label_key="label",
+    image_size=None,
+    channels=None,
+    shuffle_files=False,
+    seed=0,
+):
     """A TFDS split as an unbatched ``tf.data`` dataset of ``(image, label)``.
 
     A ``data_dir`` that holds the prepared data set (``<data_dir>/<name>/<config>/<version>/``, as written by
@@ -41,22 +52,27 @@ def from_tfds(name, split="train", data_dir=None, download=False, *, image_key="
     try:
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as e:  # unknown names and unreadable folders: say where we looked
-        raise FileNotFoundError(f"TFDS data set {name!r} is neither registered nor prepared in data_dir="
-                                f"{data_dir!r} ({type(e).__name__}: {e})") from e
+        raise FileNotFoundError(
+            f"TFDS data set {name!r} is neither registered nor prepared in data_dir="
+            f"{data_dir!r} ({type(e).__name__}: {e})"
+        ) from e
     if not builder.is_prepared():
         if not download:
             raise FileNotFoundError(
                 f"TFDS data set {name!r} is not prepared in {builder.data_dir!r}. Prepare it where the internet is "
-                f"reachable (`tfds build {name} --data_dir DIR`) and pass that `data_dir`, or pass download=True.")
+                f"reachable (`tfds build {name} --data_dir DIR`) and pass that `data_dir`, or pass download=True."
+            )
         try:
             builder.download_and_prepare()
         except Exception as e:  # offline, a server error, a manual data set without its archives ...
             from kerasarch.errors import KerasarchError
 
             message = " ".join(str(e).split())[:300]
-            raise KerasarchError(f"Could not download and prepare TFDS data set {name!r} into {builder.data_dir!r} "
-                                 f"({type(e).__name__}: {message}). Prepare it where the internet is reachable "
-                                 f"(`tfds build {name} --data_dir DIR`) and pass that data_dir.") from e
+            raise KerasarchError(
+                f"Could not download and prepare TFDS data set {name!r} into {builder.data_dir!r} "
+                f"({type(e).__name__}: {message}). Prepare it where the internet is reachable "
+                f"(`tfds build {name} --data_dir DIR`) and pass that data_dir."
+            ) from e
     read_config = tfds.ReadConfig(shuffle_seed=seed if shuffle_files else None)
     ds = builder.as_dataset(split=split, shuffle_files=shuffle_files, read_config=read_config)
     if isinstance(image_size, int):

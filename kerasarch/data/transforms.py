@@ -17,8 +17,16 @@ from kerasarch.card import PREPROCESSING_MODES, InputConfig
 from kerasarch.preprocessing import convert_channels, fit_images
 from kerasarch.preprocessing import preprocess as _preprocess
 
-__all__ = ["PREPROCESSING_MODES", "FIT_METHODS", "AUGMENTATIONS", "preprocess", "fit_image", "augment",
-           "eval_transform", "pca_lighting"]
+__all__ = [
+    "PREPROCESSING_MODES",
+    "FIT_METHODS",
+    "AUGMENTATIONS",
+    "preprocess",
+    "fit_image",
+    "augment",
+    "eval_transform",
+    "pca_lighting",
+]
 
 FIT_METHODS = ("auto", "pad", "resize", "resize_crop")
 
@@ -26,9 +34,7 @@ FIT_METHODS = ("auto", "pad", "resize", "resize_crop")
 # augmentation (Krizhevsky et al. 2012 §4.1) samples along. The paper does not print them; these are the values
 # fb.resnet.torch published and most ports use.
 _PCA_EIGVAL = (55.46, 4.794, 1.148)
-_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009),
-               (-0.5808, -0.0045, -0.8140),
-               (-0.5836, -0.6948, 0.4203))
+_PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
 def preprocess(images, mode):
@@ -72,8 +78,7 @@ def fit_image(image, size, channels=None, method="auto", resize_size=None):
     if method not in FIT_METHODS:
         raise ValueError(f"`method` must be one of {FIT_METHODS}. Received: {method!r}")
     channels = channels or image.shape[-1] or 3
-    config = InputConfig(size=(int(size[0]), int(size[1])), channels=int(channels), fit=method,
-                         resize_size=resize_size)
+    config = InputConfig(size=(int(size[0]), int(size[1])), channels=int(channels), fit=method, resize_size=resize_size)
     return fit_images(image, config)
 
 
@@ -138,8 +143,13 @@ def _random_affine(image, seed, size, max_shift=2.0, scale=(0.9, 1.1), max_rotat
     offset = c - tf.linalg.matvec(inv, c) + shift
     transform = tf.stack([inv[0, 0], inv[0, 1], offset[0], inv[1, 0], inv[1, 1], offset[1], 0.0, 0.0])
     out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=image[None], transforms=transform[None], output_shape=tf.constant([int(h), int(w)]),
-        fill_value=0.0, interpolation="BILINEAR", fill_mode="CONSTANT")
+        images=image[None],
+        transforms=transform[None],
+        output_shape=tf.constant([int(h), int(w)]),
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
     return out[0]
 
 
@@ -179,9 +189,15 @@ def _googlenet(image, seed, size):
     # §6: crops of 8%–100% of the image area with aspect ratio in [3/4, 4/3], resized; photometric distortions.
     s = _seeds(seed, 3)
     begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=s[0],
-        min_object_covered=0.0, aspect_ratio_range=(3 / 4, 4 / 3), area_range=(0.08, 1.0), max_attempts=10,
-        use_image_if_no_bounding_boxes=True)
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=s[0],
+        min_object_covered=0.0,
+        aspect_ratio_range=(3 / 4, 4 / 3),
+        area_range=(0.08, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     x = tf.slice(image, begin, extent)
     x = tf.image.resize(x, size, method="bilinear")
     x = tf.image.stateless_random_flip_left_right(x, s[1])

@@ -89,8 +89,10 @@ class FractalJoin(keras.layers.Layer):
         if self.columns is None:
             return inputs, None
         if len(inputs) != len(self.columns) + 1:
-            raise ValueError(f"FractalJoin '{self.name}' expects {len(self.columns)} inputs and the sampler output. "
-                             f"Received: {len(inputs)} tensors.")
+            raise ValueError(
+                f"FractalJoin '{self.name}' expects {len(self.columns)} inputs and the sampler output. "
+                f"Received: {len(inputs)} tensors."
+            )
         return inputs[:-1], inputs[-1]
 
     def call(self, inputs, training=None):
@@ -114,5 +116,9 @@ class FractalJoin(keras.layers.Layer):
         return tuple(input_shape[0])
 
     def get_config(self):
-        return {**super().get_config(), "columns": None if self.columns is None else list(self.columns),
-                "drop_rate": self.drop_rate, "seed": self.seed}
+        return {
+            **super().get_config(),
+            "columns": None if self.columns is None else list(self.columns),
+            "drop_rate": self.drop_rate,
+            "seed": self.seed,
+        }

@@ -113,21 +113,37 @@ class GroupedConv2D(keras.layers.Conv2D):
 
     def _grouped_op(self, inputs, kernel):
         if keras.backend.backend() != "tensorflow":
-            raise ValueError(f"formulation='grouped_op' needs the TensorFlow backend. Received: backend "
-                             f"{keras.backend.backend()!r}; use 'split' or 'keras'.")
+            raise ValueError(
+                f"formulation='grouped_op' needs the TensorFlow backend. Received: backend "
+                f"{keras.backend.backend()!r}; use 'split' or 'keras'."
+            )
         import tensorflow as tf
 
         kernel = tf.cast(kernel, inputs.dtype)
-        return tf.nn.convolution(inputs, kernel, strides=list(self.strides), padding=self.padding.upper(),
-                                 dilations=list(self.dilation_rate),
-                                 data_format="NHWC" if self.data_format == "channels_last" else "NCHW")
+        return tf.nn.convolution(
+            inputs,
+            kernel,
+            strides=list(self.strides),
+            padding=self.padding.upper(),
+            dilations=list(self.dilation_rate),
+            data_format="NHWC" if self.data_format == "channels_last" else "NCHW",
+        )
 
     def _split(self, inputs, kernel):
         axis = -1 if self.data_format == "channels_last" else 1
         xs = ops.split(inputs, self.groups, axis=axis)
         ks = ops.split(kernel, self.groups, axis=-1)
-        ys = [ops.conv(x, k, strides=list(self.strides), padding=self.padding, dilation_rate=self.dilation_rate,
-                       data_format=self.data_format) for x, k in zip(xs, ks)]
+        ys = [
+            ops.conv(
+                x,
+                k,
+                strides=list(self.strides),
+                padding=self.padding,
+                dilation_rate=self.dilation_rate,
+                data_format=self.data_format,
+            )
+            for x, k in zip(xs, ks)
+        ]
         return ops.concatenate(ys, axis=axis)
 
     def get_config(self):

@@ -67,14 +67,15 @@ class TrainableSubsampling2D(keras.layers.Layer):
         super().__init__(**kwargs)
         self.pool_size = int(pool_size)
         if coefficient_initializer is None:
-            coefficient_initializer = keras.initializers.Constant(1.0 / self.pool_size ** 2)
+            coefficient_initializer = keras.initializers.Constant(1.0 / self.pool_size**2)
         self.coefficient_initializer = keras.initializers.get(coefficient_initializer)
         self.bias_initializer = keras.initializers.get(bias_initializer)
 
     def build(self, input_shape):
         channels = input_shape[-1]
-        self.coefficient = self.add_weight(shape=(channels,), initializer=self.coefficient_initializer,
-                                           name="coefficient")
+        self.coefficient = self.add_weight(
+            shape=(channels,), initializer=self.coefficient_initializer, name="coefficient"
+        )
         self.bias = self.add_weight(shape=(channels,), initializer=self.bias_initializer, name="bias")
 
     def call(self, inputs):
@@ -88,9 +89,12 @@ class TrainableSubsampling2D(keras.layers.Layer):
         return (n, None if h is None else h // p, None if w is None else w // p, c)
 
     def get_config(self):
-        return {**super().get_config(), "pool_size": self.pool_size,
-                "coefficient_initializer": keras.initializers.serialize(self.coefficient_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
+        return {
+            **super().get_config(),
+            "pool_size": self.pool_size,
+            "coefficient_initializer": keras.initializers.serialize(self.coefficient_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
 
 
 @keras.saving.register_keras_serializable(package="kerasarch")
@@ -112,13 +116,24 @@ class ConnectionTableConv2D(keras.layers.Layer):
         kernel_initializer, bias_initializer: as in Conv2D.
     """
 
-    def __init__(self, connections, kernel_size=5, strides=1, padding="valid", use_bias=True,
-                 kernel_initializer="glorot_uniform", bias_initializer="zeros", **kwargs):
+    def __init__(
+        self,
+        connections,
+        kernel_size=5,
+        strides=1,
+        padding="valid",
+        use_bias=True,
+        kernel_initializer="glorot_uniform",
+        bias_initializer="zeros",
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.connections = [sorted({int(i) for i in row}) for row in connections]
         if not self.connections or any(not row or min(row) < 0 for row in self.connections):
-            raise ValueError("`connections` must list, for every output map, at least one input map index >= 0. "
-                             f"Received: connections={connections!r}")
+            raise ValueError(
+                "`connections` must list, for every output map, at least one input map index >= 0. "
+                f"Received: connections={connections!r}"
+            )
         self.kernel_size = tuple(kernel_size) if isinstance(kernel_size, (list, tuple)) else (kernel_size,) * 2
         self.strides = tuple(strides) if isinstance(strides, (list, tuple)) else (strides,) * 2
         self.padding = padding
@@ -141,8 +156,10 @@ class ConnectionTableConv2D(keras.layers.Layer):
         in_channels = input_shape[-1]
         needed = max(max(row) for row in self.connections) + 1
         if in_channels is None or in_channels < needed:
-            raise ValueError(f"{self.name}: the connection table reads input map {needed - 1}, so the input needs "
-                             f"at least {needed} channels. Received: input_shape={tuple(input_shape)}")
+            raise ValueError(
+                f"{self.name}: the connection table reads input map {needed - 1}, so the input needs "
+                f"at least {needed} channels. Received: input_shape={tuple(input_shape)}"
+            )
         # Flat (in, out) positions of the packed kernel entries, in packing order (output map, then input map).
         flat = np.array([i * self.filters + j for j, row in enumerate(self.connections) for i in row])
         # For every position of the full kernel, its packed index, or n_connections (an appended zero).
@@ -157,8 +174,11 @@ class ConnectionTableConv2D(keras.layers.Layer):
             return ops.take(ops.reshape(full, (kh, kw, -1)), flat, axis=-1)
 
         self.kernel = self.add_weight(shape=(kh, kw, len(flat)), initializer=packed_init, name="kernel")
-        self.bias = (self.add_weight(shape=(self.filters,), initializer=self.bias_initializer, name="bias")
-                     if self.use_bias else None)
+        self.bias = (
+            self.add_weight(shape=(self.filters,), initializer=self.bias_initializer, name="bias")
+            if self.use_bias
+            else None
+        )
 
     def full_kernel(self):
         """The equivalent dense ``(kh, kw, in, out)`` kernel: the packed weights on the table, zeros off it."""
@@ -176,11 +196,16 @@ class ConnectionTableConv2D(keras.layers.Layer):
         return y
 
     def get_config(self):
-        return {**super().get_config(), "connections": [list(row) for row in self.connections],
-                "kernel_size": list(self.kernel_size), "strides": list(self.strides), "padding": self.padding,
-                "use_bias": self.use_bias,
-                "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
-                "bias_initializer": keras.initializers.serialize(self.bias_initializer)}
+        return {
+            **super().get_config(),
+            "connections": [list(row) for row in self.connections],
+            "kernel_size": list(self.kernel_size),
+            "strides": list(self.strides),
+            "padding": self.padding,
+            "use_bias": self.use_bias,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+            "bias_initializer": keras.initializers.serialize(self.bias_initializer),
+        }
 
 
 @keras.saving.register_keras_serializable(package="kerasarch")
@@ -213,8 +238,12 @@ class EuclideanRBF(keras.layers.Layer):
 
     def build(self, input_shape):
         codes = np.random.default_rng(self.seed).choice([-1.0, 1.0], size=(input_shape[-1], self.units))
-        self.centres = self.add_weight(shape=codes.shape, initializer=keras.initializers.Constant(codes),
-                                       trainable=self.trainable_centres, name="centres")
+        self.centres = self.add_weight(
+            shape=codes.shape,
+            initializer=keras.initializers.Constant(codes),
+            trainable=self.trainable_centres,
+            name="centres",
+        )
 
     def call(self, inputs):
         c = ops.cast(self.centres, inputs.dtype)
@@ -225,5 +254,10 @@ class EuclideanRBF(keras.layers.Layer):
         return (*input_shape[:-1], self.units)
 
     def get_config(self):
-        return {**super().get_config(), "units": self.units, "trainable_centres": self.trainable_centres,
-                "activation": keras.activations.serialize(self.activation), "seed": self.seed}
+        return {
+            **super().get_config(),
+            "units": self.units,
+            "trainable_centres": self.trainable_centres,
+            "activation": keras.activations.serialize(self.activation),
+            "seed": self.seed,
+        }

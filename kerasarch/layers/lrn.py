@@ -35,7 +35,7 @@ class LocalResponseNormalization(keras.layers.Layer):
         r = self.size // 2
         channels = sq.shape[-1]
         padded = ops.pad(sq, [[0, 0]] * (len(sq.shape) - 1) + [[r, r]])
-        window = sum(padded[..., i:i + channels] for i in range(self.size))
+        window = sum(padded[..., i : i + channels] for i in range(self.size))
         y = x / ops.power(self.k + (self.alpha / self.size) * window, self.beta)
         return ops.cast(y, self.compute_dtype)
 

@@ -26,14 +26,17 @@ class ZeroPadShortcut(keras.layers.Layer):
     def __init__(self, filters, strides=2, **kwargs):
         super().__init__(**kwargs)
         if int(filters) < 1 or int(strides) < 1:
-            raise ValueError(f"ZeroPadShortcut needs filters >= 1 and strides >= 1. Received: filters={filters!r}, "
-                             f"strides={strides!r}")
+            raise ValueError(
+                f"ZeroPadShortcut needs filters >= 1 and strides >= 1. Received: filters={filters!r}, "
+                f"strides={strides!r}"
+            )
         self.filters, self.strides = int(filters), int(strides)
 
     def build(self, input_shape):
         if input_shape[-1] is not None and input_shape[-1] > self.filters:
-            raise ValueError(f"ZeroPadShortcut cannot reduce channels: input has {input_shape[-1]}, "
-                             f"filters={self.filters}.")
+            raise ValueError(
+                f"ZeroPadShortcut cannot reduce channels: input has {input_shape[-1]}, filters={self.filters}."
+            )
         self.built = True
 
     def call(self, inputs):
@@ -47,6 +50,7 @@ class ZeroPadShortcut(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         def sub(d):
             return None if d is None else -(-d // self.strides)
+
         return (input_shape[0], sub(input_shape[1]), sub(input_shape[2]), self.filters)
 
     def get_config(self):
@@ -84,8 +88,11 @@ class StochasticDepth(keras.layers.Layer):
     def call(self, inputs, training=None):
         if not training or self.survival_prob == 1.0:
             return inputs
-        shape = (1,) * len(inputs.shape) if self.mode == "batch" else (ops.shape(inputs)[0],) + (1,) * (
-            len(inputs.shape) - 1)
+        shape = (
+            (1,) * len(inputs.shape)
+            if self.mode == "batch"
+            else (ops.shape(inputs)[0],) + (1,) * (len(inputs.shape) - 1)
+        )
         u = keras.random.uniform(shape, seed=self.seed_generator)
         keep = ops.cast(u < self.survival_prob, inputs.dtype)
         return inputs * keep / ops.cast(self.survival_prob, inputs.dtype)

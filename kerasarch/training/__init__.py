@@ -12,5 +12,17 @@ from kerasarch.training.loop import TrainResult, evaluate, train
 from kerasarch.training.precision import PRECISIONS, cpu_supports_bfloat16, resolve_precision
 from kerasarch.training.recipes import RECIPES, get_recipe, lr_at, recipe_name_for
 
-__all__ = ["train", "evaluate", "TrainResult", "get_recipe", "recipe_name_for", "lr_at", "RECIPES",
-           "resolve_precision", "cpu_supports_bfloat16", "PRECISIONS", "make_strategy", "is_chief"]
+__all__ = [
+    "train",
+    "evaluate",
+    "TrainResult",
+    "get_recipe",
+    "recipe_name_for",
+    "lr_at",
+    "RECIPES",
+    "resolve_precision",
+    "cpu_supports_bfloat16",
+    "PRECISIONS",
+    "make_strategy",
+    "is_chief",
+]

@@ -16,9 +16,19 @@ import numpy as np
 
 from kerasarch.errors import KerasarchError
 
-__all__ = ["atomic_path", "atomic_write", "atomic_save_model", "atomic_write_text", "save_checkpoint",
-           "load_checkpoint", "restore_variables", "variable_values", "current_umask", "CHECKPOINT",
-           "CheckpointError"]
+__all__ = [
+    "atomic_path",
+    "atomic_write",
+    "atomic_save_model",
+    "atomic_write_text",
+    "save_checkpoint",
+    "load_checkpoint",
+    "restore_variables",
+    "variable_values",
+    "current_umask",
+    "CHECKPOINT",
+    "CheckpointError",
+]
 
 CHECKPOINT = "checkpoint.npz"
 
@@ -135,11 +145,12 @@ def load_checkpoint(path):
     except FileNotFoundError:
         raise
     except Exception as e:  # noqa: BLE001 - zipfile, numpy and json raise many types for a damaged file
-        raise CheckpointError(f"Checkpoint {os.fspath(path)!r} is not readable ({type(e).__name__}: {e}); move it "
-                              "away to start over (or pass --fresh).") from e
+        raise CheckpointError(
+            f"Checkpoint {os.fspath(path)!r} is not readable ({type(e).__name__}: {e}); move it "
+            "away to start over (or pass --fresh)."
+        ) from e
     if not isinstance(state, dict):
-        raise CheckpointError(f"Checkpoint {os.fspath(path)!r} holds no loop state; it is not a kerasarch "
-                              "checkpoint.")
+        raise CheckpointError(f"Checkpoint {os.fspath(path)!r} holds no loop state; it is not a kerasarch checkpoint.")
     return groups, state
 
 
@@ -147,12 +158,16 @@ def restore_variables(variables, values, what="model"):
     """Assigns ``values`` to ``variables`` one by one, after checking that count and shapes agree."""
     variables = list(variables)
     if len(variables) != len(values):
-        raise CheckpointError(f"The checkpoint does not fit the {what}: it holds {len(values)} variables, the {what} "
-                              f"has {len(variables)}. Was the run directory made by another model or recipe?")
+        raise CheckpointError(
+            f"The checkpoint does not fit the {what}: it holds {len(values)} variables, the {what} "
+            f"has {len(variables)}. Was the run directory made by another model or recipe?"
+        )
     for v, value in zip(variables, values):
         if tuple(v.shape) != tuple(value.shape):
             name = getattr(v, "path", getattr(v, "name", "?"))
-            raise CheckpointError(f"The checkpoint does not fit the {what}: variable '{name}' has shape "
-                                  f"{tuple(v.shape)}, the checkpoint {tuple(value.shape)}.")
+            raise CheckpointError(
+                f"The checkpoint does not fit the {what}: variable '{name}' has shape "
+                f"{tuple(v.shape)}, the checkpoint {tuple(value.shape)}."
+            )
     for v, value in zip(variables, values):
         v.assign(value)

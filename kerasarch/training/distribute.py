@@ -51,7 +51,8 @@ def _multi_worker():
             raise RuntimeError(
                 "MultiWorkerMirroredStrategy must be created before any TensorFlow operation runs in this process. "
                 "Call kerasarch.training.make_strategy('multi_worker') first thing (before building datasets or "
-                "models) and pass the strategy to train().") from e
+                "models) and pass the strategy to train()."
+            ) from e
         raise
 
 
@@ -88,8 +89,10 @@ def make_strategy(strategy="auto", devices=None):
         return tf.distribute.MirroredStrategy(devices)
     if strategy == "multi_worker":
         return _multi_worker()
-    raise ValueError("`strategy` must be 'auto', 'mirrored', 'multi_worker', None or a tf.distribute.Strategy. "
-                     f"Received: strategy={strategy!r}")
+    raise ValueError(
+        "`strategy` must be 'auto', 'mirrored', 'multi_worker', None or a tf.distribute.Strategy. "
+        f"Received: strategy={strategy!r}"
+    )
 
 
 def worker_count(strategy):

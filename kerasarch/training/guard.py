@@ -38,8 +38,10 @@ def check_recipe(recipe: dict) -> None:
     """Refuses a resolved recipe whose learning rate, epochs or batch size cannot train."""
     lr, epochs, batch = recipe.get("lr"), recipe.get("epochs"), recipe.get("batch_size")
     if not _is_number(lr) or not math.isfinite(lr) or lr < 0:
-        raise KerasarchError(f"The learning rate must be a finite number >= 0 (a negative one climbs the loss; 0 "
-                             f"only evaluates the objective). Received: lr={lr!r}")
+        raise KerasarchError(
+            f"The learning rate must be a finite number >= 0 (a negative one climbs the loss; 0 "
+            f"only evaluates the objective). Received: lr={lr!r}"
+        )
     if not isinstance(epochs, numbers.Integral) or isinstance(epochs, bool) or epochs < 1:
         raise KerasarchError(f"`epochs` must be an integer >= 1. Received: epochs={epochs!r}")
     if not isinstance(batch, numbers.Integral) or isinstance(batch, bool) or batch < 1:
@@ -77,21 +79,28 @@ def check_training_inputs(train_ds, val_ds=None, *, lr=None, epochs=None, batch_
         if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
             raise KerasarchError(f"`{name}` must be an integer >= 1. Received: {name}={value!r}")
     if classes is not None and (not isinstance(classes, numbers.Integral) or classes < 2):
-        raise KerasarchError(f"`classes` must be an integer >= 2: a classifier needs two classes to tell apart. "
-                             f"Received: classes={classes!r}")
+        raise KerasarchError(
+            f"`classes` must be an integer >= 2: a classifier needs two classes to tell apart. "
+            f"Received: classes={classes!r}"
+        )
     if train_ds is None:
         raise KerasarchError("The training set is None; pass a tf.data dataset of (image, label) pairs.")
     n = _example_count(train_ds)
     if n == 0:
-        raise KerasarchError("The training set is empty (0 examples): nothing to train on. Check the data folder, "
-                             "the split and the image size.")
+        raise KerasarchError(
+            "The training set is empty (0 examples): nothing to train on. Check the data folder, "
+            "the split and the image size."
+        )
     if val_ds is not None and _example_count(val_ds) == 0:
-        raise KerasarchError("The validation/test set is empty (0 examples); pass None to train without one, or "
-                             "choose another split.")
+        raise KerasarchError(
+            "The validation/test set is empty (0 examples); pass None to train without one, or choose another split."
+        )
     names = getattr(train_ds, "class_names", None)
     if names is not None and len(names) < 2:
-        raise KerasarchError(f"The training data has {len(names)} class ({list(names)}); a classifier needs at "
-                             f"least 2 classes (one sub-folder per class).")
+        raise KerasarchError(
+            f"The training data has {len(names)} class ({list(names)}); a classifier needs at "
+            f"least 2 classes (one sub-folder per class)."
+        )
 
 
 class RunFolderLock:
@@ -120,12 +129,18 @@ class RunFolderLock:
                 detail = f"process {who.get('pid')} on {who.get('host')} since {who.get('started')}"
             except (ValueError, AttributeError):
                 detail = "another process"
-            raise RunLockedError(f"The run folder {self.folder!r} is in use by {detail}: two trainings into one "
-                                 f"folder would overwrite each other's checkpoints. Wait for it to finish or "
-                                 f"choose another --out.") from None
+            raise RunLockedError(
+                f"The run folder {self.folder!r} is in use by {detail}: two trainings into one "
+                f"folder would overwrite each other's checkpoints. Wait for it to finish or "
+                f"choose another --out."
+            ) from None
         os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
-                                 "started": time.strftime("%Y-%m-%dT%H:%M:%S")}).encode())
+        os.write(
+            fd,
+            json.dumps(
+                {"pid": os.getpid(), "host": socket.gethostname(), "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            ).encode(),
+        )
         self._fd = fd
         return self
 
@@ -168,8 +183,14 @@ def guarded_train(train):
         bound = signature.bind(*args, **kwargs)
         bound.apply_defaults()
         a = bound.arguments
-        check_training_inputs(a.get("train_ds"), a.get("val_ds"), lr=a.get("lr"), epochs=a.get("epochs"),
-                              batch_size=a.get("batch_size"), classes=a.get("classes"))
+        check_training_inputs(
+            a.get("train_ds"),
+            a.get("val_ds"),
+            lr=a.get("lr"),
+            epochs=a.get("epochs"),
+            batch_size=a.get("batch_size"),
+            classes=a.get("classes"),
+        )
         out_dir = a.get("out_dir")
         if not out_dir or _is_non_chief_worker():
             return train(*args, **kwargs)

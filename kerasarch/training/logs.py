@@ -94,14 +94,16 @@ class TensorBoardWriter:
         self._tf = tf
         self._metadata = summary_pb2.SummaryMetadata(
             plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="scalars"),
-            data_class=summary_pb2.DATA_CLASS_SCALAR)
+            data_class=summary_pb2.DATA_CLASS_SCALAR,
+        )
         self.train = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
         self.validation = tf.summary.create_file_writer(os.path.join(log_dir, "validation"))
 
     def _scalar(self, tag, value, step):
         tf = self._tf
-        tf.summary.write(tag, tf.constant(float(value), tf.float32), step=step,
-                         metadata=self._metadata.SerializeToString())
+        tf.summary.write(
+            tag, tf.constant(float(value), tf.float32), step=step, metadata=self._metadata.SerializeToString()
+        )
 
     def write(self, epoch, logs):
         with self.train.as_default():

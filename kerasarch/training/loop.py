@@ -70,8 +70,13 @@ class TrainResult:
     def evaluate(self, dataset, batch_size=None):
         """Loss and accuracy on ``dataset`` (unbatched ``(image, label)`` pairs go through the run's evaluation
         transform and preprocessing; batched ones are used as they are)."""
-        return evaluate(self.model, dataset, batch_size=batch_size or self.recipe["batch_size"],
-                        preprocessing=self.preprocessing, augment=self.augment)
+        return evaluate(
+            self.model,
+            dataset,
+            batch_size=batch_size or self.recipe["batch_size"],
+            preprocessing=self.preprocessing,
+            augment=self.augment,
+        )
 
 
 def _spec_of(model):
@@ -94,8 +99,11 @@ def _run_preprocessing(model, recipe):
     card_mode = card_of(model).input.preprocessing if has_card(model) else None
     mode = recipe["preprocessing"] or card_mode or "unit"
     if card_mode is not None and mode != card_mode:
-        warnings.warn(f"The recipe preprocesses with {mode!r}, the model card of '{model.name}' says "
-                      f"{card_mode!r}; training with {mode!r} (the card is updated).", stacklevel=3)
+        warnings.warn(
+            f"The recipe preprocesses with {mode!r}, the model card of '{model.name}' says "
+            f"{card_mode!r}; training with {mode!r} (the card is updated).",
+            stacklevel=3,
+        )
     return mode
 
 
@@ -104,15 +112,23 @@ def _record_training(model, recipe, run_info, train_ds, train_pipe):
     from kerasarch.card import ModelCard, card_of, has_card, update_card
     from kerasarch.data.pipeline import input_config_of
 
-    config = train_pipe.input_config if train_pipe is not None else input_config_of(
-        model, preprocessing=recipe["preprocessing"])
+    config = (
+        train_pipe.input_config
+        if train_pipe is not None
+        else input_config_of(model, preprocessing=recipe["preprocessing"])
+    )
     names = getattr(train_ds, "class_names", None)
     classes = model.outputs[0].shape[-1]
-    data = {"classes": int(classes) if classes is not None else None,
-            "examples": train_pipe.num_examples if train_pipe is not None else None}
+    data = {
+        "classes": int(classes) if classes is not None else None,
+        "examples": train_pipe.num_examples if train_pipe is not None else None,
+    }
     card = card_of(model) if has_card(model) else ModelCard()
-    changes = {"input": config.replace(preprocessing=recipe["preprocessing"]),
-               "recipe": json.loads(json.dumps({**recipe, "run": run_info}, default=str)), "data": data}
+    changes = {
+        "input": config.replace(preprocessing=recipe["preprocessing"]),
+        "recipe": json.loads(json.dumps({**recipe, "run": run_info}, default=str)),
+        "data": data,
+    }
     if names and classes is not None and len(names) == int(classes):
         changes["class_names"] = list(names)
     elif card.class_names is not None and classes is not None and len(card.class_names) != int(classes):
@@ -210,9 +226,11 @@ def _is_distributed(variable):
 def _strategy_name(strategy):
     import tensorflow as tf
 
-    for cls, label in ((tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
-                       (tf.distribute.MirroredStrategy, "MirroredStrategy"),
-                       (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy")):
+    for cls, label in (
+        (tf.distribute.MultiWorkerMirroredStrategy, "MultiWorkerMirroredStrategy"),
+        (tf.distribute.MirroredStrategy, "MirroredStrategy"),
+        (tf.distribute.OneDeviceStrategy, "OneDeviceStrategy"),
+    ):
         if isinstance(strategy, cls):
             return label
     return "default" if strategy is tf.distribute.get_strategy() else type(strategy).__name__
@@ -225,8 +243,10 @@ def _resolve_jit(jit_compile, strategy):
     if jit_compile == "auto":
         return bool(default and tf.config.list_physical_devices("GPU"))
     if jit_compile and not default:
-        warnings.warn("jit_compile is not used under a distribution strategy (the step holds collectives); "
-                      "training without XLA.", stacklevel=3)
+        warnings.warn(
+            "jit_compile is not used under a distribution strategy (the step holds collectives); training without XLA.",
+            stacklevel=3,
+        )
         return False
     return bool(jit_compile)
 
@@ -239,8 +259,9 @@ def _per_example_loss(from_logits, label_smoothing, classes):
         p = tf.cast(p, tf.float32)
         if label_smoothing:
             onehot = tf.one_hot(y, classes or tf.shape(p)[-1])
-            return keras.losses.categorical_crossentropy(onehot, p, from_logits=from_logits,
-                                                         label_smoothing=label_smoothing)
+            return keras.losses.categorical_crossentropy(
+                onehot, p, from_logits=from_logits, label_smoothing=label_smoothing
+            )
         return keras.losses.sparse_categorical_crossentropy(y, p, from_logits=from_logits)
 
     return loss
@@ -276,8 +297,9 @@ def _make_steps(model, optimizer, strategy, recipe, jit, classes):
             loss = tf.nn.compute_average_loss(per_example, global_batch_size=tf.shape(y)[0] * replicas)
             extra = [tf.cast(term, tf.float32) for term in model.losses]
             if wd:
-                extra.append(0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v.value, tf.float32)))
-                                                  for v in decay_vars]))
+                extra.append(
+                    0.5 * wd * tf.add_n([tf.reduce_sum(tf.square(tf.cast(v.value, tf.float32))) for v in decay_vars])
+                )
             if extra:
                 loss = loss + tf.nn.scale_regularization_loss(tf.add_n(extra))
             scaled = optimizer.scale_loss(loss) if lso else loss
@@ -343,8 +365,9 @@ def evaluate(model, dataset, *, batch_size=256, preprocessing=None, augment="non
 
         if preprocessing is None and not has_card(model):
             preprocessing = "unit"
-        dataset = InputPipeline(dataset, model, batch_size=batch_size, training=False, augment=augment,
-                                preprocessing=preprocessing).dataset()
+        dataset = InputPipeline(
+            dataset, model, batch_size=batch_size, training=False, augment=augment, preprocessing=preprocessing
+        ).dataset()
     classes = model.output_shape[-1] if not isinstance(model.output_shape, (list, dict)) else None
     return _run_eval(_make_eval_step(model, classes), dataset)
 
@@ -374,10 +397,32 @@ def _finite(arrays):
 
 
 @guarded_train
-def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_size=None, lr=None, augment=None,
-          precision="auto", strategy="auto", jit_compile="auto", out_dir=None, resume="auto", seed=0,
-          deterministic=False, classes=None, input_shape=None, build_kwargs=None, callbacks=None, verbose="auto",
-          steps_per_epoch=None, checkpoint_steps=None, checkpoint_minutes=10.0):
+def train(
+    model,
+    train_ds,
+    val_ds=None,
+    *,
+    recipe="paper",
+    epochs=None,
+    batch_size=None,
+    lr=None,
+    augment=None,
+    precision="auto",
+    strategy="auto",
+    jit_compile="auto",
+    out_dir=None,
+    resume="auto",
+    seed=0,
+    deterministic=False,
+    classes=None,
+    input_shape=None,
+    build_kwargs=None,
+    callbacks=None,
+    verbose="auto",
+    steps_per_epoch=None,
+    checkpoint_steps=None,
+    checkpoint_minutes=10.0,
+):
     """Trains a model with its paper's recipe.
 
     Args:
@@ -430,11 +475,15 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     replicas = strategy.num_replicas_in_sync
     global_batch = int(recipe["batch_size"])
     if global_batch % replicas:
-        raise ValueError(f"The global batch size {global_batch} does not split over {replicas} replicas; choose a "
-                         f"multiple of {replicas}.")
+        raise ValueError(
+            f"The global batch size {global_batch} does not split over {replicas} replicas; choose a "
+            f"multiple of {replicas}."
+        )
     if recipe.get("ema") and replicas > 1:
-        raise ValueError("The recipe's weight averaging (`ema`) runs on one replica only; set it to None to train "
-                         f"on {replicas} replicas.")
+        raise ValueError(
+            "The recipe's weight averaging (`ema`) runs on one replica only; set it to None to train "
+            f"on {replicas} replicas."
+        )
     chief = is_chief(strategy)
     if deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -445,11 +494,15 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     if isinstance(model, keras.Model):
         policy = _policy_of(model)
         if precision != "auto" and resolve_precision(precision) != policy:
-            raise ValueError(f"precision={precision!r}, but the model given was built under the '{policy}' policy. "
-                             "Pass the model's name (or a function that builds it) to train under another policy.")
+            raise ValueError(
+                f"precision={precision!r}, but the model given was built under the '{policy}' policy. "
+                "Pass the model's name (or a function that builds it) to train under another policy."
+            )
         if replicas > 1 and not _is_distributed(model.trainable_variables[0]):
-            raise ValueError("The model was built outside the distribution strategy's scope. Build it inside "
-                             "`strategy.scope()`, or pass its registry name or a function that builds it.")
+            raise ValueError(
+                "The model was built outside the distribution strategy's scope. Build it inside "
+                "`strategy.scope()`, or pass its registry name or a function that builds it."
+            )
     else:
         policy = resolve_precision(precision)
     with strategy.scope():
@@ -461,21 +514,44 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     model_classes = model.output_shape[-1] if not isinstance(model.output_shape, (list, dict)) else classes
     preprocessing = _run_preprocessing(model, recipe)
     jit = _resolve_jit(jit_compile, strategy)
-    run_info = {"model": getattr(model, "name", str(model)), "precision": policy, "preprocessing": preprocessing,
-                "strategy": _strategy_name(strategy), "replicas": replicas, "global_batch_size": global_batch,
-                "per_replica_batch_size": global_batch // replicas, "seed": seed, "deterministic": deterministic,
-                "jit_compile": jit, "tensorflow": tf.__version__, "keras": keras.__version__}
+    run_info = {
+        "model": getattr(model, "name", str(model)),
+        "precision": policy,
+        "preprocessing": preprocessing,
+        "strategy": _strategy_name(strategy),
+        "replicas": replicas,
+        "global_batch_size": global_batch,
+        "per_replica_batch_size": global_batch // replicas,
+        "seed": seed,
+        "deterministic": deterministic,
+        "jit_compile": jit,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+    }
     recipe = {**recipe, "preprocessing": preprocessing}
 
     # Input pipelines.
     train_pipe = val_pipe = None
     if not is_batched(train_ds):
-        train_pipe = InputPipeline(train_ds, model, batch_size=global_batch, training=True,
-                                   augment=recipe["augment"], preprocessing=preprocessing, seed=seed,
-                                   drop_remainder=replicas > 1)
+        train_pipe = InputPipeline(
+            train_ds,
+            model,
+            batch_size=global_batch,
+            training=True,
+            augment=recipe["augment"],
+            preprocessing=preprocessing,
+            seed=seed,
+            drop_remainder=replicas > 1,
+        )
     if val_ds is not None and not is_batched(val_ds):
-        val_pipe = InputPipeline(val_ds, model, batch_size=global_batch, training=False, augment=recipe["augment"],
-                                 preprocessing=preprocessing)
+        val_pipe = InputPipeline(
+            val_ds,
+            model,
+            batch_size=global_batch,
+            training=False,
+            augment=recipe["augment"],
+            preprocessing=preprocessing,
+        )
     steps = None
     if train_pipe is not None:
         if replicas > 1:  # every replica must run the same number of full steps: count exactly
@@ -501,9 +577,14 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
         def fn(ctx):
             per_pipeline = replicas // ctx.num_input_pipelines
             take = None if steps is None or (replicas == 1 and not steps_per_epoch) else (steps - skip) * per_pipeline
-            ds = train_pipe.dataset(epoch, num_shards=ctx.num_input_pipelines, shard_index=ctx.input_pipeline_id,
-                                    batch_size=ctx.get_per_replica_batch_size(global_batch),
-                                    skip=skip * per_pipeline, take=take)
+            ds = train_pipe.dataset(
+                epoch,
+                num_shards=ctx.num_input_pipelines,
+                shard_index=ctx.input_pipeline_id,
+                batch_size=ctx.get_per_replica_batch_size(global_batch),
+                skip=skip * per_pipeline,
+                take=take,
+            )
             options = tf.data.Options()
             options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
             return ds.with_options(options)
@@ -533,9 +614,10 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     elif resume is True:
         warnings.warn(f"resume=True but {path!r} holds no checkpoint; starting a new run.", stacklevel=2)
     if out_dir and chief:
-        ckpt.atomic_write_text(os.path.join(out_dir, "recipe.json"),
-                               json.dumps({**recipe, "run": run_info}, indent=2, default=str,
-                                                          ensure_ascii=False))
+        ckpt.atomic_write_text(
+            os.path.join(out_dir, "recipe.json"),
+            json.dumps({**recipe, "run": run_info}, indent=2, default=str, ensure_ascii=False),
+        )
     plateau = PlateauState(recipe["schedule"], state["plateau"])
     history = {k: list(v) for k, v in state["history"].items()}
     reporter = ProgressReporter(verbose if chief else 0, recipe["epochs"])
@@ -544,8 +626,9 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     model.stop_training = False
     train_step = _make_steps(model, optimizer, strategy, recipe, jit, model_classes)
     eval_step = _make_eval_step(model, model_classes)
-    snapshot = None if (path and chief) else (ckpt.variable_values(model.variables),
-                                               ckpt.variable_values(optimizer.variables))
+    snapshot = (
+        None if (path and chief) else (ckpt.variable_values(model.variables), ckpt.variable_values(optimizer.variables))
+    )
 
     def save(epoch, step, partial, status):
         values = ckpt.variable_values(model.variables)
@@ -553,11 +636,20 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
             return False
         if not (path and chief):
             return True
-        st = {"epoch": epoch, "step": step, "partial": partial, "history": history, "plateau": plateau.state(),
-              "elapsed": elapsed(), "recipe": recipe, "run": run_info}
+        st = {
+            "epoch": epoch,
+            "step": step,
+            "partial": partial,
+            "history": history,
+            "plateau": plateau.state(),
+            "elapsed": elapsed(),
+            "recipe": recipe,
+            "run": run_info,
+        }
         ckpt.save_checkpoint(path, {"model": values, "optimizer": optimizer.variables}, st)
-        ckpt.atomic_write_text(os.path.join(out_dir, "status.json"),
-                               json.dumps({"state": status, "epoch": epoch, "step": step}))
+        ckpt.atomic_write_text(
+            os.path.join(out_dir, "status.json"), json.dumps({"state": status, "epoch": epoch, "step": step})
+        )
         return True
 
     started = time.monotonic()
@@ -582,8 +674,11 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     with _Sigterm() as sigterm:
         for epoch in range(state["epoch"], recipe["epochs"]):
             resumed = state["step"] if epoch == state["epoch"] else 0
-            partial = (state["partial"] if resumed and state["partial"] else None) or {"loss": 0.0, "correct": 0.0,
-                                                                                      "count": 0.0}
+            partial = (state["partial"] if resumed and state["partial"] else None) or {
+                "loss": 0.0,
+                "correct": 0.0,
+                "count": 0.0,
+            }
             reporter.epoch_begin(epoch, steps)
             cbs.on_epoch_begin(epoch)
             step = resumed
@@ -596,19 +691,24 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
                 loss, correct, count = (float(v) for v in train_step(batch))
                 if not math.isfinite(loss):
                     stop_reason = "nan_loss"
-                    reporter.print(f"Stopping: the loss is {loss} at epoch {epoch + 1}, step {step + 1}; keeping the "
-                                   "last good weights (the last checkpoint).")
+                    reporter.print(
+                        f"Stopping: the loss is {loss} at epoch {epoch + 1}, step {step + 1}; keeping the "
+                        "last good weights (the last checkpoint)."
+                    )
                     restore_last_good()
                     break
-                partial = {"loss": partial["loss"] + loss * count, "correct": partial["correct"] + correct,
-                           "count": partial["count"] + count}
+                partial = {
+                    "loss": partial["loss"] + loss * count,
+                    "correct": partial["correct"] + correct,
+                    "count": partial["count"] + count,
+                }
                 step += 1
-                logs = {"loss": partial["loss"] / partial["count"],
-                        "accuracy": partial["correct"] / partial["count"]}
+                logs = {"loss": partial["loss"] / partial["count"], "accuracy": partial["correct"] / partial["count"]}
                 reporter.step(step, {**logs, "lr": rate})
                 cbs.on_train_batch_end(step - 1, logs)
                 due = (checkpoint_steps and step % checkpoint_steps == 0) or (
-                    checkpoint_minutes and time.monotonic() - last_ckpt_time >= 60 * checkpoint_minutes)
+                    checkpoint_minutes and time.monotonic() - last_ckpt_time >= 60 * checkpoint_minutes
+                )
                 if sigterm.flag or due:
                     if not save(epoch, step, partial, "interrupted" if sigterm.flag else "running"):
                         stop_reason = "nan_loss"
@@ -623,10 +723,14 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
             if stop_reason:
                 break
             if not partial["count"] and not model.stop_training:
-                raise KerasarchError(f"The training data yielded no example in epoch {epoch + 1}: every image failed "
-                                     "to decode, or the set is smaller than one global batch. Nothing was trained.")
-            epoch_logs = {"loss": partial["loss"] / max(partial["count"], 1.0),
-                          "accuracy": partial["correct"] / max(partial["count"], 1.0)}
+                raise KerasarchError(
+                    f"The training data yielded no example in epoch {epoch + 1}: every image failed "
+                    "to decode, or the set is smaller than one global batch. Nothing was trained."
+                )
+            epoch_logs = {
+                "loss": partial["loss"] / max(partial["count"], 1.0),
+                "accuracy": partial["correct"] / max(partial["count"], 1.0),
+            }
             batches = val_batches()
             if batches is not None:
                 scores = _run_eval(eval_step, batches)
@@ -664,9 +768,24 @@ def train(model, train_ds, val_ds=None, *, recipe="paper", epochs=None, batch_si
     if out_dir and chief:
         if stop_reason != "interrupted":
             ckpt.atomic_save_model(final, os.path.join(out_dir, "model.keras"))
-        ckpt.atomic_write_text(os.path.join(out_dir, "status.json"), json.dumps(
-            {"state": stop_reason or "finished", "epochs": len(history.get("epoch", [])),
-             "seconds": round(elapsed(), 3)}))
-    return TrainResult(model=model, history=history, recipe={**recipe, "run": run_info}, out_dir=out_dir,
-                       stop_reason=stop_reason, precision=policy, preprocessing=preprocessing,
-                       augment=recipe["augment"], optimizer=optimizer)
+        ckpt.atomic_write_text(
+            os.path.join(out_dir, "status.json"),
+            json.dumps(
+                {
+                    "state": stop_reason or "finished",
+                    "epochs": len(history.get("epoch", [])),
+                    "seconds": round(elapsed(), 3),
+                }
+            ),
+        )
+    return TrainResult(
+        model=model,
+        history=history,
+        recipe={**recipe, "run": run_info},
+        out_dir=out_dir,
+        stop_reason=stop_reason,
+        precision=policy,
+        preprocessing=preprocessing,
+        augment=recipe["augment"],
+        optimizer=optimizer,
+    )

@@ -10,8 +10,14 @@ from __future__ import annotations
 import contextlib
 from typing import Iterator
 
-__all__ = ["PRECISIONS", "resolve_precision", "cpu_flags", "cpu_supports_bfloat16", "gpu_compute_capabilities",
-           "dtype_policy"]
+__all__ = [
+    "PRECISIONS",
+    "resolve_precision",
+    "cpu_flags",
+    "cpu_supports_bfloat16",
+    "gpu_compute_capabilities",
+    "dtype_policy",
+]
 
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 

@@ -36,9 +36,20 @@ import os
 
 __all__ = ["RECIPES", "get_recipe", "recipe_name_for", "lr_at", "PlateauState"]
 
-_SGD = {"optimizer": "sgd", "momentum": 0.9, "nesterov": False, "lr_scaling": "linear", "warmup_epochs": 0,
-        "warmup_lr": None, "weight_decay": 0.0, "dropout": None, "aux_loss_weight": 0.0, "label_smoothing": 0.0,
-        "preprocessing": None, "ema": None}
+_SGD = {
+    "optimizer": "sgd",
+    "momentum": 0.9,
+    "nesterov": False,
+    "lr_scaling": "linear",
+    "warmup_epochs": 0,
+    "warmup_lr": None,
+    "weight_decay": 0.0,
+    "dropout": None,
+    "aux_loss_weight": 0.0,
+    "label_smoothing": 0.0,
+    "preprocessing": None,
+    "ema": None,
+}
 
 
 def _r(**kw):
@@ -47,120 +58,241 @@ def _r(**kw):
 
 RECIPES = {
     "lenet": _r(
-        lr=0.02, batch_size=16, epochs=30, weight_decay=5e-4, augment="lenet", preprocessing="lecun",
+        lr=0.02,
+        batch_size=16,
+        epochs=30,
+        weight_decay=5e-4,
+        augment="lenet",
+        preprocessing="lecun",
         schedule={"type": "cosine"},
         source="LeCun et al. 1998 §II-A, §III-C; batch, schedule and weight decay tuned on mnist5k",
         notes="SGD with momentum on mini-batches of 16 replaces the paper's stochastic diagonal Levenberg-Marquardt "
-              "method, which needed only 20 passes over 60,000 digits (recipe 'lenet_paper' keeps those and the "
-              "paper's step-size ladder). With 4,000 training digits (mnist5k), 30 passes with cosine decay and "
-              "weight decay 5e-4 gave 97.9-98.6% on the 1,000 test digits over seeds 0-5; 20 passes of the ladder "
-              "without weight decay gave 96.4-97.8%. Inputs scaled so the background is -0.1 and the ink 1.175 "
-              "(§II-A); training on small random affine distortions of the digits (§III-C)."),
+        "method, which needed only 20 passes over 60,000 digits (recipe 'lenet_paper' keeps those and the "
+        "paper's step-size ladder). With 4,000 training digits (mnist5k), 30 passes with cosine decay and "
+        "weight decay 5e-4 gave 97.9-98.6% on the 1,000 test digits over seeds 0-5; 20 passes of the ladder "
+        "without weight decay gave 96.4-97.8%. Inputs scaled so the background is -0.1 and the ink 1.175 "
+        "(§II-A); training on small random affine distortions of the digits (§III-C).",
+    ),
     "lenet_paper": _r(
-        lr=0.02, batch_size=32, epochs=20, augment="lenet", preprocessing="lecun",
+        lr=0.02,
+        batch_size=32,
+        epochs=20,
+        augment="lenet",
+        preprocessing="lecun",
         schedule={"type": "piecewise", "boundaries": [2, 5, 8, 12], "multipliers": [1.0, 0.4, 0.2, 0.1, 0.02]},
         source="LeCun et al. 1998 §II-A, §II-B, §III-C",
         notes="20 passes with the paper's step-size ladder (×1, ×0.4, ×0.2, ×0.1, ×0.02 after passes 2, 5, 8, "
-              "12; the paper's global step sizes 5e-4 … 1e-5 belong to SDLM's per-parameter steps); SGD with "
-              "momentum on mini-batches of 32; inputs scaled so the background is -0.1 and the ink 1.175 (§II-A); "
-              "small random affine distortions (§III-C)."),
+        "12; the paper's global step sizes 5e-4 … 1e-5 belong to SDLM's per-parameter steps); SGD with "
+        "momentum on mini-batches of 32; inputs scaled so the background is -0.1 and the ink 1.175 (§II-A); "
+        "small random affine distortions (§III-C).",
+    ),
     "alexnet": _r(
-        lr=0.01, batch_size=128, epochs=90, weight_decay=5e-4, dropout=0.5, augment="alexnet",
+        lr=0.01,
+        batch_size=128,
+        epochs=90,
+        weight_decay=5e-4,
+        dropout=0.5,
+        augment="alexnet",
         schedule={"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 5, "max_reductions": 3},
         source="Krizhevsky et al. 2012 §5",
         notes="lr 0.01 divided by 10 when the validation error stopped improving (three times in the paper), "
-              "about 90 epochs; initial biases of 1 in some layers are not applied."),
+        "about 90 epochs; initial biases of 1 in some layers are not applied.",
+    ),
     "zfnet": _r(
-        lr=0.01, batch_size=128, epochs=70, weight_decay=5e-4, dropout=0.5, augment="alexnet",
+        lr=0.01,
+        batch_size=128,
+        epochs=70,
+        weight_decay=5e-4,
+        dropout=0.5,
+        augment="alexnet",
         schedule={"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 5, "max_reductions": 3},
         source="Zeiler & Fergus 2013 §3 (arXiv:1311.2901)",
         notes="lr 0.01 annealed by hand, 70 epochs, dropout 0.5, crops and flips; weight decay as AlexNet (the "
-              "paper does not state it); the filter-RMS renormalisation to 0.1 is not applied."),
+        "paper does not state it); the filter-RMS renormalisation to 0.1 is not applied.",
+    ),
     "vgg": _r(
-        lr=0.01, batch_size=256, epochs=74, weight_decay=5e-4, dropout=0.5, augment="vgg",
+        lr=0.01,
+        batch_size=256,
+        epochs=74,
+        weight_decay=5e-4,
+        dropout=0.5,
+        augment="vgg",
         schedule={"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 5, "max_reductions": 3},
         source="Simonyan & Zisserman 2014 §3.1 (arXiv:1409.1556)",
         notes="lr 0.01 decreased by 10 when validation accuracy stopped improving (3 times), 74 epochs, scale "
-              "jittering S ∈ [256, 512]."),
+        "jittering S ∈ [256, 512].",
+    ),
     "googlenet": _r(
-        lr=0.01, batch_size=32, epochs=250, weight_decay=2e-4, dropout=0.4, aux_loss_weight=0.3,
-        augment="googlenet", schedule={"type": "exponential", "factor": 0.96, "every": 8},
+        lr=0.01,
+        batch_size=32,
+        epochs=250,
+        weight_decay=2e-4,
+        dropout=0.4,
+        aux_loss_weight=0.3,
+        augment="googlenet",
+        schedule={"type": "exponential", "factor": 0.96, "every": 8},
         source="Szegedy et al. 2014 §6 (arXiv:1409.4842); Caffe bvlc_googlenet solver",
         notes="momentum 0.9, lr decreased by 4% every 8 epochs (paper); base lr 0.01, batch 32 and weight decay "
-              "2e-4 from Caffe's bvlc_googlenet solver (the paper gives none); auxiliary losses weighted 0.3; "
-              "asynchronous SGD and Polyak averaging are not reproduced."),
+        "2e-4 from Caffe's bvlc_googlenet solver (the paper gives none); auxiliary losses weighted 0.3; "
+        "asynchronous SGD and Polyak averaging are not reproduced.",
+    ),
     "resnet_imagenet": _r(
-        lr=0.1, batch_size=256, epochs=90, weight_decay=1e-4, augment="resnet",
+        lr=0.1,
+        batch_size=256,
+        epochs=90,
+        weight_decay=1e-4,
+        augment="resnet",
         schedule={"type": "step", "boundaries": [30, 60], "factor": 0.1},
         source="He et al. 2015 §3.4 (arXiv:1512.03385)",
         notes="lr 0.1 divided by 10 when the error plateaus — at epochs 30 and 60 as in fb.resnet.torch and "
-              "torchvision; weight decay 1e-4 (the paper; the lecture notes say 1e-5); no dropout."),
+        "torchvision; weight decay 1e-4 (the paper; the lecture notes say 1e-5); no dropout.",
+    ),
     "resnet_cifar": _r(
-        lr=0.1, batch_size=128, epochs=164, weight_decay=1e-4, augment="cifar", preprocessing="torch",
+        lr=0.1,
+        batch_size=128,
+        epochs=164,
+        weight_decay=1e-4,
+        augment="cifar",
+        preprocessing="torch",
         schedule={"type": "step", "fractions": [0.5, 0.75], "factor": 0.1},
         source="He et al. 2015 §4.2",
         notes="64k iterations at batch 128 (164 epochs of 50k images), lr divided by 10 at 32k and 48k; "
-              "per-pixel mean subtraction approximated by per-channel normalisation; ResNet-110 and deeper warm "
-              "up at 0.01 (here: for the first epoch)."),
+        "per-pixel mean subtraction approximated by per-channel normalisation; ResNet-110 and deeper warm "
+        "up at 0.01 (here: for the first epoch).",
+    ),
     "preact_cifar": _r(
-        lr=0.1, batch_size=128, epochs=164, weight_decay=1e-4, augment="cifar", preprocessing="torch",
-        warmup_epochs=1, warmup_lr=0.01, schedule={"type": "step", "fractions": [0.5, 0.75], "factor": 0.1},
+        lr=0.1,
+        batch_size=128,
+        epochs=164,
+        weight_decay=1e-4,
+        augment="cifar",
+        preprocessing="torch",
+        warmup_epochs=1,
+        warmup_lr=0.01,
+        schedule={"type": "step", "fractions": [0.5, 0.75], "factor": 0.1},
         source="He et al. 2016 §5 (arXiv:1603.05027)",
-        notes="as the CIFAR ResNets: lr 0.1 (0.01 warm-up), divided by 10 at 32k and 48k of 64k iterations."),
+        notes="as the CIFAR ResNets: lr 0.1 (0.01 warm-up), divided by 10 at 32k and 48k of 64k iterations.",
+    ),
     "wrn_cifar": _r(
-        lr=0.1, batch_size=128, epochs=200, nesterov=True, weight_decay=5e-4, augment="cifar",
-        preprocessing="torch", schedule={"type": "step", "boundaries": [60, 120, 160], "factor": 0.2},
+        lr=0.1,
+        batch_size=128,
+        epochs=200,
+        nesterov=True,
+        weight_decay=5e-4,
+        augment="cifar",
+        preprocessing="torch",
+        schedule={"type": "step", "boundaries": [60, 120, 160], "factor": 0.2},
         source="Zagoruyko & Komodakis 2016 §3 (arXiv:1605.07146)",
         notes="Nesterov momentum 0.9, lr 0.1 multiplied by 0.2 at epochs 60, 120, 160 of 200, weight decay 5e-4; "
-              "dropout 0.3 for the +dropout rows (recipe override {'dropout': 0.3})."),
+        "dropout 0.3 for the +dropout rows (recipe override {'dropout': 0.3}).",
+    ),
     "resnext_cifar": _r(
-        lr=0.1, batch_size=128, epochs=300, weight_decay=5e-4, augment="cifar", preprocessing="torch",
+        lr=0.1,
+        batch_size=128,
+        epochs=300,
+        weight_decay=5e-4,
+        augment="cifar",
+        preprocessing="torch",
         schedule={"type": "step", "boundaries": [150, 225], "factor": 0.1},
         source="Xie et al. 2016 §5.2 (arXiv:1611.05431)",
-        notes="batch 128 on 8 GPUs, lr 0.1 divided by 10 at epochs 150 and 225 of 300, weight decay 5e-4."),
+        notes="batch 128 on 8 GPUs, lr 0.1 divided by 10 at epochs 150 and 225 of 300, weight decay 5e-4.",
+    ),
     "stochastic_depth_cifar": _r(
-        lr=0.1, batch_size=128, epochs=500, nesterov=True, weight_decay=1e-4, augment="cifar",
-        preprocessing="torch", schedule={"type": "step", "boundaries": [250, 375], "factor": 0.1},
+        lr=0.1,
+        batch_size=128,
+        epochs=500,
+        nesterov=True,
+        weight_decay=1e-4,
+        augment="cifar",
+        preprocessing="torch",
+        schedule={"type": "step", "boundaries": [250, 375], "factor": 0.1},
         source="Huang et al. 2016 §4 (arXiv:1603.09382)",
-        notes="500 epochs, lr 0.1 divided by 10 at epochs 250 and 375, Nesterov momentum 0.9 (no dampening)."),
+        notes="500 epochs, lr 0.1 divided by 10 at epochs 250 and 375, Nesterov momentum 0.9 (no dampening).",
+    ),
     "densenet_cifar": _r(
-        lr=0.1, batch_size=64, epochs=300, nesterov=True, weight_decay=1e-4, augment="cifar",
-        preprocessing="torch", schedule={"type": "step", "fractions": [0.5, 0.75], "factor": 0.1},
+        lr=0.1,
+        batch_size=64,
+        epochs=300,
+        nesterov=True,
+        weight_decay=1e-4,
+        augment="cifar",
+        preprocessing="torch",
+        schedule={"type": "step", "fractions": [0.5, 0.75], "factor": 0.1},
         source="Huang et al. 2017 §4.2 (arXiv:1608.06993)",
         notes="batch 64, 300 epochs, lr 0.1 divided by 10 at 50% and 75% of training, Nesterov momentum 0.9; "
-              "dropout 0.2 only without augmentation (override {'dropout': 0.2, 'augment': 'none'})."),
+        "dropout 0.2 only without augmentation (override {'dropout': 0.2, 'augment': 'none'}).",
+    ),
     "densenet_imagenet": _r(
-        lr=0.1, batch_size=256, epochs=90, nesterov=True, weight_decay=1e-4, augment="resnet",
+        lr=0.1,
+        batch_size=256,
+        epochs=90,
+        nesterov=True,
+        weight_decay=1e-4,
+        augment="resnet",
         schedule={"type": "step", "boundaries": [30, 60], "factor": 0.1},
         source="Huang et al. 2017 §4.2",
-        notes="batch 256, 90 epochs, lr 0.1 divided by 10 at epochs 30 and 60, Nesterov momentum 0.9."),
+        notes="batch 256, 90 epochs, lr 0.1 divided by 10 at epochs 30 and 60, Nesterov momentum 0.9.",
+    ),
     "fractalnet_cifar": _r(
-        lr=0.02, batch_size=100, epochs=400, augment="cifar", preprocessing="torch",
+        lr=0.02,
+        batch_size=100,
+        epochs=400,
+        augment="cifar",
+        preprocessing="torch",
         schedule={"type": "step", "fractions": [0.5, 0.75, 0.875, 0.9375], "factor": 0.1},
         source="Larsson et al. 2016 §4.1 (arXiv:1605.07648)",
         notes="momentum 0.9, batch 100, 400 epochs, lr 0.02 divided by 10 each time the remaining epochs halve; "
-              "drop-path and dropout live in the model (its builder options)."),
+        "drop-path and dropout live in the model (its builder options).",
+    ),
     "nin_cifar": _r(
-        lr=0.1, batch_size=128, epochs=120, weight_decay=1e-4, dropout=0.5, augment="cifar", preprocessing="torch",
+        lr=0.1,
+        batch_size=128,
+        epochs=120,
+        weight_decay=1e-4,
+        dropout=0.5,
+        augment="cifar",
+        preprocessing="torch",
         schedule={"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 10, "max_reductions": 2},
         source="Lin et al. 2013 §4.1 (arXiv:1312.4400)",
         notes="the protocol of Krizhevsky et al.: lr divided by 10 when accuracy stops improving, twice; batch "
-              "128; initial lr and weight decay are not in the paper (values of the released Caffe models' "
-              "usual solver)."),
+        "128; initial lr and weight decay are not in the paper (values of the released Caffe models' "
+        "usual solver).",
+    ),
     "nin_imagenet": _r(
-        lr=0.01, batch_size=128, epochs=90, weight_decay=5e-4, dropout=0.5, augment="alexnet",
+        lr=0.01,
+        batch_size=128,
+        epochs=90,
+        weight_decay=5e-4,
+        dropout=0.5,
+        augment="alexnet",
         schedule={"type": "plateau", "monitor": "val_accuracy", "factor": 0.1, "patience": 5, "max_reductions": 3},
-        source="Lin et al. 2013 §4 (AlexNet's protocol)", notes="AlexNet's protocol."),
+        source="Lin et al. 2013 §4 (AlexNet's protocol)",
+        notes="AlexNet's protocol.",
+    ),
     "squeezenet": _r(
-        lr=0.04, batch_size=512, epochs=68, weight_decay=2e-4, dropout=0.5, augment="alexnet",
+        lr=0.04,
+        batch_size=512,
+        epochs=68,
+        weight_decay=2e-4,
+        dropout=0.5,
+        augment="alexnet",
         schedule={"type": "poly", "power": 1.0},
         source="Iandola et al. 2016 (arXiv:1602.07360); released solver.prototxt of SqueezeNet v1.0",
         notes="base lr 0.04, linear ('poly', power 1) decay to 0 over 170k iterations at batch 512 (≈68 epochs), "
-              "momentum 0.9, weight decay 2e-4."),
+        "momentum 0.9, weight decay 2e-4.",
+    ),
     "generic": _r(
-        lr=0.01, batch_size=32, epochs=10, weight_decay=1e-4, augment="none", schedule={"type": "cosine"},
-        source="kerasarch default", notes="for models without a paper recipe."),
+        lr=0.01,
+        batch_size=32,
+        epochs=10,
+        weight_decay=1e-4,
+        augment="none",
+        schedule={"type": "cosine"},
+        source="kerasarch default",
+        notes="for models without a paper recipe.",
+    ),
 }
+
 
 def recipe_name_for(spec):
     """The name of the default recipe of a :class:`~kerasarch.ModelSpec` (its ``recipe`` field; ``"generic"`` for
@@ -203,8 +335,10 @@ def get_recipe(spec=None, recipe="paper", **overrides):
     else:
         base_name = recipe
     if base_name not in RECIPES:
-        raise ValueError(f"Unknown recipe {base_name!r}; choose 'paper', one of {sorted(RECIPES)}, a JSON file or a "
-                         f"dict of overrides.")
+        raise ValueError(
+            f"Unknown recipe {base_name!r}; choose 'paper', one of {sorted(RECIPES)}, a JSON file or a "
+            f"dict of overrides."
+        )
     out = copy.deepcopy(RECIPES[base_name])
     changes.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(changes) - set(out) - {"name", "base_lr", "base_batch_size"})
@@ -230,8 +364,9 @@ def _check(r):
     if r["augment"] not in AUGMENTATIONS:
         raise ValueError(f"Recipe augment must be one of {AUGMENTATIONS}. Received: {r['augment']!r}")
     if r["preprocessing"] is not None and r["preprocessing"] not in PREPROCESSING_MODES:
-        raise ValueError(f"Recipe preprocessing must be None or one of {PREPROCESSING_MODES}. "
-                         f"Received: {r['preprocessing']!r}")
+        raise ValueError(
+            f"Recipe preprocessing must be None or one of {PREPROCESSING_MODES}. Received: {r['preprocessing']!r}"
+        )
     if not (isinstance(r["batch_size"], int) and r["batch_size"] >= 1):
         raise ValueError(f"Recipe batch_size must be a positive integer. Received: {r['batch_size']!r}")
     if not (isinstance(r["epochs"], int) and r["epochs"] >= 1):

@@ -20,8 +20,22 @@ from kerasarch.weights.loading import (
 from kerasarch.weights.table import PREPROCESSING, WEIGHTS, WeightsInfo, imagenet_class_names, weights_for
 from kerasarch.weights.torch_format import TorchFormatError, load_torch_state_dict
 
-__all__ = ["WEIGHTS", "WeightsInfo", "PREPROCESSING", "weights_for", "imagenet_class_names", "imagenet_class_ids",
-           "get_file",
-           "kerasarch_home", "fetch_weights", "load_weights", "read_layer_weights", "assign_layer_weights",
-           "head_layers", "load_torch_state_dict", "WeightsDownloadError", "WeightsMismatchError",
-           "TorchFormatError"]
+__all__ = [
+    "WEIGHTS",
+    "WeightsInfo",
+    "PREPROCESSING",
+    "weights_for",
+    "imagenet_class_names",
+    "imagenet_class_ids",
+    "get_file",
+    "kerasarch_home",
+    "fetch_weights",
+    "load_weights",
+    "read_layer_weights",
+    "assign_layer_weights",
+    "head_layers",
+    "load_torch_state_dict",
+    "WeightsDownloadError",
+    "WeightsMismatchError",
+    "TorchFormatError",
+]

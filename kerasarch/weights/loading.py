@@ -32,8 +32,16 @@ from kerasarch.keras_compat import producer as producer_of
 from kerasarch.weights.download import get_file
 from kerasarch.weights.table import weights_for
 
-__all__ = ["load_weights", "read_layer_weights", "assign_layer_weights", "head_layers", "fetch_weights",
-           "adapt_input_kernel", "WeightsMismatchError", "WeightsFileError"]
+__all__ = [
+    "load_weights",
+    "read_layer_weights",
+    "assign_layer_weights",
+    "head_layers",
+    "fetch_weights",
+    "adapt_input_kernel",
+    "WeightsMismatchError",
+    "WeightsFileError",
+]
 
 _SUFFIXES = (".keras", ".weights.h5", ".h5", ".hdf5", ".pth", ".pt", ".safetensors")
 
@@ -63,8 +71,9 @@ def _h5_array(obj):
     declared = int(np.prod(obj.shape, dtype=object)) * obj.dtype.itemsize
     stored = obj.id.get_storage_size()
     if declared > _MAX_H5_EXPANSION * stored + (1 << 20):
-        raise WeightsFileError(f"'{obj.name}' declares shape {obj.shape} ({declared:,} bytes) but stores "
-                               f"{stored:,} bytes")
+        raise WeightsFileError(
+            f"'{obj.name}' declares shape {obj.shape} ({declared:,} bytes) but stores {stored:,} bytes"
+        )
     return np.asarray(obj)
 
 
@@ -118,8 +127,10 @@ def _torch_modules_to_layers(state_dict, model, family, path=None):
     from kerasarch.weights.torch_names import map_state_dict
 
     if model is None:
-        raise KerasarchError(f"Reading torch weights {path!r} needs the target model (`model=`): its layer types "
-                             "and flatten shapes drive the conversion.")
+        raise KerasarchError(
+            f"Reading torch weights {path!r} needs the target model (`model=`): its layer types "
+            "and flatten shapes drive the conversion."
+        )
     try:
         return map_state_dict(state_dict, model, family)
     except KerasarchError:
@@ -159,8 +170,10 @@ def read_layer_weights(path, model=None, family=None):
     except MemoryError as e:
         raise WeightsFileError(f"Cannot read weights file {path!r}: it declares more data than fits in memory.") from e
     except Exception as e:  # noqa: BLE001 - h5py, zipfile and safetensors raise many types for corrupt files
-        raise WeightsFileError(f"Cannot read weights file {path!r} (truncated or corrupt): {type(e).__name__}: "
-                               f"{' '.join(str(e).split())[:300]}") from e
+        raise WeightsFileError(
+            f"Cannot read weights file {path!r} (truncated or corrupt): {type(e).__name__}: "
+            f"{' '.join(str(e).split())[:300]}"
+        ) from e
     if lower.endswith(".safetensors"):
         return _torch_modules_to_layers(arrays, model, family, path)
     return arrays
@@ -173,8 +186,9 @@ def _read_keras_or_safetensors(path, lower):
         with zipfile.ZipFile(path) as zf:
             info = zf.getinfo("model.weights.h5")
             if info.file_size > _MAX_H5_EXPANSION * info.compress_size + (1 << 20):
-                raise WeightsFileError(f"'model.weights.h5' declares {info.file_size:,} bytes compressed into "
-                                       f"{info.compress_size:,}")
+                raise WeightsFileError(
+                    f"'model.weights.h5' declares {info.file_size:,} bytes compressed into {info.compress_size:,}"
+                )
             data = zf.read(info)
         with h5py.File(io.BytesIO(data), "r") as f:
             return _read_keras3_h5(f)
@@ -202,7 +216,8 @@ def head_layers(model):
             seen.add(id(layer))
             if layer.weights:
                 is_head = isinstance(layer, layers.Dense) or (
-                    isinstance(layer, layers.Conv2D) and tuple(layer.kernel_size) == (1, 1))
+                    isinstance(layer, layers.Conv2D) and tuple(layer.kernel_size) == (1, 1)
+                )
                 if is_head and getattr(layer, "units", getattr(layer, "filters", None)) == units:
                     heads.add(layer.name)
                 continue
@@ -229,7 +244,8 @@ def assign_layer_weights(model, weights, source="the weights file"):
                 continue
             raise WeightsMismatchError(
                 f"Weights file does not fit: layer '{layer.name}' of {model.name} (shapes {want}) has no counterpart "
-                f"in {source}.")
+                f"in {source}."
+            )
         got = [tuple(np.shape(a)) for a in weights[layer.name]]
         if got != want and _input_channels_differ(layer, got, want):
             arrays = [adapt_input_kernel(weights[layer.name][0], want[0][2]), *weights[layer.name][1:]]
@@ -242,14 +258,18 @@ def assign_layer_weights(model, weights, source="the weights file"):
                 continue
             raise WeightsMismatchError(
                 f"Weights file does not fit at layer '{layer.name}': the model expects shapes {want}, {source} "
-                f"holds {got}.")
+                f"holds {got}."
+            )
         pending.append((layer, weights[layer.name]))
     for layer, arrays in pending:
         layer.set_weights(arrays)
     for name, had, has in adapted:
         how = "summed over the RGB channels" if has == 1 else f"repeated and scaled by 3/{has}"
-        print(f"kerasarch: '{name}' takes {has} input channel(s); the {had}-channel kernel of {source} was {how}.",
-              file=sys.stderr, flush=True)
+        print(
+            f"kerasarch: '{name}' takes {has} input channel(s); the {had}-channel kernel of {source} was {how}.",
+            file=sys.stderr,
+            flush=True,
+        )
     if skipped:
         details = "; ".join(f"'{n}' ({why})" for n, why in skipped)
         warnings.warn(f"Classifier layers left at their initialisation: {details}.", stacklevel=3)
@@ -265,8 +285,10 @@ def adapt_input_kernel(kernel: np.ndarray, channels: int) -> np.ndarray:
     """
     kernel = np.asarray(kernel)
     if kernel.ndim != 4 or kernel.shape[2] != 3:
-        raise WeightsMismatchError(f"Only an RGB (3-channel) first convolution can be adapted to another channel "
-                                   f"count. Received: a kernel of shape {kernel.shape}")
+        raise WeightsMismatchError(
+            f"Only an RGB (3-channel) first convolution can be adapted to another channel "
+            f"count. Received: a kernel of shape {kernel.shape}"
+        )
     if channels < 1:
         raise ValueError(f"`channels` must be >= 1. Received: channels={channels!r}")
     if channels == 3:
@@ -299,8 +321,14 @@ def _input_channels_differ(layer, got, want):
     if not isinstance(layer, layers.Conv2D) or len(got) != len(want) or len(want[0]) != 4:
         return False
     (gh, gw, gc, go), (wh, ww, wc, wo) = got[0], want[0]
-    return ((gh, gw, go) == (wh, ww, wo) and gc == 3 and wc != 3 and got[1:] == want[1:]
-            and getattr(layer, "groups", 1) == 1 and _reads_model_input(layer))
+    return (
+        (gh, gw, go) == (wh, ww, wo)
+        and gc == 3
+        and wc != 3
+        and got[1:] == want[1:]
+        and getattr(layer, "groups", 1) == 1
+        and _reads_model_input(layer)
+    )
 
 
 def _has_top(model):
@@ -332,9 +360,11 @@ def _card_variant(model, weights):
 
     variant = card_of(model).variant if has_card(model) else None
     if variant is None:
-        raise ValueError(f"weights={weights!r} finds the checkpoint through the model's card, and model "
-                         f"'{model.name}' has none naming a registered variant. Build it with "
-                         f"kerasarch.build_model(<variant>, weights={weights!r}), or pass weights=<path>.")
+        raise ValueError(
+            f"weights={weights!r} finds the checkpoint through the model's card, and model "
+            f"'{model.name}' has none naming a registered variant. Build it with "
+            f"kerasarch.build_model(<variant>, weights={weights!r}), or pass weights=<path>."
+        )
     return variant
 
 
@@ -378,9 +408,14 @@ def _record_weights(model, path, info, exact):
     card = card_of(model)
     shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
     classes = int(model.outputs[0].shape[-1]) if len(model.outputs) == 1 else None
-    changes = {"weights": {"source": info.source if exact else "file",
-                           "checkpoint": f"{info.source}:{info.id}" if exact else None,
-                           "file": os.path.basename(path), "sha256": file_digest(path, "sha256")}}
+    changes = {
+        "weights": {
+            "source": info.source if exact else "file",
+            "checkpoint": f"{info.source}:{info.id}" if exact else None,
+            "file": os.path.basename(path),
+            "sha256": file_digest(path, "sha256"),
+        }
+    }
     saved = read_card(path) if path.lower().endswith(".keras") else None
     if info is not None:
         changes["input"] = info.input.for_size(shape[1:3], shape[-1])
@@ -414,12 +449,15 @@ def load_weights(model, weights, *, file_hash=None):
         print(f"kerasarch: {name} weights={weights!r}: {_describe_checkpoint(info)}", file=sys.stderr, flush=True)
         return model
     if not isinstance(weights, (str, os.PathLike)):
-        raise ValueError(f"`weights` must be None, 'imagenet' or the path to a weights file. "
-                         f"Received: weights={weights!r}")
+        raise ValueError(
+            f"`weights` must be None, 'imagenet' or the path to a weights file. Received: weights={weights!r}"
+        )
     path = os.fspath(weights)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Weights file not found: {path!r}. `weights` must be None, 'imagenet' or an existing "
-                                f"{' / '.join(_SUFFIXES)} file.")
+        raise FileNotFoundError(
+            f"Weights file not found: {path!r}. `weights` must be None, 'imagenet' or an existing "
+            f"{' / '.join(_SUFFIXES)} file."
+        )
     info, exact = _published_match(model, path)
     _load_path(model, path, _torch_family(info))
     _record_weights(model, path, info, exact)

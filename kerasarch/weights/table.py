@@ -78,14 +78,17 @@ def weights_for(model_name: str, source: str | None = None) -> Checkpoint:
     both, ``"torchvision:IMAGENET1K_V1"`` (``weights="imagenet:<source>"``); case-insensitive."""
     entries = WEIGHTS.get(model_name)
     if not entries:
-        raise ValueError(f"No ImageNet weights are published for '{model_name}'. Models with weights: "
-                         f"{', '.join(sorted(WEIGHTS))}. Received: model name {model_name!r}")
+        raise ValueError(
+            f"No ImageNet weights are published for '{model_name}'. Models with weights: "
+            f"{', '.join(sorted(WEIGHTS))}. Received: model name {model_name!r}"
+        )
     if source is None:
         return entries[0]
     want = str(source).lower()
     for info in entries:
         if want in (info.source.lower(), str(info.id).lower(), f"{info.source}:{info.id}".lower()):
             return info
-    raise ValueError(f"'{model_name}' has no checkpoint {source!r}; available: "
-                     f"{', '.join(f'{i.source}:{i.id}' for i in entries)}. Received: source={source!r}")
-
+    raise ValueError(
+        f"'{model_name}' has no checkpoint {source!r}; available: "
+        f"{', '.join(f'{i.source}:{i.id}' for i in entries)}. Received: source={source!r}"
+    )

@@ -36,9 +36,16 @@ __all__ = ["load_torch_state_dict", "TorchFormatError", "UnsafePickleError"]
 
 _MAGIC = 0x1950A86A20F9469CFC6C
 _STORAGE_DTYPES = {
-    "DoubleStorage": np.float64, "FloatStorage": np.float32, "HalfStorage": np.float16,
-    "BFloat16Storage": "bfloat16", "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
-    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+    "DoubleStorage": np.float64,
+    "FloatStorage": np.float32,
+    "HalfStorage": np.float16,
+    "BFloat16Storage": "bfloat16",
+    "LongStorage": np.int64,
+    "IntStorage": np.int32,
+    "ShortStorage": np.int16,
+    "CharStorage": np.int8,
+    "ByteStorage": np.uint8,
+    "BoolStorage": np.bool_,
 }
 # The largest data.pkl we read (torchvision's biggest is ~100 kB) and the slack allowed on the total size of the
 # tensors read (shared views read the same bytes twice).
@@ -91,8 +98,9 @@ class _Storage(_Frozen):
         """Elements ``offset .. offset + numel - 1`` of this storage, as a storage (legacy storage views)."""
         offset, numel = _check_int(offset, "view offset"), _check_int(numel, "view size")
         if offset + numel > self.numel:
-            raise TorchFormatError(f"a storage view [{offset}, {offset + numel}) lies outside its storage of "
-                                   f"{self.numel} elements")
+            raise TorchFormatError(
+                f"a storage view [{offset}, {offset + numel}) lies outside its storage of {self.numel} elements"
+            )
         base = offset * self.dtype.itemsize
         return _Storage(self.dtype, numel, lambda start, count: self._read(base + start, count))
 
@@ -126,7 +134,8 @@ class _Tensor(_Frozen):
         if first + span > self.storage.numel:
             raise TorchFormatError(
                 f"offset {first}, size {list(shape)} and stride {list(strides)} reach element {first + span - 1} "
-                f"of a storage of {self.storage.numel} elements (out of bounds)")
+                f"of a storage of {self.storage.numel} elements (out of bounds)"
+            )
         return first, span, shape, strides
 
     def nbytes(self):
@@ -144,8 +153,9 @@ class _Tensor(_Frozen):
         if not shape:
             return np.array(flat[0], dtype=dtype)
         # In bounds: the last element of the view is flat[span - 1], checked above.
-        view = np.lib.stride_tricks.as_strided(flat, shape=shape, strides=[s * dtype.itemsize for s in strides],
-                                               writeable=False)
+        view = np.lib.stride_tricks.as_strided(
+            flat, shape=shape, strides=[s * dtype.itemsize for s in strides], writeable=False
+        )
         return np.array(view)  # a contiguous copy, detached from the bytes read
 
 
@@ -184,7 +194,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
         except (KeyError, TypeError):
             raise UnsafePickleError(
                 f"Refusing to unpickle '{module}.{name}': a torch checkpoint holds only tensors, OrderedDicts and "
-                f"plain Python values, and anything else could run code.") from None
+                f"plain Python values, and anything else could run code."
+            ) from None
         return _StorageType(found) if isinstance(found, str) else found
 
     def persistent_load(self, pid):
@@ -207,7 +218,7 @@ class _BoundedFile:
 
     def readinto(self, buf):
         data = self.read(len(buf))
-        buf[:len(data)] = data
+        buf[: len(data)] = data
         return len(data)
 
 
@@ -252,8 +263,10 @@ def _materialise(path, obj, byteswap, budget):
         except TorchFormatError as e:
             raise TorchFormatError(f"{path!r}: tensor {name!r}: {e}.") from None
         if total > budget:
-            raise TorchFormatError(f"{path!r}: the tensors declare {total:,}+ bytes, more than the file's size "
-                                   f"allows ({budget:,}); refusing to read them (tensor {name!r}).")
+            raise TorchFormatError(
+                f"{path!r}: the tensors declare {total:,}+ bytes, more than the file's size "
+                f"allows ({budget:,}); refusing to read them (tensor {name!r})."
+            )
     values = {}
     for name, t in found:
         if id(t) not in values:
@@ -288,8 +301,10 @@ def _load_zip(path, budget):
         if f"{root}/byteorder" in infos and infos[f"{root}/byteorder"].file_size <= 16:
             byteorder = zf.read(f"{root}/byteorder").decode("ascii", "replace").strip()
         if infos[pkl[0]].file_size > _MAX_PICKLE_BYTES:
-            raise TorchFormatError(f"{path!r}: '{pkl[0]}' declares {infos[pkl[0]].file_size:,} bytes; a "
-                                   f"checkpoint's pickle is far smaller.")
+            raise TorchFormatError(
+                f"{path!r}: '{pkl[0]}' declares {infos[pkl[0]].file_size:,} bytes; a "
+                f"checkpoint's pickle is far smaller."
+            )
 
         def load(pid):
             storage_type, key, numel, _ = _storage_pid(pid)
@@ -317,8 +332,9 @@ def _load_legacy(path, budget):
         f = _BoundedFile(raw, size)
 
         def plain():
-            return _RestrictedUnpickler(f, lambda pid: (_ for _ in ()).throw(
-                TorchFormatError("unexpected persistent id in a header record"))).load()
+            return _RestrictedUnpickler(
+                f, lambda pid: (_ for _ in ()).throw(TorchFormatError("unexpected persistent id in a header record"))
+            ).load()
 
         if plain() != _MAGIC:
             raise TorchFormatError(f"{path!r} is neither a zip nor a legacy torch checkpoint (no magic number).")
@@ -364,8 +380,10 @@ def _load_legacy(path, budget):
             (numel,) = struct.unpack("<q" if little else ">q", header)
             nbytes = numel * storage.dtype.itemsize
             if numel < storage.numel or raw.tell() + nbytes > size:
-                raise TorchFormatError(f"{path!r} is truncated or inconsistent: storage {key!r} declares {numel} "
-                                       f"elements ({storage.numel} used), {size - raw.tell()} bytes are left.")
+                raise TorchFormatError(
+                    f"{path!r} is truncated or inconsistent: storage {key!r} declares {numel} "
+                    f"elements ({storage.numel} used), {size - raw.tell()} bytes are left."
+                )
             where[key] = raw.tell()
             raw.seek(nbytes, os.SEEK_CUR)
         missing = [k for k in roots if k not in where]
@@ -395,8 +413,9 @@ def load_torch_state_dict(path):
     except MemoryError as e:
         raise TorchFormatError(f"{path!r} declares more data than fits in memory; not a usable checkpoint.") from e
     except (Exception, RecursionError) as e:  # noqa: BLE001 - anything a hostile pickle provokes
-        raise TorchFormatError(f"{path!r} is not a readable torch checkpoint ({type(e).__name__}: "
-                               f"{str(e)[:200]}).") from e
+        raise TorchFormatError(
+            f"{path!r} is not a readable torch checkpoint ({type(e).__name__}: {str(e)[:200]})."
+        ) from e
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(obj, dict) and key in obj and isinstance(obj[key], dict):
             obj = obj[key]

@@ -27,19 +27,23 @@ def group_modules(state_dict):
     for key, value in state_dict.items():
         prefix, _, param = key.rpartition(".")
         if param not in _PARAMS:
-            raise ValueError(f"Unexpected parameter '{key}' in the torch checkpoint (expected names ending in "
-                             f"{', '.join(_PARAMS)}).")
+            raise ValueError(
+                f"Unexpected parameter '{key}' in the torch checkpoint (expected names ending in {', '.join(_PARAMS)})."
+            )
         modules.setdefault(prefix, {})[param] = value
     return modules
 
 
 def _unknown(prefix, family):
-    return ValueError(f"The torch checkpoint has module '{prefix}', which the {family} mapping does not know: is it "
-                      f"a torchvision {family} checkpoint?")
+    return ValueError(
+        f"The torch checkpoint has module '{prefix}', which the {family} mapping does not know: is it "
+        f"a torchvision {family} checkpoint?"
+    )
 
 
 def _sequential(modules, model, family):
     """VGG / AlexNet: ``features.<i>`` convs (and BNs) in order, ``classifier.<i>`` linears in order."""
+
     def ordered(section):
         found = [(int(p.split(".")[1]), p) for p in modules if re.fullmatch(rf"{section}\.\d+", p)]
         return [p for _, p in sorted(found)]
@@ -55,11 +59,15 @@ def _sequential(modules, model, family):
     k_dense = [lay.name for lay in model.layers if isinstance(lay, layers.Dense)]
     for what, t, k in (("convolutions", t_convs, k_convs), ("batch norms", t_bns, k_bns)):
         if len(t) != len(k):
-            raise ValueError(f"The torch checkpoint has {len(t)} {what} in `features`, model '{model.name}' has "
-                             f"{len(k)}: they are different architectures.")
+            raise ValueError(
+                f"The torch checkpoint has {len(t)} {what} in `features`, model '{model.name}' has "
+                f"{len(k)}: they are different architectures."
+            )
     if k_dense and len(k_dense) != len(head):
-        raise ValueError(f"The torch checkpoint has {len(head)} linear layers in `classifier`, model "
-                         f"'{model.name}' has {len(k_dense)} Dense layers: they are different architectures.")
+        raise ValueError(
+            f"The torch checkpoint has {len(head)} linear layers in `classifier`, model "
+            f"'{model.name}' has {len(k_dense)} Dense layers: they are different architectures."
+        )
     mapping = dict(zip(t_convs, k_convs))
     mapping.update(zip(t_bns, k_bns))
     mapping.update(zip(head, k_dense) if k_dense else ((p, f"<classifier {p}>") for p in head))
@@ -114,8 +122,12 @@ def map_densenet(modules, model):
             mapping[p] = "predictions"
         elif m := re.fullmatch(r"features\.denseblock(\d)\.denselayer(\d+)\.(norm|conv)([12])", q):
             base = f"conv{int(m[1]) + 1}_block{m[2]}"
-            mapping[p] = {("norm", "1"): f"{base}_0_bn", ("conv", "1"): f"{base}_1_conv",
-                          ("norm", "2"): f"{base}_1_bn", ("conv", "2"): f"{base}_2_conv"}[(m[3], m[4])]
+            mapping[p] = {
+                ("norm", "1"): f"{base}_0_bn",
+                ("conv", "1"): f"{base}_1_conv",
+                ("norm", "2"): f"{base}_1_bn",
+                ("conv", "2"): f"{base}_2_conv",
+            }[(m[3], m[4])]
         elif m := re.fullmatch(r"features\.transition(\d)\.(norm|conv)", q):
             mapping[p] = f"pool{int(m[1]) + 1}_{'bn' if m[2] == 'norm' else 'conv'}"
         else:
@@ -142,8 +154,14 @@ def map_squeezenet(modules, model):
     return mapping
 
 
-_GOOGLENET_BRANCHES = {"branch1": "1x1", "branch2.0": "3x3_reduce", "branch2.1": "3x3", "branch3.0": "5x5_reduce",
-                       "branch3.1": "5x5", "branch4.1": "pool_proj"}
+_GOOGLENET_BRANCHES = {
+    "branch1": "1x1",
+    "branch2.0": "3x3_reduce",
+    "branch2.1": "3x3",
+    "branch3.0": "5x5_reduce",
+    "branch3.1": "5x5",
+    "branch4.1": "pool_proj",
+}
 
 
 def map_googlenet(modules, model):
@@ -160,8 +178,11 @@ def map_googlenet(modules, model):
         base = None
         if m and m[1] in stem:
             base = stem[m[1]]
-        elif m and (mi := re.fullmatch(r"inception(\d[a-e])\.(branch\d(?:\.\d)?)", m[1])) and \
-                mi[2] in _GOOGLENET_BRANCHES:
+        elif (
+            m
+            and (mi := re.fullmatch(r"inception(\d[a-e])\.(branch\d(?:\.\d)?)", m[1]))
+            and mi[2] in _GOOGLENET_BRANCHES
+        ):
             base = f"inception{mi[1]}_{_GOOGLENET_BRANCHES[mi[2]]}"
         elif m and (ma := re.fullmatch(r"(aux[12])\.conv", m[1])):
             base = f"{ma[1]}_conv"
@@ -174,8 +195,14 @@ def map_googlenet(modules, model):
     return mapping
 
 
-MAPPERS = {"vgg": map_vgg, "alexnet": map_alexnet, "resnet": map_resnet, "densenet": map_densenet,
-           "squeezenet": map_squeezenet, "googlenet": map_googlenet}
+MAPPERS = {
+    "vgg": map_vgg,
+    "alexnet": map_alexnet,
+    "resnet": map_resnet,
+    "densenet": map_densenet,
+    "squeezenet": map_squeezenet,
+    "googlenet": map_googlenet,
+}
 
 
 def detect_family(keys):
@@ -192,8 +219,10 @@ def detect_family(keys):
     if any(k.startswith("features.") for k in keys):
         conv_weights = [k for k in keys if k.startswith("features.") and k.endswith(".weight")]
         return "alexnet" if len(conv_weights) == 5 else "vgg"
-    raise ValueError(f"Unrecognised torch checkpoint layout (first keys: {keys[:5]}): expected a torchvision "
-                     f"AlexNet, VGG, GoogLeNet, ResNet/ResNeXt/Wide ResNet, SqueezeNet or DenseNet state dict.")
+    raise ValueError(
+        f"Unrecognised torch checkpoint layout (first keys: {keys[:5]}): expected a torchvision "
+        f"AlexNet, VGG, GoogLeNet, ResNet/ResNeXt/Wide ResNet, SqueezeNet or DenseNet state dict."
+    )
 
 
 def _dense_input_hwc(model, layer):
@@ -224,8 +253,10 @@ def torch_to_keras_arrays(params, layer, model):
         return out + [params["running_mean"], params["running_var"]]
     if isinstance(layer, layers.Conv2D) and not isinstance(layer, layers.Conv2DTranspose):
         if w is None or np.ndim(w) != 4:
-            raise ValueError(f"Layer '{layer.name}' is a Conv2D; the torch module mapped to it has no 4-D weight "
-                             f"(shapes {[np.shape(v) for v in params.values()]}).")
+            raise ValueError(
+                f"Layer '{layer.name}' is a Conv2D; the torch module mapped to it has no 4-D weight "
+                f"(shapes {[np.shape(v) for v in params.values()]})."
+            )
         kernel = np.transpose(w, (2, 3, 1, 0))  # OIHW -> HWIO; grouped: (O, I/g, kh, kw) -> (kh, kw, I/g, O)
         return [kernel] + ([b] if b is not None else [])
     if isinstance(layer, layers.Dense):
@@ -260,6 +291,7 @@ def map_state_dict(state_dict, model, family=None):
     out = {}
     for prefix, name in mapping.items():
         if name in by_name:
-            out[name] = [np.asarray(a, dtype=np.float32) for a in
-                         torch_to_keras_arrays(modules[prefix], by_name[name], model)]
+            out[name] = [
+                np.asarray(a, dtype=np.float32) for a in torch_to_keras_arrays(modules[prefix], by_name[name], model)
+            ]
     return out
