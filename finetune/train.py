@@ -450,10 +450,7 @@ def _step_budget_run(
     augmenter = keras_augmenter(
         randaugment=randaugment, random_erasing=random_erasing, mixup=mixup, cutmix=cutmix, seed=seed
     )
-    history = fit_steps(
-        net,
-        train_ds,
-        val_ds,
+    schedule = dict(
         steps=budget,
         lr=rate,
         batch_size=batch_size,
@@ -461,15 +458,21 @@ def _step_budget_run(
         weight_decay=weight_decay,
         warmup=warmup,
         layer_decay=decay,
-        spec=backbone.spec,
-        preprocessing=backbone.preprocessing,
         augment=augment,
         augmenter=augmenter,
         accumulation=accumulation,
         ema=ema,
-        patience=patience,
         seed=seed,
+    )
+    history = fit_steps(
+        net,
+        train_ds,
+        val_ds,
+        spec=backbone.spec,
+        preprocessing=backbone.preprocessing,
+        patience=patience,
         log=log if verbose else None,
+        **schedule,
     )
     chosen = method
     if auto:
@@ -511,21 +514,10 @@ def _step_budget_run(
                 net,
                 all_ds,
                 None,
-                steps=budget,
                 stop_after=refit_updates,
-                lr=rate,
-                batch_size=batch_size,
-                optimizer=optimizer,
-                weight_decay=weight_decay,
-                warmup=warmup,
-                layer_decay=decay,
                 spec=backbone.spec,
                 preprocessing=backbone.preprocessing,
-                augment=augment,
-                augmenter=augmenter,
-                accumulation=accumulation,
-                ema=ema,
-                seed=seed,
+                **schedule,
             )
     os.makedirs(out, exist_ok=True)
     write_json(os.path.join(out, "history.json"), history)
