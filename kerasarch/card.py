@@ -169,11 +169,11 @@ class InputConfig:
         """One line saying what :attr:`preprocessing` does."""
         return _DESCRIPTIONS[self.preprocessing]
 
-    def replace(self, **changes) -> InputConfig:
+    def replace(self, **changes: Any) -> InputConfig:
         """A copy with ``changes``."""
         return dataclasses.replace(self, **changes)
 
-    def for_size(self, size, channels=None) -> InputConfig:
+    def for_size(self, size: tuple[int | None, int | None] | None, channels: int | None = None) -> InputConfig:
         """This convention on a model input of ``size`` (``resize_size`` scales with the input, 256/224)."""
         size = None if size is None else tuple(size)
         resize_size = self.resize_size
@@ -280,7 +280,7 @@ class ModelCard:
         if isinstance(self.input, Mapping):
             object.__setattr__(self, "input", InputConfig.from_dict(self.input))
 
-    def replace(self, **changes) -> ModelCard:
+    def replace(self, **changes: Any) -> ModelCard:
         """A copy with ``changes`` (``input`` may be an :class:`InputConfig` or a dict of its fields to change)."""
         if isinstance(changes.get("input"), Mapping):
             changes["input"] = self.input.replace(**changes["input"])
@@ -377,13 +377,13 @@ class CardModel(keras.Model):
     :func:`with_card` rather than the attribute.
     """
 
-    def __init__(self, *args, card=None, **kwargs):
+    def __init__(self, *args: Any, card: ModelCard | Mapping[str, Any] | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if isinstance(card, Mapping):
             card = ModelCard.from_dict(card)
         self._kerasarch_card = card
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         card = getattr(self, "_kerasarch_card", None)
         config["card"] = card.to_dict() if card is not None else None
@@ -412,7 +412,7 @@ def card_of(model: Any) -> ModelCard:
     return card
 
 
-def with_card(model: Any, card: ModelCard) -> Any:
+def with_card(model: keras.Model, card: ModelCard) -> CardModel:
     """Returns ``model`` carrying ``card``: the same model when it is a :class:`CardModel`, else a
     :class:`CardModel` on the same layers and weights (a Functional ``keras.Model`` is required)."""
     if not isinstance(card, ModelCard):
@@ -427,7 +427,7 @@ def with_card(model: Any, card: ModelCard) -> Any:
     return CardModel(inputs, outputs, name=model.name, card=card)
 
 
-def update_card(model: Any, **changes) -> Any:
+def update_card(model: keras.Model, **changes: Any) -> CardModel:
     """Replaces fields of ``model``'s card (see :meth:`ModelCard.replace`) and returns the model (a
     :class:`CardModel`); a model without a card gets a new one made of ``changes``."""
     card = getattr(model, "_kerasarch_card", None) or ModelCard()

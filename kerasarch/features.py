@@ -10,6 +10,8 @@ Raw layer names are accepted too, so any layer of any model can be tapped.
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import keras
 
 from kerasarch.card import card_of, has_card
@@ -21,7 +23,7 @@ __all__ = ["feature_extractor", "list_taps", "penultimate_tap", "resolve_taps", 
 _OUTPUT_TAPS = ("predictions", "logits", "output")
 
 
-def list_taps(name):
+def list_taps(name: str | ModelSpec | keras.Model) -> list[str]:
     """Returns the paper tap names of a registered model, in the order the spec declares them (input side
     first).
 
@@ -41,7 +43,7 @@ def list_taps(name):
     return list(spec.taps)
 
 
-def penultimate_tap(name):
+def penultimate_tap(name: str | ModelSpec | keras.Model) -> str:
     """The last declared tap before the classifier (VGG: ``fc7``; a CIFAR ResNet: ``avg_pool``): the feature
     a linear probe reads."""
     taps = [t for t in list_taps(name) if t not in _OUTPUT_TAPS]
@@ -50,7 +52,7 @@ def penultimate_tap(name):
     return taps[-1]
 
 
-def spec_of(model_or_name):
+def spec_of(model_or_name: str | ModelSpec | keras.Model) -> ModelSpec | None:
     """The :class:`ModelSpec` of a registry name or of a model whose card names a registered variant; ``None``
     for a model without one."""
     if isinstance(model_or_name, ModelSpec):
@@ -70,7 +72,7 @@ def _paper_taps(model, spec):
     return {}
 
 
-def resolve_taps(model, taps, spec=None):
+def resolve_taps(model: keras.Model, taps: str | Sequence[str], spec: ModelSpec | None = None) -> dict[str, str]:
     """Maps each requested tap (paper name or layer name) to a layer name of ``model``.
 
     Args:
@@ -124,7 +126,13 @@ def resolve_taps(model, taps, spec=None):
     return resolved
 
 
-def feature_extractor(model_or_name, taps, *, spec=None, **build_kwargs):
+def feature_extractor(
+    model_or_name: str | keras.Model,
+    taps: str | Sequence[str],
+    *,
+    spec: str | ModelSpec | None = None,
+    **build_kwargs: Any,
+) -> keras.Model:
     """A model that returns the activations at ``taps``, as a dict keyed by tap name.
 
     Args:

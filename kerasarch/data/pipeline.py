@@ -3,6 +3,8 @@ batch, prefetch — reproducible for a seed, epoch by epoch."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Union
+
 import tensorflow as tf
 
 from kerasarch.card import InputConfig, card_of, has_card
@@ -12,17 +14,23 @@ from kerasarch.preprocessing import fit_images
 __all__ = ["InputPipeline", "prepare", "is_batched", "input_shape_of", "input_config_of"]
 
 AUTOTUNE = tf.data.AUTOTUNE
+if TYPE_CHECKING:
+    import keras
+
+#: What gives an input shape: a built model, a registry name or an ``(H, W, C)`` tuple.
+ModelOrShape = Union["keras.Model", str, tuple]
+
 _CACHE_BUDGET = 2 << 30  # bytes of fitted float32 images an "auto" cache may hold in memory
 
 
-def is_batched(dataset):
+def is_batched(dataset: tf.data.Dataset) -> bool:
     """Whether ``dataset``'s elements are batches (images of rank 4) rather than single images (rank 3)."""
     spec = dataset.element_spec
     image = spec[0] if isinstance(spec, (tuple, list)) else spec
     return image.shape.rank == 4
 
 
-def input_shape_of(model_or_shape):
+def input_shape_of(model_or_shape: ModelOrShape) -> tuple:
     """``(H, W, C)`` of a ``keras.Model``, a registry name or a shape tuple."""
     if isinstance(model_or_shape, str):
         from kerasarch.registry import get_spec
@@ -36,7 +44,9 @@ def input_shape_of(model_or_shape):
     return tuple(model_or_shape)
 
 
-def input_config_of(model_or_shape, *, preprocessing=None, fit=None, augment="none"):
+def input_config_of(
+    model_or_shape: ModelOrShape, *, preprocessing: str | None = None, fit: str | None = None, augment: str = "none"
+) -> InputConfig:
     """The :class:`~kerasarch.card.InputConfig` images are prepared with: the model card's (a model with one, or a
     registry name's), else ``"none"`` preprocessing and ``"auto"`` fit (``"resize_crop"`` of 256/224 the input for
     the ImageNet augmentation presets) at the model's input shape; ``preprocessing`` / ``fit`` replace its fields."""
@@ -104,20 +114,20 @@ class InputPipeline:
 
     def __init__(
         self,
-        dataset,
-        input_shape,
+        dataset: tf.data.Dataset,
+        input_shape: ModelOrShape,
         *,
-        batch_size,
-        training,
-        augment="none",
-        preprocessing=None,
-        seed=0,
-        cache="auto",
-        shuffle_buffer=None,
-        drop_remainder=False,
-        fit=None,
-        input_config=None,
-    ):
+        batch_size: int,
+        training: bool,
+        augment: str = "none",
+        preprocessing: str | None = None,
+        seed: int = 0,
+        cache: bool | str = "auto",
+        shuffle_buffer: int | None = None,
+        drop_remainder: bool = False,
+        fit: str | None = None,
+        input_config: InputConfig | None = None,
+    ) -> None:
         if is_batched(dataset):
             raise ValueError(
                 "InputPipeline takes an unbatched dataset of (image, label); this one yields batches. "
@@ -170,7 +180,7 @@ class InputPipeline:
             shuffle_buffer = n if n is not None and 0 < n <= 100_000 else 10_000
         self.shuffle_buffer = int(shuffle_buffer)
 
-    def count(self, exact=False):
+    def count(self, exact: bool = False) -> int:
         """The number of examples: known, estimated from the source (``exact=False``), or counted in one pass over
         the data (fills the cache)."""
         if self.num_examples is None or (exact and not self._exact):
@@ -178,14 +188,23 @@ class InputPipeline:
             self._exact = True
         return self.num_examples
 
-    def steps(self, global_batch=None, drop_remainder=None, exact=False):
+    def steps(self, global_batch: int | None = None, drop_remainder: bool | None = None, exact: bool = False) -> int:
         """Batches per epoch for ``global_batch`` (default: the batch size)."""
         b = global_batch or self.batch_size
         drop = self.drop_remainder if drop_remainder is None else drop_remainder
         n = self.count(exact)
         return n // b if drop else -(-n // b)
 
-    def dataset(self, epoch=0, *, num_shards=1, shard_index=0, batch_size=None, skip=0, take=None):
+    def dataset(
+        self,
+        epoch: int = 0,
+        *,
+        num_shards: int = 1,
+        shard_index: int = 0,
+        batch_size: int | None = None,
+        skip: int = 0,
+        take: int | None = None,
+    ) -> tf.data.Dataset:
         """The batches of epoch ``epoch``.
 
         Args:
@@ -230,18 +249,18 @@ class InputPipeline:
 
 
 def prepare(
-    dataset,
-    model,
+    dataset: tf.data.Dataset,
+    model: ModelOrShape,
     *,
-    batch_size,
-    training,
-    augment="none",
-    preprocessing=None,
-    seed=0,
-    epoch=0,
-    cache="auto",
-    drop_remainder=False,
-):
+    batch_size: int,
+    training: bool,
+    augment: str = "none",
+    preprocessing: str | None = None,
+    seed: int = 0,
+    epoch: int = 0,
+    cache: bool | str = "auto",
+    drop_remainder: bool = False,
+) -> tf.data.Dataset:
     """A batched, prefetched dataset for ``model`` (a ``keras.Model``, a registry name or an input shape).
 
     ``preprocessing`` defaults to the model card's (``"none"`` for a shape or a model without a card). See

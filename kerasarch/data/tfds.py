@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import os
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
 __all__ = ["from_tfds"]
 
 
 def from_tfds(
-    name,
-    split="train",
-    data_dir=None,
-    download=False,
+    name: str,
+    split: str = "train",
+    data_dir: str | os.PathLike | None = None,
+    download: bool = False,
     *,
-    image_key="image",
-    label_key="label",
-    image_size=None,
-    channels=None,
-    shuffle_files=False,
-    seed=0,
-):
+    image_key: str = "image",
+    label_key: str = "label",
+    image_size: int | tuple[int, int] | None = None,
+    channels: int | None = None,
+    shuffle_files: bool = False,
+    seed: int = 0,
+) -> tf.data.Dataset:
     """A TFDS split as an unbatched ``tf.data`` dataset of ``(image, label)``.
 
     A ``data_dir`` that holds the prepared data set (``<data_dir>/<name>/<config>/<version>/``, as written by

@@ -37,7 +37,7 @@ _PCA_EIGVAL = (55.46, 4.794, 1.148)
 _PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
 
 
-def preprocess(images, mode):
+def preprocess(images: tf.Tensor, mode: str) -> tf.Tensor:
     """Maps ``[0, 255]`` pixels to the input convention ``mode`` of a model's weights (one of
     :data:`PREPROCESSING_MODES`): :func:`kerasarch.preprocessing.preprocess`, the one implementation every step
     uses. The modes of ``keras.applications.imagenet_utils.preprocess_input`` (``"caffe"``, ``"torch"``, ``"tf"``),
@@ -58,7 +58,13 @@ def _fix_channels(image, channels):
     return image if channels is None else convert_channels(image, channels)
 
 
-def fit_image(image, size, channels=None, method="auto", resize_size=None):
+def fit_image(
+    image: tf.Tensor,
+    size: tuple[int, int],
+    channels: int | None = None,
+    method: str = "auto",
+    resize_size: int | None = None,
+) -> tf.Tensor:
     """Fits one image to a model's input: channel conversion (grey↔RGB, RGBA→RGB) and spatial size, with
     :func:`kerasarch.preprocessing.fit_images` (see :class:`kerasarch.card.InputConfig` for the methods).
 
@@ -101,7 +107,7 @@ def _random_crop(image, size, seed):
     return tf.image.stateless_random_crop(image, (size[0], size[1], tf.shape(image)[2]), seed)
 
 
-def pca_lighting(image, seed, std=0.1):
+def pca_lighting(image: tf.Tensor, seed: tf.Tensor, std: float = 0.1) -> tf.Tensor:
     """AlexNet's colour augmentation (Krizhevsky et al. 2012 §4.1): adds ``eigvec · (α · eigval)`` to every pixel,
     α ~ N(0, std²) per image, along the principal components of ImageNet's RGB values. Three-channel images only
     (others are returned unchanged)."""
@@ -235,13 +241,15 @@ def _check_preset(name):
         raise ValueError(f"Unknown augmentation {name!r}; choose one of {AUGMENTATIONS}.")
 
 
-def crops_from_raw(name):
+def crops_from_raw(name: str) -> bool:
     """Whether augmentation preset ``name`` crops at the image's own resolution (ImageNet-style presets)."""
     _check_preset(name)
     return _PRESETS[name][1]
 
 
-def augment(image, seed, name, size, channels=None):
+def augment(
+    image: tf.Tensor, seed: tf.Tensor, name: str, size: tuple[int, int], channels: int | None = None
+) -> tf.Tensor:
     """The training-time transform of augmentation preset ``name``.
 
     Presets: ``"alexnet"`` (crops of the 256-rescaled image, flips, PCA colour), ``"vgg"`` (scale jittering
@@ -275,7 +283,7 @@ def augment(image, seed, name, size, channels=None):
     return image
 
 
-def eval_transform(image, name, size, channels=None):
+def eval_transform(image: tf.Tensor, name: str, size: tuple[int, int], channels: int | None = None) -> tf.Tensor:
     """The evaluation-time counterpart of preset ``name``: for the ImageNet presets the shorter side is rescaled to
     256/224 of the input size and the centre cropped (the papers' single-crop evaluation, ``fit="resize_crop"``);
     otherwise the image is fitted to the input (:func:`fit_image`)."""

@@ -58,7 +58,7 @@ def parse_hash(file_hash: str) -> tuple[str, str]:
     return algorithm, h
 
 
-def file_digest(path, algorithm="sha256") -> str:
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
     """Hex digest of the file at ``path``."""
     h = hashlib.new(algorithm)
     with open(path, "rb") as f:
@@ -94,7 +94,15 @@ def _check_cached(path, file_hash):
     return hash_matches(digests, expected)
 
 
-def get_file(fname, origin, *, file_hash=None, cache_subdir="weights", cache_dir=None, quiet=False):
+def get_file(
+    fname: str,
+    origin: str,
+    *,
+    file_hash: str | None = None,
+    cache_subdir: str = "weights",
+    cache_dir: str | os.PathLike | None = None,
+    quiet: bool = False,
+) -> str:
     """Returns the local path of ``fname``, downloading it from ``origin`` into the cache if needed.
 
     Args:

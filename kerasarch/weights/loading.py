@@ -22,6 +22,7 @@ import os
 import sys
 import warnings
 import zipfile
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 from keras import layers
@@ -31,6 +32,11 @@ from kerasarch.keras_compat import inbound_nodes
 from kerasarch.keras_compat import producer as producer_of
 from kerasarch.weights.download import get_file
 from kerasarch.weights.table import weights_for
+
+if TYPE_CHECKING:
+    import keras
+
+    from kerasarch.card import Checkpoint
 
 __all__ = [
     "load_weights",
@@ -139,7 +145,9 @@ def _torch_modules_to_layers(state_dict, model, family, path=None):
         raise WeightsMismatchError(f"Weights file {path!r} does not fit {model.name}: {e}") from e
 
 
-def read_layer_weights(path, model=None, family=None):
+def read_layer_weights(
+    path: str | os.PathLike, model: keras.Model | None = None, family: str | None = None
+) -> dict[str, list[np.ndarray]]:
     """Reads a weights file into ``{layer name: [numpy arrays in Keras order]}``.
 
     Args:
@@ -202,7 +210,7 @@ def _read_keras_or_safetensors(path, lower):
     return load_file(path)
 
 
-def head_layers(model):
+def head_layers(model: keras.Model) -> set[str]:
     """Names of the model's classifier layers: Dense or 1×1 Conv2D layers whose output reaches a model output
     through weight-free layers only, with as many units as that output."""
     heads = set()
@@ -226,7 +234,9 @@ def head_layers(model):
     return heads
 
 
-def assign_layer_weights(model, weights, source="the weights file"):
+def assign_layer_weights(
+    model: keras.Model, weights: Mapping[str, Sequence[np.ndarray]], source: str = "the weights file"
+) -> tuple[list[str], list[str]]:
     """Sets ``model``'s weights from ``{layer name: [arrays]}`` by layer name (the rules in the module docstring).
 
     Returns:
@@ -335,7 +345,14 @@ def _has_top(model):
     return bool(head_layers(model))
 
 
-def fetch_weights(model_name, *, source=None, include_top=True, file_hash=None, cache_dir=None):
+def fetch_weights(
+    model_name: str,
+    *,
+    source: str | None = None,
+    include_top: bool = True,
+    file_hash: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+) -> tuple[str, Checkpoint]:
     """Downloads (or finds in the cache) the ImageNet weights of ``model_name``.
 
     Args:
@@ -430,7 +447,7 @@ def _record_weights(model, path, info, exact):
     with_card(model, card.replace(**changes))
 
 
-def load_weights(model, weights, *, file_hash=None):
+def load_weights(model: keras.Model, weights: str | os.PathLike, *, file_hash: str | None = None) -> keras.Model:
     """Loads ``weights`` into ``model`` and returns the model, recording where they came from on its card.
 
     Args:

@@ -392,7 +392,7 @@ def _load_legacy(path, budget):
         return _materialise(path, obj, not little, budget)
 
 
-def load_torch_state_dict(path):
+def load_torch_state_dict(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads a ``torch.save``-d checkpoint and returns ``{key: numpy array}`` (its ``state_dict``).
 
     A checkpoint that wraps the state dict (``{"state_dict": ...}`` or ``{"model": ...}``) is unwrapped. Only

@@ -10,18 +10,22 @@ the loader; a prefix the function does not recognise raises, so a checkpoint of 
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING, Iterable, Mapping
 
 import numpy as np
 from keras import layers
 
 from kerasarch import keras_compat
 
+if TYPE_CHECKING:
+    import keras
+
 __all__ = ["MAPPERS", "detect_family", "group_modules", "map_state_dict", "torch_to_keras_arrays"]
 
 _PARAMS = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
-def group_modules(state_dict):
+def group_modules(state_dict: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
     """``{"a.b.weight": w, ...}`` -> ``{"a.b": {"weight": w, ...}}``, in checkpoint order."""
     modules = {}
     for key, value in state_dict.items():
@@ -74,19 +78,19 @@ def _sequential(modules, model, family):
     return mapping
 
 
-def map_vgg(modules, model):
+def map_vgg(modules: Mapping[str, Mapping[str, np.ndarray]], model: keras.Model) -> dict[str, str]:
     """torchvision VGG / VGG-BN (``features.N``, ``classifier.{0,3,6}``) -> ``block{b}_conv{c}[_bn]``, ``fc1``,
     ``fc2``, ``predictions``."""
     return _sequential(modules, model, "vgg")
 
 
-def map_alexnet(modules, model):
+def map_alexnet(modules: Mapping[str, Mapping[str, np.ndarray]], model: keras.Model) -> dict[str, str]:
     """torchvision AlexNet (``features.{0,3,6,8,10}``, ``classifier.{1,4,6}``) -> ``conv1``..``conv5``, ``fc6``,
     ``fc7``, ``predictions``."""
     return _sequential(modules, model, "alexnet")
 
 
-def map_resnet(modules, model):
+def map_resnet(modules: Mapping[str, Mapping[str, np.ndarray]], model: keras.Model) -> dict[str, str]:
     """torchvision ResNet / ResNeXt / Wide ResNet -> keras.applications-style names:
     ``layer{L}.{i}.conv{j}`` -> ``conv{L+1}_block{i+1}_{j}_conv``, ``downsample.{0,1}`` -> ``..._0_conv/_0_bn``."""
     mapping = {}
@@ -106,7 +110,7 @@ def map_resnet(modules, model):
     return mapping
 
 
-def map_densenet(modules, model):
+def map_densenet(modules: Mapping[str, Mapping[str, np.ndarray]], model: keras.Model) -> dict[str, str]:
     """torchvision DenseNet -> keras.applications DenseNet names (``denseblock{b}.denselayer{l}.norm1`` ->
     ``conv{b+1}_block{l}_0_bn`` ...). The 2017 files write ``norm.1`` for ``norm1``; both are accepted."""
     mapping = {}
@@ -135,7 +139,7 @@ def map_densenet(modules, model):
     return mapping
 
 
-def map_squeezenet(modules, model):
+def map_squeezenet(modules: Mapping[str, Mapping[str, np.ndarray]], model: keras.Model) -> dict[str, str]:
     """torchvision SqueezeNet 1.0 / 1.1: ``features.0`` -> ``conv1``, the Fire modules in ``features`` order ->
     ``fire2``..``fire9`` (``squeeze``/``expand1x1``/``expand3x3`` -> ``fire{n}_squeeze1x1`` ...),
     ``classifier.1`` -> ``conv10``."""
@@ -164,7 +168,7 @@ _GOOGLENET_BRANCHES = {
 }
 
 
-def map_googlenet(modules, model):
+def map_googlenet(modules: Mapping[str, Mapping[str, np.ndarray]], model: keras.Model) -> dict[str, str]:
     """torchvision GoogLeNet (BN) -> Caffe-style names: ``conv1`` -> ``conv1_7x7_s2``, ``conv2``/``conv3`` ->
     ``conv2_3x3_reduce``/``conv2_3x3``, ``inception4a.branch2.1`` -> ``inception4a_3x3``, each ``.bn`` -> ``<name>_bn``;
     ``aux1.conv``/``fc1``/``fc2`` -> ``aux1_conv``/``aux1_fc``/``aux1``; ``fc`` -> ``predictions``."""
@@ -205,7 +209,7 @@ MAPPERS = {
 }
 
 
-def detect_family(keys):
+def detect_family(keys: Iterable[str]) -> str:
     """The torchvision family of a state dict, from its key layout."""
     keys = list(keys)
     if any(k.startswith("features.denseblock") for k in keys):
@@ -240,7 +244,9 @@ def _dense_input_hwc(model, layer):
     return None
 
 
-def torch_to_keras_arrays(params, layer, model):
+def torch_to_keras_arrays(
+    params: Mapping[str, np.ndarray], layer: keras.layers.Layer, model: keras.Model
+) -> list[np.ndarray]:
     """The Keras weight list of ``layer`` from one torch module's ``params`` (``weight``, ``bias``,
     ``running_mean``, ``running_var``; ``num_batches_tracked`` is ignored)."""
     w, b = params.get("weight"), params.get("bias")
@@ -273,7 +279,9 @@ def torch_to_keras_arrays(params, layer, model):
     raise ValueError(f"No torch conversion for layer '{layer.name}' of type {type(layer).__name__}.")
 
 
-def map_state_dict(state_dict, model, family=None):
+def map_state_dict(
+    state_dict: Mapping[str, np.ndarray], model: keras.Model, family: str | None = None
+) -> dict[str, list[np.ndarray]]:
     """Converts a torchvision ``state_dict`` (numpy arrays) into ``{kerasarch layer name: [Keras arrays]}`` for
     the layers ``model`` has.
 
