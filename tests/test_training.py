@@ -228,6 +228,7 @@ def test_precision_auto():
     rp = training.resolve_precision
     assert rp("auto", gpus=[(8, 0), (7, 0)]) == "mixed_float16"
     assert rp("auto", gpus=[(6, 1)]) == "float32"
+    assert rp("auto", gpus=[(8, 0), (6, 1)]) == "float32"  # every GPU needs tensor cores, not just one
     assert rp("auto", gpus=[], tpu=True) == "mixed_bfloat16"
     assert rp("auto", gpus=[], tpu=False, cpu_flags_={"avx512f", "avx512_bf16"}) == "mixed_bfloat16"
     assert rp("auto", gpus=[], tpu=False, cpu_flags_={"amx_bf16", "amx_tile"}) == "mixed_bfloat16"
