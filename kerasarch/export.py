@@ -61,24 +61,6 @@ class ExportError(KerasarchError):
     """The export cannot be made as asked (the message says why, and what is allowed)."""
 
 
-def _ends_in_softmax(model):
-    """Whether the model's (single) output already is a softmax: found walking back through weight-free layers."""
-    import keras
-
-    from kerasarch.keras_compat import inbound_nodes, producer
-
-    tensor = model.outputs[0]
-    while True:
-        layer = producer(tensor)
-        activation = getattr(layer, "activation", None)
-        if activation is not None:
-            return getattr(activation, "__name__", "") == "softmax" or activation is keras.activations.softmax
-        nodes = inbound_nodes(layer)
-        if layer.weights or not nodes or len(nodes[0].input_tensors) != 1:
-            return False
-        tensor = nodes[0].input_tensors[0]
-
-
 def _resolve_tap(model, tap):
     from kerasarch.card import card_of, has_card
 
@@ -187,13 +169,13 @@ def prepare_model(name, weights=None, *, preprocessing=None, class_names=None, i
 
 
 def _single_output(model):
-    if len(model.outputs) == 1:
-        return model
-    if "predictions" in {layer.name for layer in model.layers}:  # GoogLeNet's auxiliary heads are discarded
-        from kerasarch.applications.googlenet import strip_auxiliary
+    """The model without auxiliary heads (GoogLeNet's are discarded at inference); several outputs and no
+    ``predictions`` among them cannot be served."""
+    from kerasarch.classifier import MAIN_OUTPUT, strip_auxiliary
 
-        return strip_auxiliary(model)
-    raise ExportError(f"{model.name} has {len(model.outputs)} outputs; export needs one classifier output.")
+    if len(model.outputs) > 1 and MAIN_OUTPUT not in {layer.name for layer in model.layers}:
+        raise ExportError(f"{model.name} has {len(model.outputs)} outputs; export needs one classifier output.")
+    return strip_auxiliary(model)
 
 
 # What an export folder may hold: a TFLite/ONNX export (marked by its metadata file) or a SavedModel.
@@ -318,12 +300,6 @@ def export_target(out, *, format="saved_model", version=None, overwrite=False):
     return target
 
 
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 @contextlib.contextmanager
 def _atomic_directory(target, replace_parent=None):
     """Yields a temporary folder that becomes ``target`` on success (renamed into place; an earlier export there
@@ -332,12 +308,14 @@ def _atomic_directory(target, replace_parent=None):
 
     ``replace_parent``: a flat-layout export at ``target``'s parent, replaced by a model base holding ``target``.
     """
+    from kerasarch.fileio import current_umask
+
     swap = replace_parent or target
     parent = os.path.dirname(swap)
     created = not os.path.lexists(parent)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=_TMP, dir=parent)
-    os.chmod(tmp, 0o777 & ~_umask())
+    os.chmod(tmp, 0o777 & ~current_umask())
     try:
         if replace_parent:
             build = os.path.join(tmp, os.path.basename(target))
@@ -382,6 +360,8 @@ class _Serving:
     def __init__(self, model, config, class_names, tap_layer=None):
         import keras
 
+        from kerasarch.classifier import ends_in_softmax
+
         self.model = model
         self.config = config  # the kerasarch.card.InputConfig the served images are fitted and preprocessed with
         self.size = tuple(int(s) for s in model.input_shape[1:3]) if None not in model.input_shape[1:3] else None
@@ -389,7 +369,7 @@ class _Serving:
         if self.channels not in (1, 3):
             raise ExportError(f"{model.name} takes {self.channels} channels; export serves RGB (3) or grey (1).")
         self.preprocessing = config.preprocessing
-        self.softmax = not _ends_in_softmax(model)
+        self.softmax = not ends_in_softmax(model)
         self.classes = int(model.outputs[0].shape[-1])
         self.class_names = list(class_names) if class_names is not None else None
         self.k = min(5, self.classes)
@@ -682,7 +662,33 @@ def _export_tflite(serving, folder, quantize, calibration=None):
         f.write(flatbuffer)
 
 
-def _export_onnx(serving, folder, opset=17):
+_ONNX_ANTIALIAS_MODES = {"triangle": {"mode": "linear"}, "keyscubic": {"mode": "cubic", "cubic_coeff_a": -0.5}}
+
+
+def _onnx_antialiased_resize(ctx, node, name, args):
+    """tf2onnx handler: TensorFlow's antialiased resize (``ScaleAndTranslate``, which tf2onnx does not convert)
+    as ONNX ``Resize`` (opset 18) with ``antialias=1`` on the height and width axes. ``exclude_outside=1``
+    renormalises the filter at the borders as TensorFlow does (measured equal within 0.01 of 255, up and down)."""
+    from onnx import TensorProto
+
+    kernel = node.get_attr_value("kernel_type")
+    kernel = kernel.decode() if isinstance(kernel, bytes) else kernel
+    if kernel not in _ONNX_ANTIALIAS_MODES:
+        raise ExportError(
+            f"ONNX has no antialiased {kernel!r} resize; export with interpolation bilinear or bicubic. "
+            f"Received: kernel_type={kernel!r}"
+        )
+    sizes = ctx.make_node("Cast", [node.input[1]], attr={"to": TensorProto.INT64}).output[0]
+    for key in list(node.attr):
+        del node.attr[key]
+    ctx.replace_inputs(node, [node.input[0], "", "", sizes])
+    node.type = "Resize"
+    attrs = {"antialias": 1, "exclude_outside": 1, "coordinate_transformation_mode": "half_pixel", "axes": [1, 2]}
+    for key, value in {**attrs, **_ONNX_ANTIALIAS_MODES[kernel]}.items():
+        node.set_attr(key, value)
+
+
+def _export_onnx(serving, folder, opset=18):
     try:
         import tf2onnx
     except ImportError as e:
@@ -695,7 +701,11 @@ def _export_onnx(serving, folder, opset=17):
         return {"probabilities": out["probabilities"], "top5_indices": out["top5_indices"]}
 
     tf2onnx.convert.from_function(
-        fn, input_signature=fn.input_signature, opset=opset, output_path=os.path.join(folder, "model.onnx")
+        fn,
+        input_signature=fn.input_signature,
+        opset=opset,
+        custom_op_handlers={"ScaleAndTranslate": (_onnx_antialiased_resize, [])},
+        output_path=os.path.join(folder, "model.onnx"),
     )
 
 
