@@ -16,13 +16,12 @@ weight ``AUX_LOSS_WEIGHT`` = 0.3 during training (``AUX_LOSS_WEIGHTS`` is the ma
 
 from __future__ import annotations
 
-import keras
 from keras import layers
 
+from kerasarch import classifier
 from kerasarch.blocks.inception import apply_inception_conv, apply_inception_module
 from kerasarch.blocks.pooling import apply_ceil_pool
 from kerasarch.builder import apply_classifier, check_top_args, finish_model, make_inputs, predictions_dense
-from kerasarch.card import card_of, has_card, with_card
 from kerasarch.layers.lrn import LocalResponseNormalization
 from kerasarch.registry import ModelSpec, register_models
 from kerasarch.weights.published import torchvision_checkpoint
@@ -161,7 +160,8 @@ def googlenet(
 def strip_auxiliary(model):
     """Returns the single-output inference model of a GoogLeNet built with ``aux_logits=True``: the same layers,
     hence the same weights, from the input to ``predictions``, without the auxiliary heads (§5: "at inference
-    time, these auxiliary networks are discarded").
+    time, these auxiliary networks are discarded"). :func:`kerasarch.classifier.strip_auxiliary`, which training
+    and export use, after checking that ``model`` has its classifier.
 
     Args:
         model: a GoogLeNet with its top (with or without auxiliary heads).
@@ -169,13 +169,12 @@ def strip_auxiliary(model):
     Returns:
         A Functional ``keras.Model`` with one output, named like ``model``, with its model card.
     """
-    if "predictions" not in {layer.name for layer in model.layers}:
+    if classifier.MAIN_OUTPUT not in {layer.name for layer in model.layers}:
         raise ValueError(
-            f"strip_auxiliary needs a model with its classifier (a 'predictions' layer). "
+            f"strip_auxiliary needs a model with its classifier (a '{classifier.MAIN_OUTPUT}' layer). "
             f"Received: model {model.name!r} without one"
         )
-    main = keras.Model(model.input, model.get_layer("predictions").output, name=model.name)
-    return with_card(main, card_of(model)) if has_card(model) else main
+    return classifier.strip_auxiliary(model)
 
 
 _VARIANTS = {
