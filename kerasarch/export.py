@@ -820,7 +820,12 @@ def export_model(
                 quantize,
                 tap,
                 tap_layer,
-                {"signatures": signatures, "version": int(os.path.basename(target)), "warmup": warmup},
+                {
+                    "signatures": signatures,
+                    "version": int(os.path.basename(target)),
+                    "warmup": warmup,
+                    "precision": precision,
+                },
             )
             if warmup:
                 _write_warmup(tmp, serving)
