@@ -116,27 +116,229 @@ def test_malformed_hash_is_refused():
 # ------------------------------------------------------------------------------------------------ weights table
 
 
-def test_table_entries_are_consistent():
+# The publishers' own records, written here (never read back from kerasarch's table). torchvision 0.2x
+# (torchvision/models/<family>.py, the `Weights` enums): file name (its SHA-256 prefix), resize (crop 224), acc@1.
+TORCHVISION_PUBLISHED = {
+    "alexnet_owt": [("IMAGENET1K_V1", "alexnet-owt-7be5be79.pth", 256, 56.522)],
+    "vgg11": [("IMAGENET1K_V1", "vgg11-8a719046.pth", 256, 69.020)],
+    "vgg13": [("IMAGENET1K_V1", "vgg13-19584684.pth", 256, 69.928)],
+    "vgg16": [("IMAGENET1K_V1", "vgg16-397923af.pth", 256, 71.592)],
+    "vgg19": [("IMAGENET1K_V1", "vgg19-dcbb9e9d.pth", 256, 72.376)],
+    "vgg11_bn": [("IMAGENET1K_V1", "vgg11_bn-6002323d.pth", 256, 70.370)],
+    "vgg13_bn": [("IMAGENET1K_V1", "vgg13_bn-abd245e5.pth", 256, 71.586)],
+    "vgg16_bn": [("IMAGENET1K_V1", "vgg16_bn-6c64b313.pth", 256, 73.360)],
+    "vgg19_bn": [("IMAGENET1K_V1", "vgg19_bn-c79401a0.pth", 256, 74.218)],
+    "resnet18": [("IMAGENET1K_V1", "resnet18-f37072fd.pth", 256, 69.758)],
+    "resnet34": [("IMAGENET1K_V1", "resnet34-b627a593.pth", 256, 73.314)],
+    "resnet50": [
+        ("IMAGENET1K_V2", "resnet50-11ad3fa6.pth", 232, 80.858),
+        ("IMAGENET1K_V1", "resnet50-0676ba61.pth", 256, 76.130),
+    ],
+    "resnet101": [
+        ("IMAGENET1K_V2", "resnet101-cd907fc2.pth", 232, 81.886),
+        ("IMAGENET1K_V1", "resnet101-63fe2227.pth", 256, 77.374),
+    ],
+    "resnet152": [
+        ("IMAGENET1K_V2", "resnet152-f82ba261.pth", 232, 82.284),
+        ("IMAGENET1K_V1", "resnet152-394f9c45.pth", 256, 78.312),
+    ],
+    "resnext50_32x4d": [
+        ("IMAGENET1K_V2", "resnext50_32x4d-1a0047aa.pth", 232, 81.198),
+        ("IMAGENET1K_V1", "resnext50_32x4d-7cdf4587.pth", 256, 77.618),
+    ],
+    "resnext101_32x8d": [
+        ("IMAGENET1K_V2", "resnext101_32x8d-110c445d.pth", 232, 82.834),
+        ("IMAGENET1K_V1", "resnext101_32x8d-8ba56ff5.pth", 256, 79.312),
+    ],
+    "wide_resnet50_2": [
+        ("IMAGENET1K_V2", "wide_resnet50_2-9ba9bcbe.pth", 232, 81.602),
+        ("IMAGENET1K_V1", "wide_resnet50_2-95faca4d.pth", 256, 78.468),
+    ],
+    "wide_resnet101_2": [
+        ("IMAGENET1K_V2", "wide_resnet101_2-d733dc28.pth", 232, 82.510),
+        ("IMAGENET1K_V1", "wide_resnet101_2-32ee1156.pth", 256, 78.848),
+    ],
+    "densenet121": [("IMAGENET1K_V1", "densenet121-a639ec97.pth", 256, 74.434)],
+    "densenet161": [("IMAGENET1K_V1", "densenet161-8d451a50.pth", 256, 77.138)],
+    "densenet169": [("IMAGENET1K_V1", "densenet169-b2777c0a.pth", 256, 75.600)],
+    "densenet201": [("IMAGENET1K_V1", "densenet201-c1103571.pth", 256, 76.896)],
+    "googlenet_bn": [("IMAGENET1K_V1", "googlenet-1378be20.pth", 256, 69.778)],
+    "squeezenet1_0": [("IMAGENET1K_V1", "squeezenet1_0-b66bff10.pth", 256, 58.092)],
+    "squeezenet1_1": [("IMAGENET1K_V1", "squeezenet1_1-b8a52dc0.pth", 256, 58.178)],
+}
+# keras.applications (keras/src/applications/{vgg16,vgg19,resnet,densenet}.py: folder, file stem, the MD5s it
+# checks for the file with and without the top; top-1 from the table at keras.io/api/applications).
+KERAS_PUBLISHED = {
+    "vgg16": ("vgg16", "vgg16", "64373286793e3c8b2b4e3219cbf3544b", "6d6bbae143d832006294945121d1f1fc", 71.3),
+    "vgg19": ("vgg19", "vgg19", "cbe5617147190e668d6c5d5026f83318", "253f8cb515780f3b799900260a226db6", 71.3),
+    "resnet50_keras": (
+        "resnet",
+        "resnet50",
+        "2cb95161c43110f7111970584f804107",
+        "4d473c1dd8becc155b73f8504c6f6626",
+        74.9,
+    ),
+    "resnet101_keras": (
+        "resnet",
+        "resnet101",
+        "f1aeb4b969a6efcfb50fad2f0c20cfc5",
+        "88cf7a10940856eca736dc7b7e228a21",
+        76.4,
+    ),
+    "resnet152_keras": (
+        "resnet",
+        "resnet152",
+        "100835be76be38e30d865e96f2aaae62",
+        "ee4c566cf9a93f14d82f913c2dc6dd0c",
+        76.6,
+    ),
+    "resnet50v2": (
+        "resnet",
+        "resnet50v2",
+        "3ef43a0b657b3be2300d5770ece849e0",
+        "fac2f116257151a9d068a22e544a4917",
+        76.0,
+    ),
+    "resnet101v2": (
+        "resnet",
+        "resnet101v2",
+        "6343647c601c52e1368623803854d971",
+        "c0ed64b8031c3730f411d2eb4eea35b5",
+        77.2,
+    ),
+    "resnet152v2": (
+        "resnet",
+        "resnet152v2",
+        "a49b44d1979771252814e80f8ec446f9",
+        "ed17cf2e0169df9d443503ef94b23b33",
+        78.0,
+    ),
+    "densenet121": (
+        "densenet",
+        "densenet121",
+        "9d60b8095a5708f2dcce2bca79d332c7",
+        "30ee3e1110167f948a6b9946edeeb738",
+        75.0,
+    ),
+    "densenet169": (
+        "densenet",
+        "densenet169",
+        "d699b8f76981ab1b30698df4c175e90b",
+        "b8c4d4c20dd625c148057b9ff1c1176b",
+        76.2,
+    ),
+    "densenet201": (
+        "densenet",
+        "densenet201",
+        "1ceb130c1ea1b78c3bf6114dbdfd8807",
+        "c13680b51ded0fb44dff2d8f86ac8bb1",
+        77.3,
+    ),
+}
+# keras.applications' preprocess_input of each family: VGG and ResNet v1 "caffe", ResNet v2 "tf", DenseNet "torch".
+KERAS_MODES = {"vgg": "caffe", "resnet": "caffe", "densenet": "torch"}
+# timm's ResNet-strikes-back checkpoints (Wightman et al. 2021, arXiv:2110.00476; timm's results table at 288,
+# bicubic, crop_pct 1.0; Hugging Face repository timm/<name>).
+TIMM_PUBLISHED = {
+    "resnet50": ("resnet50.a1_in1k", 81.22),
+    "resnet101": ("resnet101.a1h_in1k", 82.8),
+    "resnet152": ("resnet152.a1h_in1k", 83.46),
+    "resnext50_32x4d": ("resnext50_32x4d.a1h_in1k", 82.03),
+}
+
+
+def _published_entries():
+    """``{registry name: {(source, id): (origin, file_name, hash, top1, resize, crop, interpolation, mode)}}``."""
+    out = collections.defaultdict(dict)
+    for name, entries in TORCHVISION_PUBLISHED.items():
+        for id_, file_name, resize, top1 in entries:
+            prefix = file_name.rsplit("-", 1)[1].removesuffix(".pth")
+            mode = "tf" if name == "googlenet_bn" else "torch"  # torchvision's GoogLeNet: transform_input=True
+            out[name]["torchvision", id_] = (
+                f"https://download.pytorch.org/models/{file_name}",
+                file_name,
+                f"sha256:{prefix}",
+                top1,
+                resize,
+                224,
+                "bilinear",
+                mode,
+            )
+    for name, (folder, stem, md5, _, top1) in KERAS_PUBLISHED.items():
+        file_name = f"{stem}_weights_tf_dim_ordering_tf_kernels.h5"
+        mode = "tf" if stem.endswith("v2") else KERAS_MODES[folder.rstrip("0123456789")]
+        out[name]["keras", "imagenet"] = (
+            f"https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file_name}",
+            file_name,
+            f"md5:{md5}",
+            top1,
+            256,
+            224,
+            "bilinear",
+            mode,
+        )
+    for name, (timm_name, top1) in TIMM_PUBLISHED.items():
+        out[name]["timm", timm_name] = (
+            f"https://huggingface.co/timm/{timm_name}/resolve/main/model.safetensors",
+            f"{timm_name}.safetensors",
+            None,
+            top1,
+            288,
+            288,
+            "bicubic",
+            "torch",
+        )
+    return out
+
+
+def test_table_entries_are_the_publishers():
+    want = _published_entries()
+    assert sorted(WEIGHTS) == sorted(want)
     registered = set(kerasarch.list_models())
+    formats = {"keras": "keras_h5", "torchvision": "torch_pth", "timm": "safetensors"}
     for name, entries in WEIGHTS.items():
-        for info in entries:
-            assert info.model == name
-            assert info.format in ("keras_h5", "torch_pth", "safetensors")
-            assert info.preprocessing in ("caffe", "torch", "tf")
-            if info.source == "timm":  # the Hugging Face repository's model.safetensors; no hash in timm's source
-                assert info.origin.endswith(f"/timm/{info.id}/resolve/main/model.safetensors")
-                assert info.file_name == f"{info.id}.safetensors" and info.file_hash is None
-                continue
-            assert info.file_hash is not None and info.origin.endswith(info.file_name)
-            if info.source == "torchvision":  # torchvision's file names carry the SHA-256 prefix
-                assert info.file_name.rsplit("-", 1)[1] == f"{info.sha256}.pth"
-            else:
-                assert info.notop is not None and info.notop.file_name.endswith("_notop.h5")
         assert name in registered and kerasarch.get_spec(name).classes == 1000
+        got = {}
+        for info in entries:
+            assert info.model == name and info.format == formats[info.source]
+            i = info.input
+            got[info.source, info.id] = (
+                info.origin,
+                info.file_name,
+                info.file_hash,
+                info.top1,
+                i.resize_size,
+                i.size[0],
+                i.interpolation,
+                i.preprocessing,
+            )
+            assert i.size[0] == i.size[1] and i.fit == "resize_crop" and i.channels == 3
+        assert got == want[name], name
+        # weights="imagenet" takes the best published top-1 at the variant's 224; timm's 288 sets come after
+        at_224 = [info.top1 for info in entries if info.input.size == (224, 224)]
+        assert at_224 == sorted(at_224, reverse=True) and entries[0].top1 == max(at_224), name
+    for name, (folder, stem, _, notop_md5, _) in KERAS_PUBLISHED.items():
+        notop = weights_for(name, "keras").notop
+        file_name = f"{stem}_weights_tf_dim_ordering_tf_kernels_notop.h5"
+        assert (notop.file_name, notop.file_hash) == (file_name, f"md5:{notop_md5}"), name
+        assert notop.origin == f"https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file_name}"
     assert weights_for("vgg16").source == "torchvision" and weights_for("vgg16").file_name.startswith("vgg16-")
-    assert weights_for("vgg16", "keras").notop.file_name.endswith("_notop.h5")
+    assert weights_for("resnet50", "torchvision:IMAGENET1K_V1").file_name == "resnet50-0676ba61.pth"
     with pytest.raises(ValueError, match="No ImageNet weights.*lenet5"):
         weights_for("lenet5")
+
+
+@needs_torch
+def test_torchvision_entries_are_the_installed_torchvisions():
+    """The written torchvision records above against the installed torchvision's own `Weights` enums."""
+    for name, entries in TORCHVISION_PUBLISHED.items():
+        tv_name = {"alexnet_owt": "alexnet", "googlenet_bn": "googlenet"}.get(name, name)
+        enum = torchvision.models.get_model_weights(tv_name)
+        for id_, file_name, resize, top1 in entries:
+            w = enum[id_]
+            assert w.url == f"https://download.pytorch.org/models/{file_name}", name
+            assert w.meta["_metrics"]["ImageNet-1K"]["acc@1"] == pytest.approx(top1), name
+            assert list(w.transforms().resize_size) == [resize] and list(w.transforms().crop_size) == [224], name
 
 
 def test_imagenet_class_names_offline():
