@@ -443,12 +443,18 @@ class _Serving:
 
         n = tf.size(image_bytes)
         tf.debugging.Assert(n > 0, ["The request holds no images (a batch of 0); send at least one."])
-        # Which images decode: a tf.data pass that drops failures (a graph cannot catch an error otherwise).
-        decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
-        decoded = decoded.map(lambda i, s: (i, tf.shape(_decode(s, self.channels))[0])).ignore_errors()
-        ok = decoded.reduce(
-            tf.zeros([n], tf.bool), lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True])
-        )
+
+        def which_decode():
+            # A tf.data pass that drops failures (a graph cannot catch an error otherwise): ~10 ms a request.
+            decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
+            decoded = decoded.map(lambda i, s: (i, tf.shape(_decode(s, self.channels))[0])).ignore_errors()
+            return decoded.reduce(
+                tf.zeros([n], tf.bool), lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True])
+            )
+
+        # Requests of whole JPEG/PNG/GIF files (header and end marker in place) skip that pass; anything else (BMP,
+        # truncated files, files with bytes after their end marker, non-images) is checked image by image.
+        ok = tf.cond(tf.reduce_all(_looks_whole(image_bytes)), lambda: tf.ones([n], tf.bool), which_decode)
         bad = tf.where(~ok)[:, 0]
         sizes = tf.strings.length(tf.gather(image_bytes, bad))
         check = tf.debugging.Assert(
@@ -505,6 +511,25 @@ class _Serving:
 
         x = self.inputs(self.checked(images))
         return {"features": tf.cast(self.tap_model(x, training=False), tf.float32)}
+
+
+def _looks_whole(image_bytes):
+    """Per encoded image: whether it has a JPEG, PNG or GIF signature and that format's end marker (JPEG's EOI,
+    PNG's IEND chunk, GIF's trailer) as its last bytes, i.e. it is not truncated."""
+    import tensorflow as tf
+
+    length = tf.strings.length(image_bytes)
+
+    def between(heads, tail):
+        start = tf.strings.substr(image_bytes, 0, len(heads[0]))
+        end = tf.strings.substr(image_bytes, tf.maximum(length - len(tail), 0), tf.fill(tf.shape(length), len(tail)))
+        head = tf.reduce_any(tf.stack([tf.equal(start, h) for h in heads]), axis=0)
+        return head & tf.equal(end, tail) & (length > len(heads[0]) + len(tail))
+
+    jpeg = between([b"\xff\xd8\xff"], b"\xff\xd9")
+    png = between([b"\x89PNG\r\n\x1a\n"], b"IEND\xaeB`\x82")
+    gif = between([b"GIF87a", b"GIF89a"], b";")
+    return jpeg | png | gif
 
 
 def _decode(contents, channels):
