@@ -41,7 +41,7 @@ def strip_auxiliary(model: Any) -> Any:
     main, aux = split_outputs(model.output)
     if not aux:
         return model
-    stripped = keras.Model(model.inputs, main, name=model.name)
+    stripped = keras.Model(model.input, main, name=model.name)
     return with_card(stripped, card_of(model)) if has_card(model) else stripped
 
 

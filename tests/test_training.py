@@ -16,6 +16,7 @@ import tensorflow as tf
 
 import kerasarch
 from kerasarch import data, training
+from kerasarch.classifier import strip_auxiliary
 from kerasarch.training import recipes
 from kerasarch.training.precision import cpu_flags, dtype_policy
 
@@ -206,19 +207,19 @@ def test_auxiliary_losses_and_weight_decay_enter_the_objective(aux_weight, decay
     )
     expected = want[0] + aux_weight * want[1] + 0.5 * decay * l2
     assert result.history["loss"][0] == pytest.approx(expected, rel=1e-5)
-    assert training.loop._inference_model(model).output_shape == (None, 10)  # heads discarded at inference
+    assert strip_auxiliary(model).output_shape == (None, 10)  # heads discarded at inference
 
 
 def test_googlenet_is_built_with_its_auxiliary_classifiers():
     spec = kerasarch.get_spec("googlenet")
     recipe = training.get_recipe(spec)
-    model = training.loop._build_model("googlenet", spec, recipe, 10, None, None, "float32")
+    model = training.loop.build_model("googlenet", spec, recipe, 10, None, None, "float32")
     assert sorted(model.output_names if hasattr(model, "output_names") else model.output) == [
         "aux1",
         "aux2",
         "predictions",
     ]
-    assert len(training.loop._inference_model(model).outputs) == 1
+    assert len(strip_auxiliary(model).outputs) == 1
 
 
 # -- precision -------------------------------------------------------------------------------------------------
