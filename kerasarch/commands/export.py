@@ -60,6 +60,12 @@ def register(sub):
     )
     p.add_argument("--quantize", default=None, choices=("float16", "int8"), help="TFLite only")
     p.add_argument(
+        "--precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="SavedModel only: bfloat16 runs the model in bfloat16 (CPUs with AVX512-BF16/AMX; docs/serving.md)",
+    )
+    p.add_argument(
         "--preprocessing",
         default=None,
         choices=("caffe", "torch", "tf", "unit", "lecun", "none"),
@@ -93,6 +99,8 @@ def run(args):
         return _fail(f"--version applies to --format saved_model only (got --format {args.format}).")
     if args.quantize and args.format != "tflite":
         return _fail(f"--quantize applies to --format tflite only (got --format {args.format}).")
+    if args.precision != "float32" and args.format != "saved_model":
+        return _fail(f"--precision applies to --format saved_model only (got --format {args.format}).")
     if args.tap and args.format != "saved_model":
         return _fail(f"--tap applies to --format saved_model only (got --format {args.format}).")
     if args.calibration and args.quantize != "int8":
@@ -123,11 +131,13 @@ def run(args):
             calibration_images=calibration,
             version=args.version,
             warmup=args.warmup,
+            precision=args.precision,
         )
     except (ExportError, FileExistsError, FileNotFoundError, ValueError, OSError) as e:
         return _fail(str(e))
     print(
-        f"Exported {args.model} ({args.format}{', ' + args.quantize if args.quantize else ''}; preprocessing "
+        f"Exported {args.model} ({args.format}{', ' + args.quantize if args.quantize else ''}"
+        f"{', bfloat16' if args.precision == 'bfloat16' else ''}; preprocessing "
         f"{preprocessing}) to {path}"
     )
     if args.format == "saved_model":
