@@ -437,11 +437,35 @@ def test_checkpoint_to_served_model_train_evaluate_export_serve(rgb_checkpoint, 
 def test_weights_of_another_architecture_name_the_layer_that_does_not_fit(tmp_path, capsys):
     other = tmp_path / "squeezenet.weights.h5"
     kerasarch.build_model("squeezenet1_1", input_shape=(SIZE, SIZE, 3)).save_weights(other)
-    folder = _image_folder(tmp_path / "photos", {"x": 1})
+    folder = _image_folder(tmp_path / "photos", {"x": 2, "y": 2})
     code, _, err = _cli(
         ["predict", "resnet18", str(folder), "--weights", str(other), "--input-size", str(SIZE)], capsys
     )
     assert code == 2 and "conv1_conv" in err and "squeezenet.weights.h5" in err
+    # The same one line from the commands that train from weights, before any training starts.
+    common = ["--weights", str(other), "--input-shape", f"{SIZE},{SIZE},3"]
+    for run, argv in (
+        (_finetune, ["train", "resnet18", str(folder), *common, "--out", str(tmp_path / "f")]),
+        (_finetune, ["extract", "resnet18", str(folder), *common, "--tap", "avg_pool", "--out", str(tmp_path / "e")]),
+        (
+            _cli,
+            [
+                "train",
+                "resnet18",
+                "--data",
+                str(folder),
+                "--weights",
+                str(other),
+                "--val-split",
+                "0.5",
+                "--out",
+                str(tmp_path / "k"),
+            ],
+        ),
+    ):
+        code, _, err = run(argv, capsys)
+        assert code == 2 and "conv1_conv" in err and "squeezenet.weights.h5" in err, (argv[0], err)
+        assert "does not fit" in err and len(err.strip().splitlines()) == 1, err
 
 
 # ------------------------------------------------------------------ weights="imagenet" behind a file:// origin
@@ -762,3 +786,207 @@ def test_evaluate_a_tfds_split_offline(rgb_checkpoint, tmp_path, capsys):
     confusion = np.array(metrics["confusion"])  # rows: true class; the last column: another ImageNet class
     assert list(confusion.sum(1)) == [2, 1, 2]
     assert confusion[:, 3].sum() == int(np.sum(~np.isin(top5[:, 0], [0, 1, 2])))
+
+
+# ------------------------------------------------------------- the whole path: checkpoint -> finetune -> serving
+
+
+def _noise_folder(root, counts, *, size, seed):
+    """Class folders of noisy images whose mean colour leans towards the class (red / green / blue), so a head on
+    random-weight features learns something, and the noise keeps every image's scores close enough to the boundary
+    that a wrong crop or pixel convention changes them."""
+    rng = np.random.default_rng(seed)
+    for c, (name, n) in enumerate(counts.items()):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            pixels = rng.normal(128, 60, (size, size, 3))
+            pixels[..., c % 3] += 40
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def _torch_crops(paths):
+    """The checkpoint's evaluation transform for a 32x32 model, done by hand: the images are already at the resize
+    size 37, so it is the centre 32 crop (offset 2) and torchvision's normalisation."""
+    crops = []
+    for p in paths:
+        x = np.asarray(Image.open(p).convert("RGB"), "float32")
+        assert x.shape[:2] == (SMALL_RESIZED, SMALL_RESIZED)
+        crops.append(
+            (x[SMALL_OFFSET : SMALL_OFFSET + SMALL, SMALL_OFFSET : SMALL_OFFSET + SMALL] / 255.0 - TORCH_MEAN)
+            / TORCH_STD
+        )
+    return np.stack(crops)
+
+
+@pytest.fixture(scope="module")
+def small_pth(tmp_path_factory):
+    """A torchvision-layout resnet18 checkpoint (random weights, 32x32 inputs) named as torchvision names it, and
+    the Keras model it was written from."""
+    source = _randomise(kerasarch.build_model("resnet18", input_shape=(SMALL, SMALL, 3)), seed=3)
+    pth = tmp_path_factory.mktemp("published") / "resnet18-f37072fd.pth"
+    _write_pth(pth, _torchvision_resnet_state(source))
+    return pth, source
+
+
+def test_checkpoint_to_served_model_finetune_train_evaluate_export_serve(
+    small_pth, tmp_path, home, monkeypatch, capsys
+):
+    """The user's whole path in five commands: a published checkpoint (torchvision's resnet18 layout behind a
+    file:// origin) -> ``finetune train --weights imagenet`` on an image folder -> ``kerasarch evaluate`` and
+    ``kerasarch predict`` on a held-out folder -> ``kerasarch export`` -> the SavedModel's two signatures on the
+    same files. Every image's top-1 agrees with the fine-tuned Keras model on hand-prepared crops, and the served
+    accuracy and confusion counts are the evaluated ones."""
+    import keras
+    import tensorflow as tf
+
+    pth, _ = small_pth
+    _publish(monkeypatch, "resnet18", pth, "torchvision")
+    classes = ("cat", "dog", "fox")
+    train_dir = _noise_folder(tmp_path / "train", dict.fromkeys(classes, 6), size=SMALL_RESIZED, seed=0)
+    test_dir = _noise_folder(tmp_path / "test", dict.fromkeys(classes, 4), size=SMALL_RESIZED, seed=1)
+    run = tmp_path / "run"
+
+    # 1. fine-tune (LP-FT: the linear probe as the head, then a few updates of everything), float32
+    code, _, err = _finetune(
+        [
+            "train", "resnet18", str(train_dir), "--weights", "imagenet", "--input-shape", f"{SMALL},{SMALL},3",
+            "--steps", "4", "--batch-size", "6", "--val-fraction", "0.34", "--precision", "float32",
+            "--out", str(run), "--quiet",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "resnet18 weights='imagenet': torchvision IMAGENET1K_V1 (resnet18-f37072fd.pth" in err
+    assert (home / "weights" / pth.name).exists()
+
+    # The reference: the fine-tuned network itself on the checkpoint's transform done by hand.
+    tuned = keras.models.load_model(run / "model.keras", compile=False)
+    paths = [str(p) for c in classes for p in sorted((test_dir / c).iterdir())]
+    truth = np.repeat(np.arange(3), 4)
+    reference = np.asarray(tuned(_torch_crops(paths), training=False))
+    want = reference.argmax(1)
+    want_confusion = np.zeros((3, 4), int)
+    np.add.at(want_confusion, (truth, want), 1)
+
+    # 2. evaluate the run folder on the held-out folder
+    code, stdout, err = _cli(["evaluate", str(run), "--data", str(test_dir), "--out", str(tmp_path / "eval")], capsys)
+    assert code == 0, err
+    evaluated = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert evaluated["examples"] == 12 and evaluated["class_names"] == list(classes) and evaluated["weights"] is None
+    assert evaluated["top1"] == pytest.approx(np.mean(want == truth))
+    np.testing.assert_array_equal(evaluated["confusion"], want_confusion)
+
+    code, _, err = _cli(["evaluate", str(run), "--data", str(test_dir), "--weights", "imagenet"], capsys)
+    assert code == 2 and "--weights applies to a registry name" in err and "Received: --weights imagenet" in err
+
+    # 3. predict: per file, the class name and probability the network gives
+    code, _, err = _cli(["predict", str(run), str(test_dir), "--top", "1", "--out", str(tmp_path / "p.json")], capsys)
+    assert code == 0, err
+    rows = json.loads((tmp_path / "p.json").read_text())["predictions"]
+    assert [r["file"] for r in rows] == sorted(paths)
+    by_file = {r["file"]: r["top"][0] for r in rows}
+    assert [by_file[p]["class"] for p in paths] == [classes[i] for i in want]
+    np.testing.assert_allclose([by_file[p]["probability"] for p in paths], reference.max(1), rtol=1e-4, atol=1e-6)
+
+    # 4. export the run folder; 5. serve the same files through both signatures
+    code, _, err = _cli(["export", str(run), "--format", "saved_model", "--out", str(tmp_path / "served")], capsys)
+    assert code == 0, err
+    served = tf.saved_model.load(str(tmp_path / "served" / "1"))
+    encoded = served.signatures["serving_default"](image_bytes=tf.constant([open(p, "rb").read() for p in paths]))
+    pixels = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in paths])
+    raw = served.signatures["predict_images"](images=tf.constant(pixels))
+    for out in (encoded, raw):
+        probabilities = out["probabilities"].numpy()
+        np.testing.assert_allclose(probabilities, reference, atol=1e-5)
+        np.testing.assert_array_equal(probabilities.argmax(1), want)  # per image
+        assert [c.decode() for c in out["top5_classes"].numpy()[:, 0]] == [classes[i] for i in want]
+        got_confusion = np.zeros((3, 4), int)
+        np.add.at(got_confusion, (truth, probabilities.argmax(1)), 1)
+        np.testing.assert_array_equal(got_confusion, evaluated["confusion"])
+        assert np.mean(probabilities.argmax(1) == truth) == pytest.approx(evaluated["top1"])
+
+
+def test_finetune_extract_then_linear_from_the_published_checkpoint(small_pth, tmp_path, home, monkeypatch, capsys):
+    """``finetune extract --weights imagenet`` on a training and a held-out folder, then ``finetune linear``: the
+    features are the checkpoint network's, and the probe predicts what scikit-learn's logistic regression (the
+    objective ``finetune linear`` documents) fitted on those reference features predicts."""
+    import hashlib
+
+    import keras
+    from sklearn.linear_model import LogisticRegression
+
+    pth, source = small_pth
+    _publish(monkeypatch, "resnet18", pth, "torchvision")
+    classes = ("cat", "dog", "fox")
+    folders = {
+        "train": _noise_folder(tmp_path / "train", dict.fromkeys(classes, 5), size=SMALL_RESIZED, seed=0),
+        "test": _noise_folder(tmp_path / "test", dict.fromkeys(classes, 3), size=SMALL_RESIZED, seed=1),
+    }
+    for split, folder in folders.items():
+        argv = ["extract", "resnet18", str(folder), "--weights", "imagenet", "--tap", "avg_pool"]
+        code, _, err = _finetune(
+            [*argv, "--input-shape", f"{SMALL},{SMALL},3", "--out", str(tmp_path / f"z_{split}")], capsys
+        )
+        assert code == 0, err
+        assert "torchvision IMAGENET1K_V1 (resnet18-f37072fd.pth" in err
+    code, stdout, err = _finetune(
+        ["linear", str(tmp_path / "z_train"), "--test", str(tmp_path / "z_test"), "--out", str(tmp_path / "probe")],
+        capsys,
+    )
+    assert code == 0, err
+    result = json.loads((tmp_path / "probe" / "result.json").read_text())
+    assert result["weights_sha256"] == hashlib.sha256(pth.read_bytes()).hexdigest()
+    assert (result["model"], result["tap"], result["num_train"], result["num_test"]) == ("resnet18", "avg_pool", 15, 9)
+
+    pooled = keras.Model(source.input, source.get_layer("avg_pool").output)
+    reference = {}
+    for split, folder in folders.items():
+        paths = [str(p) for c in classes for p in sorted((folder / c).iterdir())]
+        reference[split] = np.asarray(pooled(_torch_crops(paths), training=False))
+    labels = {"train": np.repeat(np.arange(3), 5), "test": np.repeat(np.arange(3), 3)}
+    from finetune.store import load_features
+
+    features = load_features(tmp_path / "z_test")
+    order = np.argsort(features.index)
+    np.testing.assert_allclose(features.features[order], reference["test"], rtol=1e-4, atol=1e-4)
+    mean, std = reference["train"].mean(0), reference["train"].std(0) + 1e-6
+    clf = LogisticRegression(C=1.0, max_iter=5000, tol=1e-6).fit((reference["train"] - mean) / std, labels["train"])
+    want = clf.predict((reference["test"] - mean) / std)
+    probe = np.load(tmp_path / "probe" / "classifier.npz")
+    got = (((reference["test"] - probe["mean"]) / probe["std"]) @ probe["kernel"] + probe["bias"]).argmax(1)
+    np.testing.assert_array_equal(got, want)
+    assert result["accuracy"] == pytest.approx(np.mean(want == labels["test"]))
+    assert f"held-out accuracy {100 * np.mean(want == labels['test']):.2f}% on 9 images" in stdout
+
+
+def test_finetune_tune_one_trial_from_the_published_checkpoint(small_pth, tmp_path, home, monkeypatch, capsys):
+    """``finetune tune --weights imagenet``, one Bayesian trial of one head-only epoch: the trial's checkpoint holds
+    the published network's weights under a new three-class head."""
+    import h5py
+
+    pth, source = small_pth
+    _publish(monkeypatch, "resnet18", pth, "torchvision")
+    data = _noise_folder(tmp_path / "data", dict.fromkeys(("cat", "dog", "fox"), 4), size=SMALL_RESIZED, seed=0)
+    out = tmp_path / "search"
+    code, stdout, err = _finetune(
+        [
+            "tune", "resnet18", str(data), "--weights", "imagenet", "--input-shape", f"{SMALL},{SMALL},3",
+            "--out", str(out), "--algorithm", "bayesian", "--max-trials", "1", "--epochs", "1", "--epochs-head", "1",
+            "--freeze-choices", "all", "--head-widths", "0", "--batch-size", "4", "--val-fraction", "0.34", "--quiet",
+        ],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "resnet18 weights='imagenet': torchvision IMAGENET1K_V1 (resnet18-f37072fd.pth" in err
+    best = json.loads((out / "best.json").read_text())
+    assert (best["num_trials"], best["completed"], best["best_hyperparameters"]["freeze_to"]) == (1, 1, "all")
+    checkpoint = out / "search" / f"trial_{best['best_trial']}" / "checkpoint.weights.h5"
+    stored = collections.defaultdict(list)  # the checkpoint's arrays by shape (Keras names its groups by class)
+    with h5py.File(checkpoint, "r") as f:
+        f.visititems(lambda _, obj: stored[obj.shape].append(obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    assert sorted(s for s in stored if len(s) == 2) == [(512, 3)]  # one new head: 512 pooled features -> 3 classes
+    for layer in source.layers:  # frozen: every backbone array is the checkpoint's own
+        if layer.weights and layer.name != "predictions":
+            for w in layer.get_weights():
+                assert any(np.array_equal(w, v) for v in stored[w.shape]), layer.name

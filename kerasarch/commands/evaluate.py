@@ -20,7 +20,7 @@ import os
 import sys
 import warnings
 
-from kerasarch.commands.predict import InferenceModel, load_for_inference
+from kerasarch.commands.predict import InferenceModel, cli_weights, load_for_inference
 
 __all__ = ["match_classes", "evaluate_dataset", "confusion_matrix_png", "register", "run"]
 
@@ -196,8 +196,9 @@ def register(sub):
     p.add_argument("--data-dir", default=None, help="TFDS data_dir")
     p.add_argument(
         "--weights",
-        default="imagenet",
-        help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a file",
+        default=None,
+        help="for a registry name: imagenet (default), imagenet:<source or checkpoint> (imagenet:torchvision, "
+        "imagenet:timm, imagenet:IMAGENET1K_V1), or a .h5/.pth/.safetensors/.keras/.weights.h5 file",
     )
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--out", default=None, help="folder for metrics.json and confusion.png")
@@ -211,11 +212,12 @@ def run(args):
         raise ValueError(f"--batch-size must be at least 1. Received: --batch-size {args.batch_size}")
     from kerasarch.data import BUILTIN
 
+    weights = cli_weights(args.model, args.weights)
     if not args.data.startswith("tfds:") and args.data not in BUILTIN and not os.path.isdir(args.data):
         raise FileNotFoundError(
             f"--data must be an image folder, tfds:NAME or one of {', '.join(BUILTIN)}. Received: --data {args.data}"
         )
-    net = load_for_inference(args.model, args.weights, preprocessing=args.preprocessing, input_size=args.input_size)
+    net = load_for_inference(args.model, weights, preprocessing=args.preprocessing, input_size=args.input_size)
     channels = net.input_shape[-1]
     dataset, classes, total = _open_data(args, channels)
     mapping = match_classes(net, classes, args.data)  # before any image is read
@@ -247,7 +249,7 @@ def run(args):
             json.dumps(
                 {
                     "model": args.model,
-                    "weights": args.weights,
+                    "weights": weights,
                     "data": args.data,
                     "description": net.description,
                     "examples": n,

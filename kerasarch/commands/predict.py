@@ -21,7 +21,16 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["InferenceModel", "load_for_inference", "list_images", "predict_files", "progress_bar", "register", "run"]
+__all__ = [
+    "InferenceModel",
+    "load_for_inference",
+    "cli_weights",
+    "list_images",
+    "predict_files",
+    "progress_bar",
+    "register",
+    "run",
+]
 
 
 @dataclasses.dataclass
@@ -181,6 +190,20 @@ def load_for_inference(
     return InferenceModel(model, config, names, ids, f"{what}; {_describe(config)}")
 
 
+def cli_weights(model_or_file: str, weights: str | None) -> str | None:
+    """The ``--weights`` of ``predict`` / ``evaluate``: ``imagenet`` when not given for a registry name; refused for
+    a ``.keras`` file or run folder, which holds its own weights."""
+    path = os.fspath(model_or_file)
+    if os.path.isdir(path) or path.endswith(".keras"):
+        if weights is not None:
+            raise ValueError(
+                f"--weights applies to a registry name; {path!r} is a .keras file or run folder that holds its own "
+                f"weights. Received: --weights {weights}"
+            )
+        return None
+    return "imagenet" if weights is None else weights
+
+
 def _describe(config):
     fit = config.fit + (f" {config.resize_size}" if config.fit == "resize_crop" else "")
     size = "x".join(str(s) for s in config.size) if config.size else "any"
@@ -304,9 +327,9 @@ def register(sub):
     p.add_argument("images", metavar="IMAGES_OR_DIR", help="an image file or a folder (searched recursively)")
     p.add_argument(
         "--weights",
-        default="imagenet",
-        help="for a registry name: imagenet (default), imagenet:torchvision, imagenet:keras, or a "
-        ".h5/.pth/.safetensors/.keras/.weights.h5 file",
+        default=None,
+        help="for a registry name: imagenet (default), imagenet:<source or checkpoint> (imagenet:torchvision, "
+        "imagenet:timm, imagenet:IMAGENET1K_V1), or a .h5/.pth/.safetensors/.keras/.weights.h5 file",
     )
     p.add_argument("--top", type=int, default=5, help="classes per image (default 5)")
     p.add_argument("--batch-size", type=int, default=32)
@@ -352,10 +375,11 @@ def run(args):
         raise ValueError(f"--batch-size must be at least 1. Received: --batch-size {args.batch_size}")
     if args.out and not args.out.lower().endswith((".csv", ".json")):
         raise ValueError(f"--out must name a .csv or .json file. Received: --out {args.out}")
+    weights = cli_weights(args.model, args.weights)
     paths = list_images(args.images)
     if not paths:
         raise ValueError(f"No image files ({', '.join(_extensions())}) under {args.images!r}.")
-    net = load_for_inference(args.model, args.weights, preprocessing=args.preprocessing, input_size=args.input_size)
+    net = load_for_inference(args.model, weights, preprocessing=args.preprocessing, input_size=args.input_size)
     print(f"kerasarch predict: {net.description}; {len(paths)} file(s)", file=sys.stderr)
     rows, skipped = predict_files(net, paths, top=args.top, batch_size=args.batch_size)
     for path, reason in skipped:
@@ -368,7 +392,7 @@ def run(args):
             text = json.dumps(
                 {
                     "model": args.model,
-                    "weights": args.weights,
+                    "weights": weights,
                     "description": net.description,
                     "predictions": [
                         {"file": r["file"], "top": [{"index": i, "class": n, "probability": p} for i, n, p in r["top"]]}
