@@ -259,7 +259,12 @@ def register(sub):
     p.add_argument("data", help="a folder with one sub-folder per class, mnist5k, digits, or tfds:NAME")
     p.add_argument("--tap", required=True, help="paper tap name (kerasarch.features.list_taps) or layer name")
     p.add_argument("--out", required=True, help="features directory")
-    p.add_argument("--weights", default=None, help=".keras or .weights.h5 file (default: random, from --seed)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="imagenet, imagenet:<source or checkpoint>, a .h5/.pth/.safetensors/.keras/.weights.h5 file or a run "
+        "folder (default: random, from --seed)",
+    )
     p.add_argument("--split", default="train", help="data set split (built-in: train, test, all)")
     p.add_argument("--input-shape", default=None, help="H,W,C (default: the weights file's, else the model's)")
     p.add_argument("--classes", type=int, default=None, help="classifier width of a .weights.h5 file")

@@ -643,7 +643,12 @@ def _two_phase(
 
 def add_schedule_args(p):
     """The arguments shared by ``train`` and ``tune``."""
-    p.add_argument("--weights", default=None, help="pretrained .keras / .weights.h5 (default: random init)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="imagenet, imagenet:<source or checkpoint>, a .h5/.pth/.safetensors/.keras/.weights.h5 file or a run "
+        "folder (default: random init)",
+    )
     p.add_argument("--split", default="train", help="split of DATA to train on (built-in and TFDS data)")
     p.add_argument("--val", default=None, help="validation data (default: --val-fraction of DATA)")
     p.add_argument("--val-fraction", type=float, default=0.2)
