@@ -162,8 +162,6 @@ def test_mixed_precision_model_exports_float32_outputs(digits_model, tmp_path):
 
 
 def test_googlenet_auxiliary_heads_are_stripped(tmp_path):
-    if "googlenet_bn" not in kerasarch.list_models():
-        pytest.skip("googlenet_bn is not registered yet")
     model = kerasarch.build_model("googlenet_bn", aux_logits=True, input_shape=(96, 96, 3))
     assert len(model.outputs) == 3
     out = export_model(model, tmp_path / "g")

@@ -470,11 +470,6 @@ def _ka_params():
     return out
 
 
-def _skip_unregistered(name):
-    if name not in kerasarch.list_models():
-        pytest.skip(f"{name} is not registered yet")
-
-
 def _compare(a, b, what):
     a, b = np.asarray(a), np.asarray(b)
     assert np.abs(b).max() > 1e-2, f"{what}: degenerate reference outputs"
@@ -485,7 +480,6 @@ def _compare(a, b, what):
 
 @pytest.mark.parametrize("name, peer, shape", _ka_params())
 def test_keras_applications_files_load_with_identical_outputs(name, peer, shape, tmp_path):
-    _skip_unregistered(name)
     ka = _randomise(getattr(keras.applications, peer)(weights=None, input_shape=shape, classifier_activation=None))
     x = random_images(shape, batch=2) * 255.0
     want = ka(x, training=False)
@@ -895,7 +889,6 @@ def _torchvision_model(builder, x, seed=0):
     [pytest.param(n, b, s, marks=() if fast else pytest.mark.slow, id=n) for n, b, s, fast in TV_PEERS],
 )
 def test_torchvision_checkpoints_load_with_identical_outputs(name, builder, size, tmp_path):
-    _skip_unregistered(name)
     x = random_images((size, size, 3), batch=2, seed=1) * 2.0 - 1.0
     tv = _torchvision_model(builder, x)
     path = tmp_path / f"{builder}.pth"
