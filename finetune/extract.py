@@ -23,12 +23,12 @@ from finetune.store import (
     METADATA,
     TMP_DIR,
     clean_temporaries,
-    file_sha256,
     read_metadata,
     save_npz,
     shard_name,
     write_json,
 )
+from kerasarch.weights.download import file_digest
 
 __all__ = ["extract", "register", "run"]
 
@@ -176,7 +176,7 @@ def extract(
             kept = set(z["index"].tolist())
             count = len(z["index"])
         skipped += [i for i in range(lo, hi) if i not in kept]
-        shards.append({"file": shard_name(s), "count": count, "sha256": file_sha256(path)})
+        shards.append({"file": shard_name(s), "count": count, "sha256": file_digest(path, "sha256")})
         if on_shard is not None:
             on_shard(s)
     meta.update(complete=True, shards=shards, skipped=skipped, num_extracted=sum(sh["count"] for sh in shards))

@@ -22,6 +22,8 @@ import zipfile
 import numpy as np
 
 from finetune.errors import FinetuneError
+from kerasarch.fileio import atomic_write
+from kerasarch.weights.download import file_digest
 
 __all__ = [
     "FORMAT_VERSION",
@@ -30,7 +32,6 @@ __all__ = [
     "FeatureSet",
     "check_same_source",
     "clean_temporaries",
-    "file_sha256",
     "is_own_temporary",
     "load_features",
     "read_metadata",
@@ -95,17 +96,8 @@ def write_json(path, obj, *, tmp_dir=None):
 
 
 def _atomic_write(path, data, tmp_dir=None):
-    from kerasarch.training.checkpoint import atomic_write
-
     with atomic_write(os.fspath(path), tmp_dir=tmp_dir) as f:
         f.write(data)
-
-
-def file_sha256(path):
-    """The SHA-256 hex digest of the file at ``path`` (:func:`kerasarch.weights.download.file_digest`)."""
-    from kerasarch.weights.download import file_digest
-
-    return file_digest(path, "sha256")
 
 
 def read_metadata(directory):
@@ -172,7 +164,7 @@ def load_features(directory, *, model=None, tap=None):
     feats, labels, index = [], [], []
     for shard in meta["shards"]:
         path = os.path.join(where, shard["file"])
-        if not os.path.exists(path) or file_sha256(path) != shard["sha256"]:
+        if not os.path.exists(path) or file_digest(path, "sha256") != shard["sha256"]:
             raise FinetuneError(
                 f"Shard {path!r} is missing or does not match the checksum in {METADATA}; "
                 f"re-run `extract` with --overwrite."

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 
@@ -137,31 +136,31 @@ def get_file(
         for stale in (path, _recorded_hash_path(path)):
             if os.path.exists(stale):
                 os.remove(stale)
+    from kerasarch.fileio import atomic_write, atomic_write_text
+
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".part", dir=folder)
-    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
     try:
-        with os.fdopen(fd, "wb") as out:
-            try:
-                response = urllib.request.urlopen(origin, timeout=60)  # noqa: S310 (file:// is wanted)
-            except (urllib.error.URLError, OSError, ValueError) as e:
-                raise WeightsDownloadError(
-                    f"Could not download '{fname}' from {origin} ({getattr(e, 'reason', e)}). If this machine is "
-                    f"offline, fetch that URL elsewhere and put the file at {path} (folder: {folder}; set "
-                    f"KERASARCH_HOME to use another cache root), or pass weights=<path to the file>."
-                ) from e
-            if not quiet:
-                print(f"kerasarch: downloading {origin} to {path}", file=sys.stderr, flush=True)
-            with response:
-                total = int(response.headers.get("Content-Length") or 0) if response.headers else 0
-                done = 0
-                for chunk in iter(lambda: response.read(_CHUNK), b""):
-                    out.write(chunk)
-                    for d in digests.values():
-                        d.update(chunk)
-                    done += len(chunk)
-                    if not quiet and total > (64 << 20) and done % (64 << 20) < _CHUNK:
-                        print(f"kerasarch: {fname}: {done >> 20} / {total >> 20} MiB", file=sys.stderr, flush=True)
+        response = urllib.request.urlopen(origin, timeout=60)  # noqa: S310 (file:// is wanted)
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        raise WeightsDownloadError(
+            f"Could not download '{fname}' from {origin} ({getattr(e, 'reason', e)}). If this machine is "
+            f"offline, fetch that URL elsewhere and put the file at {path} (folder: {folder}; set "
+            f"KERASARCH_HOME to use another cache root), or pass weights=<path to the file>."
+        ) from e
+    if not quiet:
+        print(f"kerasarch: downloading {origin} to {path}", file=sys.stderr, flush=True)
+    digests = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    # Streamed into a temporary file that replaces ``path`` only when the block ends without error.
+    with response, atomic_write(path, "wb") as out:
+        total = int(response.headers.get("Content-Length") or 0) if response.headers else 0
+        done = 0
+        for chunk in iter(lambda: response.read(_CHUNK), b""):
+            out.write(chunk)
+            for d in digests.values():
+                d.update(chunk)
+            done += len(chunk)
+            if not quiet and total > (64 << 20) and done % (64 << 20) < _CHUNK:
+                print(f"kerasarch: {fname}: {done >> 20} / {total >> 20} MiB", file=sys.stderr, flush=True)
         hexes = {a: d.hexdigest() for a, d in digests.items()}
         if file_hash is not None and not hash_matches(hexes, file_hash):
             algorithm, expected = parse_hash(file_hash)
@@ -170,11 +169,5 @@ def get_file(
                 f"{algorithm} {expected}, got {hexes[algorithm]}. The file was discarded; nothing was "
                 f"written to {folder}."
             )
-        os.replace(tmp, path)
-        tmp = None
-        with open(_recorded_hash_path(path), "w") as f:
-            f.write(f"{hexes['sha256']}  {fname}\n")
-        return path
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_write_text(_recorded_hash_path(path), f"{hexes['sha256']}  {fname}\n")
+    return path
