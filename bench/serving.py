@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -37,6 +38,7 @@ import tempfile
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 JOBS = (
     "savedmodel_uint8",
@@ -82,6 +84,15 @@ def litert_interpreter(path, threads):
     return interpreter
 
 
+def export_in_child(source, out, kw):
+    import keras
+
+    import kerasarch  # noqa: F401  (registers kerasarch's layers and model card for loading)
+    from kerasarch.export import export_model
+
+    export_model(keras.models.load_model(source, compile=False), out, **kw)
+
+
 def build_jobs(args, folder):
     """``{job: (export seconds, {batch: callable})}``: every export of one model, loaded, with its inputs bound."""
     import keras
@@ -89,11 +100,12 @@ def build_jobs(args, folder):
     import tensorflow as tf
 
     import kerasarch
-    from kerasarch.export import export_model
     from kerasarch.preprocessing import prepare_images
 
     keras.utils.set_random_seed(0)
     model = kerasarch.build_model(args.model)
+    source = os.path.join(folder, "model.keras")
+    model.save(source)
     size = int(model.input_shape[1])
     images = photo_crops(size, max(args.batches))
     jpegs = np.array([tf.io.encode_jpeg(image, quality=90).numpy() for image in images], dtype=object)
@@ -102,8 +114,17 @@ def build_jobs(args, folder):
     jobs = {}
 
     def timed_export(**kw):
+        # Each export in its own process: converting ResNet-50 (tf2onnx, the TFLite converter) holds several GB,
+        # which a process keeps; the model travels as its .keras file.
         start = time.perf_counter()
-        path = export_model(model, os.path.join(folder, "_".join(f"{v}" for v in kw.values())), **kw)
+        out = os.path.join(folder, "_".join(f"{v}" for v in kw.values()))
+        context = multiprocessing.get_context("spawn")
+        child = context.Process(target=export_in_child, args=(source, out, kw))
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"export {kw} failed (exit code {child.exitcode}); see its output above")
+        path = out if kw.get("format") != "saved_model" else os.path.join(out, "1")
         return path, time.perf_counter() - start
 
     if wanted & {"savedmodel_uint8", "savedmodel_jpeg"}:
@@ -238,7 +259,6 @@ def main(argv=None):
     import keras
     import tensorflow as tf
 
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import kerasarch
 
     info = {
