@@ -82,6 +82,15 @@ PAPER_RECIPES = [
         {"lr": 0.1, "momentum": 0.9, "batch_size": 128, "weight_decay": 1e-4},
         {"iterations": 64_000, "steps": 391, "lr_at_iteration": {31_000: 0.1, 33_000: 0.01, 49_000: 0.001}},
     ),
+    # He et al. 2015 (arXiv:1512.03385) §3.4 (ImageNet): "mini-batch size of 256. The learning rate starts from 0.1
+    # and is divided by 10 when the error plateaus ... weight decay of 0.0001 and a momentum of 0.9. We do not use
+    # dropout"; the plateaus at epochs 30 and 60 of 90 are torchvision's reference (references/classification:
+    # --epochs 90 --lr 0.1 --lr-step-size 30 --lr-gamma 0.1).
+    (
+        "resnet50",
+        {"lr": 0.1, "batch_size": 256, "weight_decay": 1e-4, "momentum": 0.9, "dropout": None, "epochs": 90},
+        {"lr_at_epoch": {29: 0.1, 30: 0.01, 59: 0.01, 60: 0.001}},
+    ),
     # Simonyan & Zisserman 2015 (arXiv:1409.1556) §3.1: "batch size was set to 256, momentum to 0.9 ... weight
     # decay ... 5·10^-4 ... dropout ratio set to 0.5 ... learning rate was initially set to 10^-2, and then
     # decreased by a factor of 10 when the validation set accuracy stopped improving ... decreased 3 times ...
