@@ -74,6 +74,7 @@ def make_hypermodel(
     from finetune.backbone import load_backbone
     from finetune.transfer import frozen_layer_names
     from kerasarch.features import list_taps, penultimate_tap
+    from kerasarch.training.precision import dtype_policy
 
     kt = _kt()
     backbone = load_backbone(
@@ -89,8 +90,6 @@ def make_hypermodel(
         """Builds a transfer model per trial and trains it with the two-phase schedule."""
 
         def build(self, hp):
-            import keras
-
             from finetune.transfer import build_transfer_model
 
             width = hp.Choice("head_width", list(head_widths))
@@ -98,11 +97,11 @@ def make_hypermodel(
             hp.Float("lr_head", 1e-4, 1e-2, sampling="log")
             hp.Float("lr_finetune", 1e-5, 1e-3, sampling="log")
             freeze_to = hp.Choice("freeze_to", choices)
-            keras.config.set_dtype_policy(policy)  # the tuner's clear_session() resets it
-            bb = load_backbone(
-                model, weights, input_shape=input_shape, classes=source_classes, seed=seed, preprocessing=convention
-            )
-            net = build_transfer_model(bb, classes, head_tap=head_tap, head_width=width, dropout=dropout)
+            with dtype_policy(policy):  # set per trial: the tuner's clear_session() resets the global policy
+                bb = load_backbone(
+                    model, weights, input_shape=input_shape, classes=source_classes, seed=seed, preprocessing=convention
+                )
+                net = build_transfer_model(bb, classes, head_tap=head_tap, head_width=width, dropout=dropout)
             net._finetune_frozen = frozen_layer_names(bb, freeze_to)
             return net
 
@@ -110,23 +109,24 @@ def make_hypermodel(
             from finetune.transfer import fine_tune
 
             head = min(epochs_head, epochs)
-            history = fine_tune(
-                net,
-                train_ds,
-                validation_data,
-                frozen=net._finetune_frozen,
-                train_bn=train_bn,
-                epochs_head=head,
-                epochs_finetune=epochs - head,
-                lr_head=hp.get("lr_head"),
-                lr_finetune=hp.get("lr_finetune"),
-                batch_size=batch_size,
-                augment=augment,
-                preprocessing=convention,
-                callbacks=callbacks,
-                seed=seed,
-                initial_epoch=initial_epoch,
-            )
+            with dtype_policy(policy):  # fine_tune scales the loss under the mixed_float16 policy
+                history = fine_tune(
+                    net,
+                    train_ds,
+                    validation_data,
+                    frozen=net._finetune_frozen,
+                    train_bn=train_bn,
+                    epochs_head=head,
+                    epochs_finetune=epochs - head,
+                    lr_head=hp.get("lr_head"),
+                    lr_finetune=hp.get("lr_finetune"),
+                    batch_size=batch_size,
+                    augment=augment,
+                    preprocessing=convention,
+                    callbacks=callbacks,
+                    seed=seed,
+                    initial_epoch=initial_epoch,
+                )
             return {"val_accuracy": max(history["val_accuracy"]), "val_loss": min(history["val_loss"])}
 
     return FinetuneHyperModel(name=f"{model}_finetune"), backbone

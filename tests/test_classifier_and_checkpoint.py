@@ -240,3 +240,25 @@ def test_train_resumes_a_run_folder_by_key_and_refuses_a_renamed_layer(tmp_path)
             np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
     with pytest.raises(ckpt.CheckpointError, match="not in the checkpoint: a2/bias, a2/kernel"):
         train(_branches("a", renamed="a2"), _batches(), epochs=2, out_dir=out, verbose=0, **kw)
+
+
+# -- the global dtype policy is set for a block and put back -----------------------------------------------------
+
+
+def test_commands_put_the_global_dtype_policy_back(capsys):
+    """``kerasarch summary --dtype-policy`` and the models page build under a policy of their own and leave the
+    caller's as it was (one implementation: kerasarch.training.precision.dtype_policy)."""
+    from kerasarch.cli import main
+    from kerasarch.commands.models_doc import model_rows
+
+    with dtype_policy("mixed_bfloat16"):
+        assert main(["summary", "lenet5", "--dtype-policy", "float32", "--format", "json"]) == 0
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+        (row,) = model_rows(["lenet5"], progress=False)
+        assert keras.config.dtype_policy().name == "mixed_bfloat16"
+    assert keras.config.dtype_policy().name == "float32"
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["compute_dtype"] == "float32"  # built under the command's policy, not the caller's
+    # LeNet-5 (LeCun et al. 1998, §II-B): 60,000 trainable parameters without the output layer, + 10 × (84 + 1).
+    assert row["trainable"] == summary["trainable_params"] == 60_000 + 850
+    assert row["activation_mb"] == pytest.approx(4 * row["activations"] / 1e6)  # float32: 4 bytes a value

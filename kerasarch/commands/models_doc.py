@@ -41,31 +41,32 @@ def model_rows(names, progress=True):
 
     from kerasarch.analysis import profile
     from kerasarch.registry import get_spec
+    from kerasarch.training.precision import dtype_policy
 
-    keras.config.set_dtype_policy("float32")
     rows = []
-    for i, name in enumerate(names, start=1):
-        if progress:
-            print(f"[{i}/{len(names)}] {name}", file=sys.stderr, flush=True)
-        spec = get_spec(name)
-        p = profile(name)
-        rows.append(
-            {
-                "name": name,
-                "family": spec.family,
-                "input": "×".join(map(str, spec.input_shape)),
-                "trainable": p.trainable_params,
-                "total": p.total_params,
-                "gmacs": p.gmacs,
-                "ref_gmacs": spec.gmacs,
-                "activations": p.total_activations,
-                "activation_mb": p.activation_bytes(dtype="float32", batch_size=1) / 1e6,
-                "top1": spec.top1,
-                "paper": spec.paper,
-            }
-        )
-        keras.backend.clear_session(free_memory=True)
-        gc.collect()
+    with dtype_policy("float32"):  # the figures are float32 ones, whatever the global policy
+        for i, name in enumerate(names, start=1):
+            if progress:
+                print(f"[{i}/{len(names)}] {name}", file=sys.stderr, flush=True)
+            spec = get_spec(name)
+            p = profile(name)
+            rows.append(
+                {
+                    "name": name,
+                    "family": spec.family,
+                    "input": "×".join(map(str, spec.input_shape)),
+                    "trainable": p.trainable_params,
+                    "total": p.total_params,
+                    "gmacs": p.gmacs,
+                    "ref_gmacs": spec.gmacs,
+                    "activations": p.total_activations,
+                    "activation_mb": p.activation_bytes(dtype="float32", batch_size=1) / 1e6,
+                    "top1": spec.top1,
+                    "paper": spec.paper,
+                }
+            )
+            keras.backend.clear_session(free_memory=True)
+            gc.collect()
     return rows
 
 

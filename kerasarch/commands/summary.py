@@ -152,16 +152,19 @@ def _rich_table(p):
 
 
 def run(args):
-    import keras
-
-    from kerasarch.analysis import profile
-    from kerasarch.commands import parse_input_shape
+    from kerasarch.training.precision import dtype_policy
 
     check_model_argument(args.model)
     if args.batch < 1:
         raise SystemExit(f"--batch must be >= 1. Received: --batch {args.batch}")
-    if args.dtype_policy:
-        keras.config.set_dtype_policy(args.dtype_policy)
+    with dtype_policy(args.dtype_policy or None):  # restored afterwards (the command runs inside tests too)
+        return _report(args)
+
+
+def _report(args):
+    from kerasarch.analysis import profile
+    from kerasarch.commands import parse_input_shape
+
     try:
         card = card_text(args.model) if args.card or str(args.model).lower().endswith(".keras") else ""
     except ValueError as e:
