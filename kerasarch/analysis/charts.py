@@ -195,22 +195,36 @@ def memory_chart(results, path, batch=32):
     return path
 
 
-def published_top1() -> list[dict]:
+def published_top1(count_missing: bool = True) -> list[dict]:
     """Every registered variant with a published ImageNet top-1, from its checkpoints (the weights declared beside
-    its architecture): ``{"model", "gmacs", "params", "checkpoints": [(label, top1), ...]}``, checkpoints in the
-    order declared. Variants without a reference GMACs figure are left out (they cannot be placed on the x axis)."""
+    its architecture): ``{"model", "gmacs", "gmacs_counted", "params", "checkpoints": [(label, top1), ...]}``,
+    checkpoints in the order declared. ``gmacs`` is the variant's reference figure; a variant without one
+    (keras.applications' ResNet101V2 / 152V2) gets the multiply-adds counted from its built layers
+    (:func:`kerasarch.analysis.profile.profile`, ``gmacs_counted`` True), or is left out with
+    ``count_missing=False``."""
     from kerasarch.registry import get_spec, list_models
 
     points = []
-    for name in list_models():
+    for name in list_models(pretrained=True):
         spec = get_spec(name)
-        published = [
-            (f"{c.source}:{getattr(c, 'id', c.source)}", c.top1)
-            for c in getattr(spec, "checkpoints", ())
-            if c.top1 is not None
-        ]
-        if spec.gmacs and published:
-            points.append({"model": name, "gmacs": spec.gmacs, "params": spec.params or 0, "checkpoints": published})
+        published = [(f"{c.source}:{c.id}", c.top1) for c in spec.checkpoints if c.top1 is not None]
+        if not published:
+            continue
+        gmacs, counted = spec.gmacs, False
+        if gmacs is None and count_missing:
+            from kerasarch.analysis.profile import profile
+
+            gmacs, counted = round(profile(name).gmacs, 3), True
+        if gmacs:
+            points.append(
+                {
+                    "model": name,
+                    "gmacs": gmacs,
+                    "gmacs_counted": counted,
+                    "params": spec.params or 0,
+                    "checkpoints": published,
+                }
+            )
     return points
 
 
@@ -222,6 +236,7 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
     ax = fig.add_subplot(1, 1, 1)
     max_params = max((p["params"] for p in points), default=1) or 1
     area_per_param = 900.0 / max_params
+    placed = []  # (log10 GMACs, top-1 + label offset) of the labels drawn, to keep labels apart
     for i, p in enumerate(sorted(points, key=lambda p: p["gmacs"])):
         color = f"C{i % 10}"
         ys = sorted(t for _, t in p["checkpoints"])
@@ -238,7 +253,13 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
             linewidths=0.6,
             zorder=3,
         )
-        ax.annotate(p["model"], (p["gmacs"], ys[-1]), xytext=(6, 2), textcoords="offset points", fontsize=7, zorder=4)
+        label = p["model"] + ("*" if p.get("gmacs_counted") else "")
+        anchor = (math.log10(p["gmacs"]), ys[-1])
+        dy = 2
+        while any(abs(anchor[0] - x) < 0.12 and abs(anchor[1] + dy / 12 - y) < 0.7 for x, y in placed):
+            dy -= 9  # one text line lower (about 0.75 top-1 points at this size), until no label is in the way
+        placed.append((anchor[0], anchor[1] + dy / 12))
+        ax.annotate(label, (p["gmacs"], ys[-1]), xytext=(6, dy), textcoords="offset points", fontsize=7, zorder=4)
     if points:
         xs = [p["gmacs"] for p in points]
         ax.set_xscale("log")
@@ -252,7 +273,8 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
         0.01,
         "Each point: one published checkpoint's top-1 (its own evaluation transform). A line joins "
         "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters. "
-        "A checkpoint evaluated at another size (timm's, 288×288) costs (size/224)² × the GMACs shown.",
+        "A checkpoint evaluated at another size (timm's, 288×288) costs (size/224)² × the GMACs shown. "
+        "* no reference GMACs figure: counted from the built layers.",
         fontsize=7,
         ha="left",
         va="bottom",
