@@ -441,13 +441,15 @@ class _Serving:
         naming them (their positions in the request and their sizes in bytes)."""
         import tensorflow as tf
 
+        from kerasarch.data.directory import decode_image
+
         n = tf.size(image_bytes)
         tf.debugging.Assert(n > 0, ["The request holds no images (a batch of 0); send at least one."])
 
         def which_decode():
             # A tf.data pass that drops failures (a graph cannot catch an error otherwise): ~10 ms a request.
             decoded = tf.data.Dataset.from_tensor_slices((tf.range(n), image_bytes))
-            decoded = decoded.map(lambda i, s: (i, tf.shape(_decode(s, self.channels))[0])).ignore_errors()
+            decoded = decoded.map(lambda i, s: (i, tf.shape(decode_image(s, self.channels))[0])).ignore_errors()
             return decoded.reduce(
                 tf.zeros([n], tf.bool), lambda ok, element: tf.tensor_scatter_nd_update(ok, [[element[0]]], [True])
             )
@@ -471,7 +473,7 @@ class _Serving:
             image_bytes = tf.identity(image_bytes)
         shape = (*self.size, self.channels) if self.size is not None else (None, None, self.channels)
         return tf.map_fn(
-            lambda s: self.inputs(_decode(s, self.channels)[None])[0],
+            lambda s: self.inputs(decode_image(s, self.channels)[None])[0],
             image_bytes,
             fn_output_signature=tf.TensorSpec(shape, tf.float32),
         )
@@ -530,37 +532,6 @@ def _looks_whole(image_bytes):
     png = between([b"\x89PNG\r\n\x1a\n"], b"IEND\xaeB`\x82")
     gif = between([b"GIF87a", b"GIF89a"], b";")
     return jpeg | png | gif
-
-
-def _decode(contents, channels):
-    """One encoded image (JPEG, PNG, GIF: its first frame, BMP) as uint8 ``[H, W, channels]``, decoded as
-    :func:`kerasarch.data.read_image` decodes files: RGB (grey and palette images expanded, alpha dropped) or grey,
-    which TensorFlow's JPEG and PNG decoders convert to themselves; BMP and GIF, which they cannot give in one
-    channel, are decoded as RGB and converted by luma (rounded)."""
-    import tensorflow as tf
-
-    if channels == 3:
-        image = tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8)
-    else:
-        head = tf.strings.substr(contents, 0, 3)
-        rgb_only = tf.logical_or(tf.equal(tf.strings.substr(head, 0, 2), b"BM"), tf.equal(head, b"GIF"))
-        image = tf.cond(
-            rgb_only,
-            lambda: tf.cast(
-                tf.round(
-                    tf.image.rgb_to_grayscale(
-                        tf.cast(
-                            tf.io.decode_image(contents, channels=3, expand_animations=False, dtype=tf.uint8),
-                            tf.float32,
-                        )
-                    )
-                ),
-                tf.uint8,
-            ),
-            lambda: tf.io.decode_image(contents, channels=1, expand_animations=False, dtype=tf.uint8),
-        )
-    image.set_shape((None, None, channels))
-    return image
 
 
 def _write_metadata(folder, serving, fmt, quantize, tap, tap_layer, extra=None):

@@ -37,6 +37,7 @@ __all__ = [
     "check_image_file",
     "image_dimensions",
     "read_image",
+    "decode_image",
     "max_image_pixels",
     "ImageFileError",
     "IMAGE_EXTENSIONS",
@@ -214,7 +215,12 @@ def _list_files(root, class_names, follow_links):
     return paths, labels
 
 
-def _decode(contents, channels):
+def decode_image(contents: tf.Tensor, channels: int) -> tf.Tensor:
+    """One encoded image (JPEG, PNG, GIF: its first frame, BMP), a string tensor, as a uint8 ``[H, W, channels]``
+    tensor: RGB (grey and palette images expanded, alpha dropped) or grey, which TensorFlow's JPEG and PNG decoders
+    convert to themselves; BMP and GIF, which they cannot give in one channel, are decoded as RGB and converted by
+    luma (rounded). The one decoder of the library's image files (:func:`read_image`, :func:`from_directory`) and
+    of the exported models' ``image_bytes`` requests, so both see the same pixels."""
     import tensorflow as tf
 
     if channels != 1:
@@ -257,7 +263,7 @@ def read_image(path: str | os.PathLike, channels: int = 3) -> np.ndarray:
     if reason is not None:
         raise ImageFileError(f"Image {path!r} is not usable: {reason}.")
     try:
-        return _decode(tf.io.read_file(path), channels).numpy()
+        return decode_image(tf.io.read_file(path), channels).numpy()
     except (tf.errors.OpError, ValueError) as e:
         message = " ".join(str(getattr(e, "message", e)).split())[:200]
         raise ImageFileError(f"Image {path!r} cannot be decoded: {message}") from e
@@ -269,7 +275,7 @@ def _decode_failures(paths, channels, num_parallel_calls):
 
     ds = tf.data.Dataset.from_tensor_slices(paths).enumerate()
     ds = ds.map(
-        lambda i, p: (i, tf.shape(_decode(tf.io.read_file(p), channels))[0]),
+        lambda i, p: (i, tf.shape(decode_image(tf.io.read_file(p), channels))[0]),
         num_parallel_calls=num_parallel_calls,
         deterministic=False,
     ).ignore_errors()
@@ -439,7 +445,7 @@ def _make(root, paths, labels, class_names, skipped, image_size, channels, crop_
     import tensorflow as tf
 
     def load(p, label):
-        image = tf.cast(_decode(tf.io.read_file(p), channels), tf.float32)
+        image = tf.cast(decode_image(tf.io.read_file(p), channels), tf.float32)
         if image_size is not None:
             if crop_to_aspect_ratio:
                 h, w = tf.cast(tf.shape(image)[0], tf.float32), tf.cast(tf.shape(image)[1], tf.float32)
