@@ -993,3 +993,45 @@ def test_finetune_tune_one_trial_from_the_published_checkpoint(small_pth, tmp_pa
         if layer.weights and layer.name != "predictions":
             for w in layer.get_weights():
                 assert any(np.array_equal(w, v) for v in stored[w.shape]), layer.name
+
+
+def test_predict_with_a_published_checkpoint_made_by_torchvision(tmp_path, home, monkeypatch, capsys):
+    """Where torch is installed: torchvision's own resnet18 (random weights and BatchNorm statistics) saved with
+    torch.save, published behind a file:// origin; ``kerasarch predict --weights imagenet`` gives the probabilities
+    torchvision's model gives for the same centre crops, normalised by hand."""
+    sys.modules.setdefault("triton", None)  # torchvision imports triton, which crashes when loaded after TensorFlow
+    torch = pytest.importorskip("torch")
+    torchvision = pytest.importorskip("torchvision")
+
+    torch.manual_seed(0)
+    net = torchvision.models.resnet18()
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 1.5)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.2, 0.2)
+        net.fc.weight.mul_(1e-2)  # no probability underflows to a tie at 0
+    net.eval()
+    pth = tmp_path / "resnet18-f37072fd.pth"
+    torch.save(net.state_dict(), pth)
+    _publish(monkeypatch, "resnet18", pth, "torchvision")
+    folder = _image_folder(tmp_path / "photos", {"x": 3})
+    paths = sorted(str(p) for p in (folder / "x").iterdir())
+    out = tmp_path / "p.json"
+    argv = ["predict", "resnet18", str(folder), "--weights", "imagenet", "--input-size", str(SIZE), "--top", "5"]
+    code, _, err = _cli([*argv, "--out", str(out)], capsys)
+    assert code == 0, err
+    crops = []
+    for p in paths:
+        x = np.asarray(Image.open(p).convert("RGB"), "float32")[OFFSET : OFFSET + SIZE, OFFSET : OFFSET + SIZE]
+        crops.append(((x / 255.0 - TORCH_MEAN) / TORCH_STD).transpose(2, 0, 1))  # NCHW, as torchvision takes it
+    with torch.no_grad():
+        want = torch.softmax(net(torch.from_numpy(np.stack(crops))), dim=1).numpy()
+    rows = json.loads(out.read_text())["predictions"]
+    names = imagenet_class_names()
+    for row, probs in zip(rows, want):
+        top = np.argsort(-probs)[:5]
+        assert [t["index"] for t in row["top"]] == list(top) and row["top"][0]["class"] == names[top[0]]
+        np.testing.assert_allclose([t["probability"] for t in row["top"]], probs[top], rtol=1e-3, atol=1e-5)
