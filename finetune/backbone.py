@@ -134,13 +134,16 @@ def resolve_weights(weights):
         return weights
     path = os.fspath(weights)
     if os.path.isdir(path):
-        model_file = os.path.join(path, "model.keras")
-        if not os.path.isfile(model_file):
+        from kerasarch.errors import KerasarchError
+        from kerasarch.training.loop import run_model_file
+
+        try:
+            return run_model_file(path)
+        except KerasarchError as e:
             raise FinetuneError(
-                f"{path!r} is a folder without a model.keras; --weights takes 'imagenet', "
-                f"'imagenet:keras', 'imagenet:torchvision', a weights file or a training run folder."
-            )
-        return model_file
+                f"{e} --weights takes 'imagenet', 'imagenet:keras', 'imagenet:torchvision', a weights file "
+                "or a training run folder."
+            ) from None
     if not os.path.isfile(path):
         raise FinetuneError(f"Weights file not found: {path!r}.")
     suffixes = (".keras", ".weights.h5", ".h5", ".hdf5", ".pth", ".pt", ".safetensors")

@@ -29,6 +29,7 @@ import sys
 
 from finetune.errors import FinetuneError
 from finetune.store import write_json
+from kerasarch.training.loop import MODEL_FILE
 
 __all__ = ["METHODS", "add_schedule_args", "open_splits", "register", "run", "train"]
 
@@ -241,6 +242,25 @@ def train(
         "precision": precision,
         "val": val_source.describe() if val_source is not None else None,
     }
+    # What both methods take: the network, its head, the recipe and the run's settings.
+    common = {
+        "weights": weights,
+        "head_tap": head_tap,
+        "freeze_to": freeze_to,
+        "head_width": head_width,
+        "dropout": dropout,
+        "batch_size": batch_size,
+        "optimizer": optimizer,
+        "augment": augment,
+        "train_bn": train_bn,
+        "input_shape": input_shape,
+        "classes": classes,
+        "preprocessing": preprocessing,
+        "seed": seed,
+        "precision": precision,
+        "strategy": strategy,
+        "verbose": verbose,
+    }
     if method == "two-phase":
         return _two_phase(
             model,
@@ -249,29 +269,14 @@ def train(
             val_source,
             test_source,
             config,
-            weights=weights,
-            head_tap=head_tap,
-            freeze_to=freeze_to,
-            head_width=head_width,
-            dropout=dropout,
             epochs_head=epochs_head,
             epochs_finetune=epochs_finetune,
             lr_head=lr_head,
             lr_finetune=lr_finetune,
-            batch_size=batch_size,
-            optimizer=optimizer,
-            augment=augment,
-            train_bn=train_bn,
-            input_shape=input_shape,
-            classes=classes,
-            preprocessing=preprocessing,
-            seed=seed,
-            precision=precision,
-            strategy=strategy,
-            verbose=verbose,
+            **common,
         )
     done = os.path.join(out, "result.json")
-    if os.path.exists(done) and os.path.exists(os.path.join(out, "model.keras")):
+    if os.path.exists(done) and os.path.exists(os.path.join(out, MODEL_FILE)):
         with open(done) as f:
             previous = json.load(f)
         if previous.get("config") == json.loads(json.dumps(config)):
@@ -283,14 +288,9 @@ def train(
         val_source,
         test_source,
         config,
-        weights=weights,
         method=method,
         labelled=labelled if refit else None,
         auto=auto,
-        head_tap=head_tap,
-        freeze_to=freeze_to,
-        head_width=head_width,
-        dropout=dropout,
         steps=steps,
         lr=lr,
         warmup=warmup,
@@ -304,17 +304,7 @@ def train(
         random_erasing=random_erasing,
         accumulation=accumulation,
         ema=ema,
-        batch_size=batch_size,
-        optimizer=optimizer,
-        augment=augment,
-        train_bn=train_bn,
-        input_shape=input_shape,
-        classes=classes,
-        preprocessing=preprocessing,
-        seed=seed,
-        precision=precision,
-        strategy=strategy,
-        verbose=verbose,
+        **common,
     )
 
 
@@ -325,14 +315,14 @@ def _weighted_layers(model):
 def _finish(net, backbone, out, source, val_source, test_source, result):
     """Saves the model (with its card, when kerasarch has model cards), evaluates the test data, writes
     ``result.json``."""
+    from kerasarch.fileio import atomic_save_model
     from kerasarch.training import evaluate
-    from kerasarch.training.checkpoint import atomic_save_model
 
     os.makedirs(out, exist_ok=True)
     net = backbone.card_for(
         net, source.class_names, recipe=result.get("config"), data={**source.describe(), "examples": len(source)}
     )
-    atomic_save_model(net, os.path.join(out, "model.keras"))
+    atomic_save_model(net, os.path.join(out, MODEL_FILE))
     result.update(
         {
             **backbone.describe(),

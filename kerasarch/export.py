@@ -82,16 +82,12 @@ def _resolve_tap(model, tap):
 
 def _run_file(source):
     """The ``.keras`` file a source names: the file itself, or ``model.keras`` in a training run folder."""
-    source = os.fspath(source)
-    if os.path.isdir(source):
-        path = os.path.join(source, "model.keras")
-        if not os.path.isfile(path):
-            raise ExportError(
-                f"{source!r} is a folder without a model.keras (a kerasarch training run folder holds "
-                f"one once training finished). Received: {source!r}"
-            )
-        return path
-    return source
+    from kerasarch.training.loop import run_model_file
+
+    try:
+        return run_model_file(source)
+    except KerasarchError as e:
+        raise ExportError(f"{e} Received: {os.fspath(source)!r}") from None
 
 
 def load_for_export(source, weights=None, *, input_size=None):

@@ -262,3 +262,28 @@ def test_commands_put_the_global_dtype_policy_back(capsys):
     # LeNet-5 (LeCun et al. 1998, §II-B): 60,000 trainable parameters without the output layer, + 10 × (84 + 1).
     assert row["trainable"] == summary["trainable_params"] == 60_000 + 850
     assert row["activation_mb"] == pytest.approx(4 * row["activations"] / 1e6)  # float32: 4 bytes a value
+
+
+# -- a training run folder's model file --------------------------------------------------------------------------
+
+
+def test_a_run_folder_names_its_model_file_in_one_place(tmp_path):
+    """train() writes model.keras into its run folder; export and finetune --weights read a run folder through
+    the same function, and a folder without one is refused in each with the folder named."""
+    from finetune.backbone import resolve_weights
+    from finetune.errors import FinetuneError
+    from kerasarch.export import ExportError, load_for_export
+    from kerasarch.training.loop import run_model_file
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.keras").write_bytes(b"")
+    assert run_model_file(run) == str(run / "model.keras")
+    assert resolve_weights(str(run)) == str(run / "model.keras")
+    assert run_model_file(str(tmp_path / "m.keras")) == str(tmp_path / "m.keras")
+    empty = tmp_path / "unfinished"
+    empty.mkdir()
+    with pytest.raises(ExportError, match="unfinished' is a folder without a model.keras"):
+        load_for_export(str(empty))
+    with pytest.raises(FinetuneError, match="unfinished' is a folder without a model.keras.*--weights takes"):
+        resolve_weights(str(empty))

@@ -54,6 +54,8 @@ __all__ = [
     "make_eval_step",
     "RunFolder",
     "EpochLoop",
+    "MODEL_FILE",
+    "run_model_file",
 ]
 
 
@@ -525,6 +527,28 @@ def evaluate(model, dataset, *, batch_size=256, preprocessing=None, augment="non
 
 # -- The run folder ----------------------------------------------------------------------------------------------
 
+MODEL_FILE = "model.keras"
+"""The trained model :func:`train` writes into its run folder when training ends."""
+
+
+def run_model_file(source: str | os.PathLike) -> str:
+    """The ``.keras`` file ``source`` names: ``source`` itself, or a training run folder's :data:`MODEL_FILE`.
+
+    Raises:
+        KerasarchError: ``source`` is a folder without a ``model.keras`` (not a run folder, or its training has not
+            finished).
+    """
+    source = os.fspath(source)
+    if not os.path.isdir(source):
+        return source
+    path = os.path.join(source, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise KerasarchError(
+            f"{source!r} is a folder without a {MODEL_FILE} (a kerasarch training run folder holds one once "
+            "training finished)."
+        )
+    return path
+
 
 def _finite(arrays):
     return all(np.isfinite(a).all() for a in arrays if np.issubdtype(a.dtype, np.floating))
@@ -647,7 +671,7 @@ class RunFolder:
         if not self.writes:
             return
         if stop_reason != "interrupted":
-            ckpt.atomic_save_model(model, os.path.join(self.out_dir, "model.keras"))
+            ckpt.atomic_save_model(model, os.path.join(self.out_dir, MODEL_FILE))
         self._write_status({"state": stop_reason or "finished", "epochs": epochs, "seconds": round(self.elapsed(), 3)})
 
     def _write_status(self, status):
