@@ -695,6 +695,14 @@ def test_checkpoints_chart_plots_v1_and_v2_of_a_network(tmp_path):
     assert points["googlenet_bn"]["checkpoints"] == [("torchvision:IMAGENET1K_V1", 69.778)]
     path = checkpoints_chart(list(points.values()), tmp_path / "chart.png")
     assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    # With measured costs (bench/checkpoints_chart.py): the forward-time and memory panels; a variant without costs
+    # stays on the multiply-adds panel only.
+    costs = {
+        "resnet50": {"latency_ms": 120.0, "memory_mb": 130.0},
+        "alexnet_owt": {"latency_ms": 40.0, "memory_mb": 250},
+    }
+    path = checkpoints_chart(list(points.values()), tmp_path / "costs.png", costs=costs, machine="a test")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_predict_a_keras_file_made_outside_kerasarch_needs_the_preprocessing(tmp_path, capsys):

@@ -228,19 +228,17 @@ def published_top1(count_missing: bool = True) -> list[dict]:
     return points
 
 
-def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply-adds, every checkpoint"):
-    """The lecture's comparison (Canziani et al. 2016, Fig. 2) with every published checkpoint: one point per
-    checkpoint at its variant's GMACs, the checkpoints of one variant (V1, V2, ...) joined by a line, bubble area ∝
-    parameters. ``points``: as :func:`published_top1` returns."""
-    fig = _figure(11, 7)
-    ax = fig.add_subplot(1, 1, 1)
+def _checkpoint_panel(ax, points, x_of, label_text, xlabel, colors):
+    """One scatter of published top-1 against ``x_of(point)`` (log axis), a line joining a network's checkpoints,
+    bubble area ∝ parameters, one colour per network (``colors``), labels nudged apart."""
     max_params = max((p["params"] for p in points), default=1) or 1
     area_per_param = 900.0 / max_params
-    placed = []  # (log10 GMACs, top-1 + label offset) of the labels drawn, to keep labels apart
-    for i, p in enumerate(sorted(points, key=lambda p: p["gmacs"])):
-        color = f"C{i % 10}"
+    placed = []  # (log10 x, top-1 + label offset) of the labels drawn, to keep labels apart
+    drawn = sorted((p for p in points if x_of(p)), key=x_of)
+    for p in drawn:
+        color = colors[p["model"]]
         ys = sorted(t for _, t in p["checkpoints"])
-        xs = [p["gmacs"]] * len(ys)
+        xs = [x_of(p)] * len(ys)
         if len(ys) > 1:
             ax.plot(xs, ys, color=color, linewidth=1.5, alpha=0.8, zorder=2)
         ax.scatter(
@@ -253,33 +251,76 @@ def checkpoints_chart(points, path, title="Published ImageNet top-1 vs. multiply
             linewidths=0.6,
             zorder=3,
         )
-        label = p["model"] + ("*" if p.get("gmacs_counted") else "")
-        anchor = (math.log10(p["gmacs"]), ys[-1])
+        if label_text is None:
+            continue
+        anchor = (math.log10(xs[0]), ys[-1])
         dy = 2
         while any(abs(anchor[0] - x) < 0.12 and abs(anchor[1] + dy / 12 - y) < 0.7 for x, y in placed):
             dy -= 9  # one text line lower (about 0.75 top-1 points at this size), until no label is in the way
         placed.append((anchor[0], anchor[1] + dy / 12))
-        ax.annotate(label, (p["gmacs"], ys[-1]), xytext=(6, dy), textcoords="offset points", fontsize=7, zorder=4)
-    if points:
-        xs = [p["gmacs"] for p in points]
+        ax.annotate(label_text(p), (xs[0], ys[-1]), xytext=(6, dy), textcoords="offset points", fontsize=7, zorder=4)
+    if drawn:
+        xs = [x_of(p) for p in drawn]
         ax.set_xscale("log")
         ax.set_xlim(min(xs) / 1.6, max(xs) * 2.2)
-    ax.set_xlabel("multiply-adds per image (GMACs, reference figure at 224x224)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("published ImageNet top-1 (%)")
-    ax.set_title(title)
     ax.grid(True, alpha=0.3, zorder=0)
-    fig.text(
-        0.01,
-        0.01,
+
+
+def checkpoints_chart(
+    points, path, title="Published ImageNet top-1 vs. multiply-adds, every checkpoint", costs=None, machine=""
+):
+    """The lecture's comparison (Canziani et al. 2016, Figs. 2-3) with every published checkpoint: one point per
+    checkpoint at its variant's GMACs, the checkpoints of one variant (V1, V2, ...) joined by a line, bubble area ∝
+    parameters.
+
+    Args:
+        points: as :func:`published_top1` returns.
+        path: the PNG to write.
+        costs: optional ``{model: {"latency_ms": ..., "memory_mb": ...}}`` (what ``bench/checkpoints_chart.py``
+            measures): adds two panels, top-1 against the forward time of one image and against its memory.
+        machine: the machine the costs were measured on, for the footnote.
+    """
+    fig = _figure(11, 7) if not costs else _figure(18, 7.5)
+    panels = 1 if not costs else 3
+    colors = {p["model"]: f"C{i % 10}" for i, p in enumerate(sorted(points, key=lambda p: p["gmacs"]))}
+    ax = fig.add_subplot(1, panels, 1)
+    _checkpoint_panel(
+        ax,
+        points,
+        lambda p: p["gmacs"],
+        lambda p: p["model"] + ("*" if p.get("gmacs_counted") else ""),
+        "multiply-adds per image (GMACs, reference figure at 224x224)",
+        colors,
+    )
+    ax.set_title(title if not costs else "top-1 vs. multiply-adds")
+    note = (
         "Each point: one published checkpoint's top-1 (its own evaluation transform). A line joins "
         "the checkpoints of one network (e.g. torchvision IMAGENET1K_V1 and _V2); bubble area ∝ parameters. "
         "A checkpoint evaluated at another size (timm's, 288×288) costs (size/224)² × the GMACs shown. "
-        "* no reference GMACs figure: counted from the built layers.",
-        fontsize=7,
-        ha="left",
-        va="bottom",
-        wrap=True,
+        "* no reference GMACs figure: counted from the built layers."
     )
-    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    if costs:
+        for k, (key, xlabel, heading) in enumerate(
+            (
+                ("latency_ms", "forward time of one 224x224 image (ms, median, float32)", "top-1 vs. forward time"),
+                ("memory_mb", "weights + peak activations of one image (MB, float32)", "top-1 vs. memory"),
+            ),
+            start=2,
+        ):
+            axk = fig.add_subplot(1, panels, k, sharey=ax)
+            _checkpoint_panel(
+                axk, points, lambda p, key=key: (costs.get(p["model"]) or {}).get(key), None, xlabel, colors
+            )
+            axk.set_title(heading)
+        fig.suptitle(title)
+        note += (
+            " Forward time: kerasarch's model in TensorFlow, batch 1, measured"
+            + (f" on {machine}" if machine else "")
+            + "; memory: parameters and the largest set of activations alive at once, counted from the layers."
+        )
+    fig.text(0.01, 0.01, note, fontsize=7, ha="left", va="bottom", wrap=True)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     fig.savefig(path)
     return path
