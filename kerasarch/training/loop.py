@@ -30,7 +30,7 @@ import signal
 import threading
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -42,6 +42,10 @@ from kerasarch.training.guard import check_recipe, guarded_train
 from kerasarch.training.logs import ProgressReporter, TensorBoardWriter, write_csv
 from kerasarch.training.precision import dtype_policy, resolve_precision
 from kerasarch.training.recipes import PlateauState, get_recipe, lr_at
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 __all__ = [
     "train",
@@ -317,26 +321,13 @@ class TrainingData:
         self.global_batch = int(recipe["batch_size"])
         self.steps_per_epoch = steps_per_epoch
         self.train_pipe = self.val_pipe = None
+        options = dict(batch_size=self.global_batch, augment=recipe["augment"], preprocessing=recipe["preprocessing"])
         if not is_batched(train_ds):
             self.train_pipe = InputPipeline(
-                train_ds,
-                model,
-                batch_size=self.global_batch,
-                training=True,
-                augment=recipe["augment"],
-                preprocessing=recipe["preprocessing"],
-                seed=seed,
-                drop_remainder=self.replicas > 1,
+                train_ds, model, training=True, seed=seed, drop_remainder=self.replicas > 1, **options
             )
         if val_ds is not None and not is_batched(val_ds):
-            self.val_pipe = InputPipeline(
-                val_ds,
-                model,
-                batch_size=self.global_batch,
-                training=False,
-                augment=recipe["augment"],
-                preprocessing=recipe["preprocessing"],
-            )
+            self.val_pipe = InputPipeline(val_ds, model, training=False, **options)
         self.steps = self._count_steps()
 
     def _count_steps(self):
@@ -663,6 +654,7 @@ class RunFolder:
             self.tensorboard.write(epoch + 1, logs)
 
     def close_logs(self):
+        """Closes the TensorBoard log."""
         if self.tensorboard is not None:
             self.tensorboard.close()
 
@@ -749,6 +741,7 @@ class EpochLoop:
         self.folder.restore_last_good()
 
     def run(self):
+        """Trains from the run folder's state to the recipe's last epoch or a stop; ``(history, stop_reason)``."""
         start = self.folder.state
         if start["epoch"] == 0 and start["step"] == 0:
             self._save(0, 0, None, "running")
@@ -855,31 +848,31 @@ class EpochLoop:
 
 @guarded_train
 def train(
-    model,
-    train_ds,
-    val_ds=None,
+    model: str | Callable[[], keras.Model] | keras.Model,
+    train_ds: tf.data.Dataset,
+    val_ds: tf.data.Dataset | None = None,
     *,
-    recipe="paper",
-    epochs=None,
-    batch_size=None,
-    lr=None,
-    augment=None,
-    precision="auto",
-    strategy="auto",
-    jit_compile="auto",
-    out_dir=None,
-    resume="auto",
-    seed=0,
-    deterministic=False,
-    classes=None,
-    input_shape=None,
-    build_kwargs=None,
-    callbacks=None,
-    verbose="auto",
-    steps_per_epoch=None,
-    checkpoint_steps=None,
-    checkpoint_minutes=10.0,
-):
+    recipe: str | os.PathLike | dict = "paper",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    augment: str | None = None,
+    precision: str = "auto",
+    strategy: str | tf.distribute.Strategy | None = "auto",
+    jit_compile: bool | str = "auto",
+    out_dir: str | os.PathLike | None = None,
+    resume: bool | str = "auto",
+    seed: int = 0,
+    deterministic: bool = False,
+    classes: int | None = None,
+    input_shape: tuple[int, int, int] | None = None,
+    build_kwargs: dict[str, Any] | None = None,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+    verbose: int | str = "auto",
+    steps_per_epoch: int | None = None,
+    checkpoint_steps: int | None = None,
+    checkpoint_minutes: float | None = 10.0,
+) -> TrainResult:
     """Trains a model with its paper's recipe.
 
     Args:
