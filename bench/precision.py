@@ -3,11 +3,17 @@
 * ``float32`` — the reference;
 * ``mixed_bfloat16`` — Keras' dtype policy (bfloat16 compute, float32 variables), what ``--precision auto``
   picks on CPUs with AVX512-BF16/AMX;
+* ``*_keras_bn`` — the same with Keras' own BatchNormalization computation (moments + element-wise ops, in
+  float32 under the mixed policy) instead of kerasarch's, which runs TensorFlow's ``FusedBatchNormV3``
+  (``kerasarch.layers.normalization``);
 * ``onednn_bf16_rewrite`` — a float32 model with TensorFlow's grappler rewrite
   ``auto_mixed_precision_onednn_bfloat16`` (``tf.config.optimizer.set_experimental_options``), which turns the
   graph's convolutions/matmuls to bfloat16 behind Keras' back;
-* each of the first two with ``jit_compile=True`` (XLA);
+* ``*_jit`` — ``jit_compile=True`` (XLA); ``mixed_bfloat16_threads_2_1`` — 2 intra-op threads, 1 inter-op;
+  ``mixed_bfloat16_raw_sgd`` — the momentum update as TensorFlow's one-op ``ResourceApplyKerasMomentum``;
 * torchvision in float32 and with ``torch.autocast("cpu", torch.bfloat16)``.
+
+``--profile`` traces two steps of each Keras variant with TensorFlow's profiler and prints its top op types.
 
 Each variant lives in its own long-lived process (the grappler option is process-wide; TensorFlow and PyTorch
 do not share a process well), built from the same seed, and the rounds are interleaved. Correctness: each Keras
@@ -25,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -34,16 +41,29 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-# variant: (Keras dtype policy, jit_compile, grappler bfloat16 rewrite)
+# variant: (Keras dtype policy, jit_compile, grappler bfloat16 rewrite, BatchNormalization computation, threads,
+# optimizer update).
+# BatchNormalization: "fused" — kerasarch's layer on TensorFlow's FusedBatchNormV3 (what kerasarch models use);
+# "keras" — Keras' own computation (moments + element-wise ops), the same layer with ``fused=False``.
+# threads: None — TensorFlow's defaults; (intra, inter) — ``tf.config.threading``'s pools.
+# optimizer update: "keras" — ``keras.optimizers.SGD(momentum=0.9).apply`` (a few element-wise ops per variable);
+# "raw" — TensorFlow's one-op ``ResourceApplyKerasMomentum`` per variable (the same update rule).
 KERAS_VARIANTS = {
-    "float32": ("float32", False, False),
-    "mixed_bfloat16": ("mixed_bfloat16", False, False),
-    "onednn_bf16_rewrite": ("float32", False, True),
-    "float32_jit": ("float32", True, False),
-    "mixed_bfloat16_jit": ("mixed_bfloat16", True, False),
+    "float32": ("float32", False, False, "fused", None, "keras"),
+    "mixed_bfloat16": ("mixed_bfloat16", False, False, "fused", None, "keras"),
+    "float32_keras_bn": ("float32", False, False, "keras", None, "keras"),
+    "mixed_bfloat16_keras_bn": ("mixed_bfloat16", False, False, "keras", None, "keras"),
+    "onednn_bf16_rewrite": ("float32", False, True, "fused", None, "keras"),
+    "onednn_bf16_rewrite_keras_bn": ("float32", False, True, "keras", None, "keras"),
+    "float32_jit": ("float32", True, False, "fused", None, "keras"),
+    "mixed_bfloat16_jit": ("mixed_bfloat16", True, False, "fused", None, "keras"),
+    "mixed_bfloat16_threads_2_1": ("mixed_bfloat16", False, False, "fused", (2, 1), "keras"),
+    "mixed_bfloat16_raw_sgd": ("mixed_bfloat16", False, False, "fused", None, "raw"),
 }
 TORCH_VARIANTS = {"torch_float32": "float32", "torch_bfloat16": "mixed_bfloat16"}
-DEFAULT = "float32,mixed_bfloat16,onednn_bf16_rewrite,mixed_bfloat16_jit,torch_float32,torch_bfloat16"
+DEFAULT = (
+    "float32,mixed_bfloat16,float32_keras_bn,mixed_bfloat16_keras_bn,onednn_bf16_rewrite,torch_float32,torch_bfloat16"
+)
 
 
 def keras_worker(variant, model_name, batch, grad_path):
@@ -52,13 +72,20 @@ def keras_worker(variant, model_name, batch, grad_path):
     import tensorflow as tf
 
     import kerasarch
+    from kerasarch.layers.normalization import BatchNormalization
 
-    policy, jit, rewrite = KERAS_VARIANTS[variant]
+    policy, jit, rewrite, bn, threads, update = KERAS_VARIANTS[variant]
+    if threads:
+        tf.config.threading.set_intra_op_parallelism_threads(threads[0])
+        tf.config.threading.set_inter_op_parallelism_threads(threads[1])
     if rewrite:
         tf.config.optimizer.set_experimental_options({"auto_mixed_precision_onednn_bfloat16": True})
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
     model = kerasarch.build_model(model_name, classifier_activation=None)
+    for layer in model.layers:  # traced below, so the switch takes effect
+        if isinstance(layer, BatchNormalization):
+            layer.fused = bn == "fused"
     rng = np.random.default_rng(0)
     x = tf.constant(rng.uniform(0, 1, (batch, *model.input_shape[1:])).astype("float32"))
     y = tf.constant(rng.integers(0, model.output_shape[-1], (batch,)).astype("int32"))
@@ -72,16 +99,63 @@ def keras_worker(variant, model_name, batch, grad_path):
             loss = loss_fn(y, tf.cast(model(x, training=True), "float32"))
         return loss, tape.gradient(loss, model.trainable_variables)
 
+    accumulators = [tf.Variable(tf.zeros_like(v.value)) for v in model.trainable_variables] if update == "raw" else []
+
+    def apply_raw(grads):  # accum = 0.9 * accum - lr * grad; var += accum: Keras' SGD rule in one op
+        for grad, var, accum in zip(grads, model.trainable_variables, accumulators):
+            tf.raw_ops.ResourceApplyKerasMomentum(
+                var=var.value.handle, accum=accum.handle, lr=0.01, grad=grad, momentum=0.9, use_nesterov=False
+            )
+
     @tf.function(jit_compile=jit)
     def step(x, y):
         loss, grads = gradients(x, y)
-        optimizer.apply(grads, model.trainable_variables)
+        if update == "raw":
+            apply_raw(grads)
+        else:
+            optimizer.apply(grads, model.trainable_variables)
         return loss
 
     loss, grads = gradients(x, y)  # at the initial weights, before any update
     np.save(grad_path, np.concatenate([tf.reshape(tf.cast(g, "float32"), [-1]).numpy() for g in grads]))
     print(json.dumps({"ready": True, "loss0": float(loss)}), flush=True)
     serve(lambda: step(x, y).numpy())
+
+
+def profile_ops(run, logdir, steps=2, top=20):
+    """Runs ``steps`` steps under TensorFlow's profiler (trace written to ``logdir``) and returns the ``top`` op
+    types by their summed time per step: ``[(op type, ms per step, share of all op time, ops per step)]``. Op
+    times are summed over TensorFlow's executor threads, so with inter-op parallelism they add up to more than
+    the wall time."""
+    import collections
+    import glob
+
+    import tensorflow as tf
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    tf.profiler.experimental.start(logdir)
+    for _ in range(steps):
+        run()
+    tf.profiler.experimental.stop()
+    space = xplane_pb2.XSpace()
+    with open(sorted(glob.glob(os.path.join(logdir, "**", "*.xplane.pb"), recursive=True))[-1], "rb") as f:
+        space.ParseFromString(f.read())
+    ms, count = collections.Counter(), collections.Counter()
+    for plane in space.planes:
+        if not plane.name.startswith("/host:CPU"):
+            continue
+        for line in plane.lines:
+            if not line.name.startswith("tf_Compute"):  # the executor threads; one event per op run
+                continue
+            for event in line.events:
+                name = plane.event_metadata[event.metadata_id].name
+                op_type = name.rsplit(":", 1)[-1]
+                if ":" not in name or op_type == "Process":  # the executor's wrappers around ops, not ops
+                    continue
+                ms[op_type] += event.duration_ps / 1e9 / steps
+                count[op_type] += 1 / steps
+    total = sum(ms.values())
+    return [(t, round(v, 2), round(v / total, 4), round(count[t])) for t, v in ms.most_common(top)]
 
 
 def torch_worker(precision, model_name, batch):
@@ -95,6 +169,9 @@ def torch_worker(precision, model_name, batch):
 def serve(run):
     for line in sys.stdin:
         job = json.loads(line)
+        if "profile" in job:
+            print(json.dumps({"ops": profile_ops(run, job["profile"])}), flush=True)
+            continue
         for _ in range(job["warmup"]):
             run()
         start, start_cpu = time.perf_counter(), time.process_time()
@@ -130,6 +207,12 @@ class Worker:
         line = self.proc.stdout.readline()
         return json.loads(line) if line else None
 
+    def profile(self, logdir):
+        self.proc.stdin.write(json.dumps({"profile": logdir}) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        return json.loads(line)["ops"] if line else None
+
     def close(self):
         self.proc.stdin.close()
         try:
@@ -156,6 +239,12 @@ def main(argv=None):
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--out", default=None, help="write OUT.json")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="after the timed rounds, trace 2 steps of each Keras variant with TensorFlow's profiler and print "
+        "its top op types (kept in OUT.json)",
+    )
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--grad-path", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -194,6 +283,15 @@ def main(argv=None):
                 f"(load {load:.1f})",
                 flush=True,
             )
+    profiles = {}
+    if args.profile:
+        for v in times:
+            if v in KERAS_VARIANTS:
+                profiles[v] = workers[v].profile(os.path.join(tmp, f"trace_{v}"))
+                load = os.getloadavg()[0]
+                print(f"\n{v}: top op types, ms per step summed over executor threads (load {load:.1f})")
+                for op_type, ms, share, n in profiles[v]:
+                    print(f"  {op_type:36s} {ms:9.1f} {100 * share:5.1f}%  x{n}")
     reference = os.path.join(tmp, "float32.npy")
     rows = []
     for v, ts in times.items():
@@ -206,6 +304,8 @@ def main(argv=None):
             "rounds": ts,
             "loss0": workers[v].info.get("loss0"),
         }
+        if v in profiles:
+            row["top_ops"] = profiles[v]
         grad = os.path.join(tmp, f"{v}.npy")
         if v in KERAS_VARIANTS and os.path.exists(reference) and os.path.exists(grad):
             row["grad_cosine_vs_float32"] = cosine(np.load(grad), np.load(reference))
@@ -249,11 +349,7 @@ def main(argv=None):
         print(f"# wrote {args.out}.json")
     for w in workers.values():
         w.close()
-    for v in variants:
-        path = os.path.join(tmp, f"{v}.npy")
-        if os.path.exists(path):
-            os.remove(path)
-    os.rmdir(tmp)
+    shutil.rmtree(tmp, ignore_errors=True)  # the gradients and traces written above
     return 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from keras import layers
 
 from kerasarch.layers.grouped import GroupedConv2D
+from kerasarch.layers.normalization import BatchNormalization
 
 __all__ = ["apply_conv", "apply_conv_bn_act", "apply_bn_act", "apply_bn_act_conv", "BN_EPS_KERAS", "BN_EPS_TORCH"]
 
@@ -66,7 +67,8 @@ def apply_bn_act(
 ):
     """BatchNormalization (``{name}_bn``) then the activation (``{name}_{activation}``); ``activation=None``
     stops after BN."""
-    x = layers.BatchNormalization(
+    # Keras' BatchNormalization, computed by TensorFlow's fused kernel where it applies (same weights and names).
+    x = BatchNormalization(
         epsilon=bn_epsilon, momentum=bn_momentum, gamma_initializer=gamma_initializer, name=bn_name or f"{name}_bn"
     )(x)
     if activation is not None:

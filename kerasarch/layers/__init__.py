@@ -5,4 +5,5 @@ from kerasarch._discover import import_submodules
 
 import_submodules(__name__)
 
+from kerasarch.layers.normalization import BatchNormalization  # noqa: E402,F401  (Keras' BN on TF's fused kernel)
 from kerasarch.layers.preprocessing import Preprocessing  # noqa: E402,F401  (the card's input preparation as a layer)
