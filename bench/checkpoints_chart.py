@@ -43,7 +43,8 @@ def main(argv=None):
     costs, machine = {}, machine_info()
     if args.resume and os.path.exists(record_path):
         with open(record_path) as f:
-            costs = json.load(f).get("costs", {})
+            record = json.load(f)
+        costs, machine = record.get("costs", {}), record.get("machine", machine)  # the measurements' machine
     if not args.no_measure:
         for i, point in enumerate(points):
             name = point["model"]
