@@ -635,3 +635,21 @@ def test_bfloat16_export_of_a_batch_norm_network_agrees_with_float32(tmp_path):
         tops[precision] = predict(images=tf.constant(pixels[-500:]))["probabilities"].numpy().argmax(-1)
     assert (tops["float32"] == digits.target[-500:]).mean() >= 0.9, "the float32 model is not trained: void check"
     assert (tops["bfloat16"] == tops["float32"]).mean() >= 0.99
+
+
+def test_an_imagenet_variants_export_crops_as_torchvision_does(tmp_path):
+    """An ImageNet variant's card carries torchvision's evaluation transform (the shorter side resized to
+    ``resize_size``, then the centre crop; 256 -> 224 scaled to the input size) and its export applies it. The image
+    here already has the resize size as its shorter side, so the resize is the identity and the reference is the
+    crop cut with numpy at transforms.CenterCrop's offsets (round((H - h) / 2)), in torchvision's Normalize."""
+    model = kerasarch.build_model("squeezenet1_1", input_shape=(64, 64, 3))
+    config = kerasarch.card_of(model).input
+    assert (config.fit, config.size, config.resize_size) == ("resize_crop", (64, 64), round(64 * 256 / 224))
+    image = np.random.default_rng(3).integers(0, 256, (73, 120, 3), dtype=np.uint8)  # shorter side 73
+    crop = image[4:68, 28:92]  # top round(9 / 2) = 4 (half to even), left (120 - 64) / 2 = 28
+    out = export_model(model, tmp_path / "sq", tap="conv1", warmup=False)
+    served = tf.saved_model.load(out).signatures["features"](images=tf.constant(image[None]))["features"]
+    tap = keras.Model(model.input, model.get_layer("conv1_relu").output)
+    want = np.asarray(tap(_convention("torch", crop[None]), training=False))
+    assert np.abs(want).max() > 0.1, "degenerate reference"
+    np.testing.assert_allclose(served, want, rtol=1e-4, atol=1e-4)
