@@ -34,10 +34,14 @@ import json
 import os
 import shutil
 import tempfile
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from kerasarch.errors import KerasarchError
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = [
     "export_model",
@@ -729,21 +733,21 @@ def _export_onnx(serving, folder, opset=18):
 
 
 def export_model(
-    model,
-    out,
+    model: keras.Model,
+    out: str | os.PathLike,
     *,
-    format="saved_model",
-    tap=None,
-    overwrite=False,
-    quantize=None,
-    preprocessing=None,
-    class_names=None,
-    calibration_images=None,
-    version=None,
-    warmup=True,
-    fit=None,
-    precision="float32",
-):
+    format: str = "saved_model",
+    tap: str | None = None,
+    overwrite: bool = False,
+    quantize: str | None = None,
+    preprocessing: str | None = None,
+    class_names: Sequence[str] | None = None,
+    calibration_images: np.ndarray | None = None,
+    version: int | None = None,
+    warmup: bool = True,
+    fit: str | None = None,
+    precision: str = "float32",
+) -> str:
     """Exports a classifier for serving (see the module docstring for each format's inputs and outputs).
 
     Args:
