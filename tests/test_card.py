@@ -70,12 +70,14 @@ def test_fits_have_the_geometry_they_promise():
     auto = InputConfig(size=(32, 32), channels=1, fit="auto")
     assert np.asarray(fit_images(ones, auto))[0, 0, 0, 0] == 0  # 28 -> 32 pads (MNIST in LeNet's field)
     assert np.asarray(fit_images(np.ones((1, 8, 8, 1), "float32"), auto))[0, 0, 0, 0] == 1  # 8 -> 32 resizes
-    # torchvision's eval transform: shorter side to 50 (100x200 -> 50x100), centre 50x50 crop (columns 25-74).
-    halves = np.zeros((1, 100, 200, 3), "float32")
-    halves[:, :, 100:] = 255
-    crop = np.asarray(fit_images(halves, InputConfig(size=(50, 50), fit="resize_crop", resize_size=50)))[0]
+    # torchvision's eval transform: shorter side to 50 (100x200 -> 50x100), centre 50x50 crop (columns 25-74). A
+    # white band at columns 100-159 lands at 50-79 after the resize: the crop's right half is all white (squashing
+    # the whole image to 50x50 instead would put the band at 25-39).
+    band = np.zeros((1, 100, 200, 3), "float32")
+    band[:, :, 100:160] = 255
+    crop = np.asarray(fit_images(band, InputConfig(size=(50, 50), fit="resize_crop", resize_size=50)))[0]
     assert crop.shape == (50, 50, 3)
-    assert crop[:, :24].max() < 1 and crop[:, 26:].min() > 254  # the edge sits at column 25 of the crop
+    assert crop[:, :24].max() < 1 and crop[:, 26:].min() > 254  # the band starts at column 25 of the crop
     # Grey models take RGB images (luma) and colour models grey ones.
     rgb = np.zeros((1, 4, 4, 3), "float32") + np.array([255.0, 0.0, 0.0])
     grey = np.asarray(fit_images(rgb, InputConfig(size=(4, 4), channels=1)))
