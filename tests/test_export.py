@@ -168,8 +168,9 @@ def test_googlenet_auxiliary_heads_are_stripped(tmp_path):
     got = tf.saved_model.load(out).signatures["predict_images"]
     images = representative_images(96, 2)
     main = keras.Model(model.input, model.get_layer("predictions").output)
-    mode = kerasarch.get_spec("googlenet_bn").preprocessing
-    want = np.asarray(main(keras.applications.imagenet_utils.preprocess_input(images.astype("float32"), mode=mode)))
+    # torchvision's GoogLeNet weights come with transform_input=True: the network itself sees (x/255 - 0.5)/0.5,
+    # keras.applications' "tf" mode.
+    want = np.asarray(main(keras.applications.imagenet_utils.preprocess_input(images.astype("float32"), mode="tf")))
     probs = got(images=tf.constant(images))["probabilities"]
     assert probs.shape == (2, 1000)
     np.testing.assert_allclose(probs, want, atol=1e-5)
