@@ -22,7 +22,8 @@ def torch_checkpoint_bytes(tensors, storages, legacy=False):
     can declare any offset, size and stride — hostile ones included.
 
     Args:
-        tensors: ``{name: (storage key, declared storage numel, offset, size, stride)}`` (elements, float32).
+        tensors: ``{name: (storage key, declared storage numel, offset, size, stride[, view])}`` (elements,
+            float32); ``view``, legacy layout only: ``(view key, offset, numel)``, a view of the storage.
         storages: ``{storage key: bytes}`` (the zip entry, or the legacy record's bytes).
         legacy: the pre-1.6 stream layout instead of the zip layout.
     """
@@ -42,9 +43,13 @@ def torch_checkpoint_bytes(tensors, storages, legacy=False):
         return b"(" + b"".join(long1(v) for v in seq) + b"t"
 
     body = b"\x80\x02ccollections\nOrderedDict\n)R("  # OrderedDict(), then SETITEMS of name -> tensor
-    for name, (key, numel, offset, size, stride) in tensors.items():
+    for name, (key, numel, offset, size, stride, *view) in tensors.items():
         pid = b"(" + text("storage") + b"ctorch\nFloatStorage\n" + text(key) + text("cpu") + long1(numel)
-        pid += (b"N" if legacy else b"") + b"tQ"  # BINPERSID of ("storage", FloatStorage, key, "cpu", numel[, None])
+        if view:  # (view key, offset, numel)
+            pid += b"(" + text(view[0][0]) + long1(view[0][1]) + long1(view[0][2]) + b"t"
+        elif legacy:
+            pid += b"N"
+        pid += b"tQ"  # BINPERSID of ("storage", FloatStorage, key, "cpu", numel[, view or None])
         body += text(name) + b"ctorch._utils\n_rebuild_tensor_v2\n(" + pid + long1(offset) + ints(size)
         body += ints(stride) + b"\x89ccollections\nOrderedDict\n)RtR"
     body += b"u."

@@ -58,6 +58,12 @@ def test_pth_writer_makes_files_the_reader_loads_exactly(tmp_path):
         np.testing.assert_array_equal(sd["conv.weight"], WEIGHT.reshape(2, 3, 2, 2))
         np.testing.assert_array_equal(sd["conv.bias"], [22.0, 23.0])
         np.testing.assert_array_equal(sd["fc.weight"], WEIGHT.reshape(6, 4).T)  # a transposed view
+    # A legacy storage view reaching the storage's last element (elements 20-23) is in bounds.
+    path = tmp_path / "view.pth"
+    path.write_bytes(
+        torch_checkpoint_bytes({"w": ("0", 24, 0, (4,), (1,), ("v", 20, 4))}, {"0": WEIGHT.tobytes()}, True)
+    )
+    np.testing.assert_array_equal(load_torch_state_dict(path)["w"], [20.0, 21.0, 22.0, 23.0])
 
 
 # name -> (tensors, storages, legacy, what the error must say). 24 float32 elements = 96 bytes of storage.
@@ -70,6 +76,7 @@ _HOSTILE = {
     "numel_beyond_the_entry": ({"w": ("0", 1 << 30, 0, (1 << 28,), (1,))}, False, "declares 1073741824 elements"),
     "stride_zero_bomb": ({"w": ("0", 24, 0, (1 << 28,), (0,))}, False, "more than the file's size allows"),
     "legacy_offset_past_the_end": ({"w": ("0", 24, 24, (1,), (1,))}, True, "out of bounds"),
+    "legacy_view_past_the_end": ({"w": ("0", 24, 0, (5,), (1,), ("v", 20, 5))}, True, "lies outside its storage"),
     "legacy_numel_beyond_the_data": ({"w": ("0", 1 << 40, 0, (2,), (1,))}, True, "truncated or inconsistent"),
 }
 
@@ -135,7 +142,8 @@ def test_out_of_bounds_pth_tensors_are_refused_in_a_memory_limited_child(child):
         r = child[name]
         assert "error" in r, (name, r)
         assert f"{name}.pth" in r["error"] and says in r["error"], (name, r["error"])
-        if "numel" not in name:  # a storage's own size is checked as it is unpickled, before any tensor
+        if "numel" not in name and "view" not in name:  # storages and their views are checked as they are
+            # unpickled, before any tensor
             assert "tensor 'w'" in r["error"], (name, r["error"])
 
 
