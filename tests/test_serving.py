@@ -291,6 +291,19 @@ def test_overwrite_replaces_only_earlier_exports(tmp_path, capsys, monkeypatch):
     # A file is never a destination.
     with pytest.raises(ExportError, match="not a folder"):
         export_target(user / "notes.txt")
+    # An export's file names beside the user's files do not make a folder an export (the TFLite/ONNX marker, a
+    # flat SavedModel): refused, nothing touched.
+    marked, mixed = tmp_path / "marked", tmp_path / "mixed"
+    for folder, name in ((marked, "kerasarch_export.json"), (mixed, "saved_model.pb")):
+        folder.mkdir()
+        (folder / name).write_text("{}")
+        (folder / "thesis.tex").write_text("mine")
+    with pytest.raises(ExportError, match="not an earlier export"):
+        export_target(marked, format="tflite", overwrite=True)
+    with pytest.raises(ExportError, match="not recognisably an earlier export"):
+        export_target(mixed, overwrite=True)
+    assert sorted(os.listdir(marked)) == ["kerasarch_export.json", "thesis.tex"]
+    assert sorted(os.listdir(mixed)) == ["saved_model.pb", "thesis.tex"]
     # An export in the flat layout (before version folders) is replaced by the versioned one only when asked.
     flat = tmp_path / "flat"
     (flat / "variables").mkdir(parents=True)
@@ -308,6 +321,11 @@ def test_overwrite_replaces_only_earlier_exports(tmp_path, capsys, monkeypatch):
     assert _cli("resnet20", "--format", "tflite", "--out", ".", "--overwrite", "--input-size", SIZE) == 2
     assert "current folder" in capsys.readouterr().err
     assert sorted(os.listdir(exported_tflite)) == ["kerasarch_export.json", "model.tflite"]
+    # ... and so is a folder that contains the current one.
+    (exported_tflite / "sub").mkdir()
+    monkeypatch.chdir(exported_tflite / "sub")
+    with pytest.raises(ExportError, match="current folder or contains it"):
+        export_target(exported_tflite, format="tflite", overwrite=True)
 
 
 def test_bad_images_fail_their_request_and_the_next_one_is_served(exported, served, image_files):
