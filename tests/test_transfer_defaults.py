@@ -216,6 +216,26 @@ def test_default_train_is_lp_ft_and_saves_a_model_that_reloads(digits, tmp_path)
     assert again == json.load(open(os.path.join(out, "result.json")))  # a finished run is not trained again
 
 
+def test_the_default_schedule_is_a_warmup_then_cosine_decay_at_3e_4(digits, tmp_path):
+    """``finetune train``'s documented defaults (its --help: peak learning rate 3e-4 for LP-FT, --warmup 0.1): a
+    linear warm-up over round(0.1 * 20) = 2 updates, then cosine decay to 0 over the other 18 (Loshchilov & Hutter
+    2017, arXiv:1608.03983), written out here in numpy against the learning rate the run recorded."""
+    import kerasarch
+    from finetune.train import train
+
+    source = str(tmp_path / "source.keras")
+    kerasarch.build_model("lenet5").save(source)
+    out = str(tmp_path / "run")
+    result = train("lenet5", digits, out, weights=source, steps=20, precision="float32", verbose=0)
+    assert result["method"] == "lp-ft"
+    history = json.load(open(os.path.join(out, "history.json")))
+    t = np.asarray(history["step"], "float64")
+    assert t[0] == 0 and t[-1] == 20
+    warm, peak = 2, 3e-4
+    want = np.where(t < warm, peak * t / warm, peak * 0.5 * (1 + np.cos(np.pi * (t - warm) / (20 - warm))))
+    np.testing.assert_allclose(history["lr"], want, rtol=1e-5, atol=1e-10)
+
+
 # ------------------------------------------------------------------------------------------- bad input
 
 
