@@ -218,7 +218,8 @@ def test_from_directory_skips_bad_files_and_decodes_exactly(tmp_path, mnist_arra
 
 
 def test_from_directory_converts_colour_modes(tmp_path):
-    pil = pytest.importorskip("PIL.Image")
+    import PIL.Image as pil  # Pillow comes with matplotlib, a dependency
+
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)
     folder = tmp_path / "a"
