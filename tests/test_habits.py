@@ -1,9 +1,15 @@
-"""Habits of the source tree, checked by reading it: no module reaches into another module's private names, and
-the Keras internals kerasarch depends on are read in ``kerasarch/keras_compat.py`` only."""
+"""Habits of the source tree, checked by reading it: no module reaches into another module's private names, the
+Keras internals kerasarch depends on are read in ``kerasarch/keras_compat.py`` only, and the public API carries type
+hints that resolve."""
 
 import ast
+import importlib
+import inspect
 import os
 import re
+import typing
+
+import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = ("kerasarch", "finetune", "bench")
@@ -155,3 +161,107 @@ def test_keras_internals_are_read_in_keras_compat_only():
         if code:
             found[name] = code
     assert not found, f"Keras / keras-tuner / TensorFlow internals read outside kerasarch.keras_compat: {found}"
+
+
+# The public API whose signatures carry type hints: each module's ``__all__``, or the names listed.
+TYPED_API = {
+    "kerasarch": None,
+    "kerasarch.features": None,
+    "kerasarch.data": None,
+    "kerasarch.weights": None,
+    "kerasarch.card": None,
+    "kerasarch.export": ["export_model"],
+    "kerasarch.training": ["train"],
+}
+
+
+def _annotation_namespace():
+    """Names the annotations may use that their modules import only for type checkers (``TYPE_CHECKING``)."""
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import kerasarch.card
+
+    return {"keras": keras, "np": np, "tf": tf, "os": os, **vars(typing), **vars(kerasarch.card)}
+
+
+def missing_annotations(function, label):
+    """``label(param)`` for each parameter of ``function`` without a type hint, ``label -> ?`` for a missing return
+    hint, and ``label: <error>`` when its hints do not resolve (a misspelt or unimported name)."""
+    signature = inspect.signature(function)
+    found = [
+        f"{label}({p})" for p in signature.parameters if p not in ("self", "cls") and p not in function.__annotations__
+    ]
+    if "return" not in function.__annotations__:
+        found.append(f"{label} -> ?")
+    try:
+        typing.get_type_hints(function, localns=_annotation_namespace())
+    except Exception as e:  # noqa: BLE001  (any failure to resolve is the finding)
+        found.append(f"{label}: {type(e).__name__}: {e}")
+    return found
+
+
+def _public_functions(obj, label):
+    """``(label, function)`` of a function, or of a class's own public methods, properties and ``__init__``."""
+    if inspect.isfunction(obj):
+        return [(label, obj)]
+    if not inspect.isclass(obj):
+        return []
+    found = []
+    for name, member in vars(obj).items():
+        if name.startswith("_") and name != "__init__":
+            continue
+        function = member.fget if isinstance(member, property) else getattr(member, "__func__", member)
+        if inspect.isfunction(function):
+            found.append((f"{label}.{name}", function))
+    return found
+
+
+def test_the_annotation_checker_reports_each_gap():
+    def partly(self, a, b: int, *args, c: str = "", **kwargs) -> int: ...
+
+    def unresolved(a: "NoSuchType") -> None: ...  # noqa: F821
+
+    class Thing:
+        def __init__(self, x: int):
+            pass
+
+        @property
+        def size(self):
+            return 1
+
+    assert missing_annotations(partly, "partly") == ["partly(a)", "partly(args)", "partly(kwargs)"]
+    assert missing_annotations(unresolved, "u")[0].startswith("u: NameError")
+    checked = dict(_public_functions(Thing, "Thing"))
+    assert sorted(checked) == ["Thing.__init__", "Thing.size"]
+    assert missing_annotations(checked["Thing.__init__"], "i") == ["i -> ?"]
+    assert missing_annotations(checked["Thing.size"], "s") == ["s -> ?"]
+
+
+def test_the_public_api_has_type_hints():
+    checked, missing = [], []
+    for module_name, names in TYPED_API.items():
+        module = importlib.import_module(module_name)
+        for name in names or module.__all__:
+            for label, function in _public_functions(getattr(module, name), f"{module_name}.{name}"):
+                checked.append(label)
+                missing.extend(missing_annotations(function, label))
+    assert "kerasarch.build_model" in checked and "kerasarch.training.train" in checked and len(checked) > 60, checked
+    assert not missing, f"Public functions without (resolvable) type hints: {missing}"
+
+
+def test_an_unknown_model_name_is_one_kerasarch_error_naming_it_and_its_close_matches(capsys):
+    import kerasarch
+    from kerasarch.cli import main
+    from kerasarch.errors import KerasarchError
+
+    with pytest.raises(KerasarchError) as caught:
+        kerasarch.get_spec("resnet5")
+    assert isinstance(caught.value, ValueError)  # ``except ValueError`` callers keep working
+    message = str(caught.value)
+    assert "'resnet5'" in message and "Did you mean:" in message, message
+    assert {"resnet50", "resnet56"} <= set(message.split("Did you mean:")[1].split("?")[0].replace(",", " ").split())
+    assert main(["summary", "nosuchnet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("kerasarch summary: error: Unknown model name 'nosuchnet'"), err
