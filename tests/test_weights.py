@@ -166,6 +166,34 @@ TORCHVISION_PUBLISHED = {
     "squeezenet1_0": [("IMAGENET1K_V1", "squeezenet1_0-b66bff10.pth", 256, 58.092)],
     "squeezenet1_1": [("IMAGENET1K_V1", "squeezenet1_1-b8a52dc0.pth", 256, 58.178)],
 }
+# torchvision's `num_params` of the same IMAGENET1K_V1 entries (GoogLeNet: without its auxiliary heads).
+TORCHVISION_NUM_PARAMS = {
+    "alexnet_owt": 61_100_840,
+    "vgg11": 132_863_336,
+    "vgg13": 133_047_848,
+    "vgg16": 138_357_544,
+    "vgg19": 143_667_240,
+    "vgg11_bn": 132_868_840,
+    "vgg13_bn": 133_053_736,
+    "vgg16_bn": 138_365_992,
+    "vgg19_bn": 143_678_248,
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+    "densenet121": 7_978_856,
+    "densenet161": 28_681_000,
+    "densenet169": 14_149_480,
+    "densenet201": 20_013_928,
+    "googlenet_bn": 6_624_904,
+    "squeezenet1_0": 1_248_424,
+    "squeezenet1_1": 1_235_496,
+}
 # keras.applications (keras/src/applications/{vgg16,vgg19,resnet,densenet}.py: folder, file stem, the MD5s it
 # checks for the file with and without the top; top-1 from the table at keras.io/api/applications).
 KERAS_PUBLISHED = {
@@ -324,6 +352,8 @@ def test_table_entries_are_the_publishers():
         assert notop.origin == f"https://storage.googleapis.com/tensorflow/keras-applications/{folder}/{file_name}"
     assert weights_for("vgg16").source == "torchvision" and weights_for("vgg16").file_name.startswith("vgg16-")
     assert weights_for("resnet50", "torchvision:IMAGENET1K_V1").file_name == "resnet50-0676ba61.pth"
+    # the parameter counts test_models checks every built model against are torchvision's
+    assert {n: kerasarch.get_spec(n).params for n in TORCHVISION_NUM_PARAMS} == TORCHVISION_NUM_PARAMS
     with pytest.raises(ValueError, match="No ImageNet weights.*lenet5"):
         weights_for("lenet5")
 
@@ -339,6 +369,7 @@ def test_torchvision_entries_are_the_installed_torchvisions():
             assert w.url == f"https://download.pytorch.org/models/{file_name}", name
             assert w.meta["_metrics"]["ImageNet-1K"]["acc@1"] == pytest.approx(top1), name
             assert list(w.transforms().resize_size) == [resize] and list(w.transforms().crop_size) == [224], name
+            assert w.meta["num_params"] == TORCHVISION_NUM_PARAMS[name], name
 
 
 def test_imagenet_class_names_offline():
