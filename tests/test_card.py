@@ -55,6 +55,10 @@ def test_preprocessing_equals_keras_applications_and_the_published_constants():
     # torchvision's transforms.Normalize for its ImageNet weights.
     mean, std = np.array([0.485, 0.456, 0.406]), np.array([0.229, 0.224, 0.225])
     np.testing.assert_allclose(preprocess(x, "torch"), (x / 255.0 - mean) / std, atol=1e-5)
+    # A grey model (one channel) takes the mean of the three channel statistics (the card's documented rule).
+    grey = x[..., :1]
+    np.testing.assert_allclose(preprocess(grey, "torch"), (grey / 255.0 - mean.mean()) / std.mean(), atol=1e-5)
+    np.testing.assert_allclose(preprocess(grey, "caffe"), grey - np.mean([103.939, 116.779, 123.68]), atol=1e-4)
     # Caffe: BGR minus the ImageNet BGR mean; LeCun et al. 1998 §II-A: background -0.1, ink 1.175.
     np.testing.assert_allclose(preprocess(x, "caffe"), x[..., ::-1] - np.array([103.939, 116.779, 123.68]), atol=1e-4)
     np.testing.assert_allclose(preprocess(np.array([0.0, 255.0])[:, None], "lecun")[:, 0], [-0.1, 1.175], atol=1e-6)
