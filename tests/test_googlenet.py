@@ -297,3 +297,14 @@ def test_ceil_pool_with_unknown_size_and_impossible_cases():
         apply_ceil_pool(keras.Input((7, 7, 2)), 5, 3, kind="avg", name="p")
     with pytest.raises(ValueError, match="needs a larger input.*\\(1, 1\\)"):
         apply_ceil_pool(keras.Input((1, 1, 2)), 3, 2, name="p")
+
+
+def test_auxiliary_loss_weight_is_the_papers_in_the_recipe_and_the_constant():
+    """Szegedy et al. 2014 §5: "the losses of the auxiliary classifiers were weighted by 0.3". The training recipe
+    is what ``train()`` uses; the module constant is what a user's own ``compile(loss_weights=...)`` uses."""
+    from kerasarch.training import get_recipe
+
+    recipe = get_recipe(kerasarch.get_spec("googlenet"))
+    assert recipe["aux_loss_weight"] == 0.3
+    assert AUX_LOSS_WEIGHT == 0.3
+    assert AUX_LOSS_WEIGHTS == {"aux1": 0.3, "aux2": 0.3, "predictions": 1.0}

@@ -300,15 +300,6 @@ def recipe_name_for(spec):
     return "generic" if spec is None else spec.recipe
 
 
-def _aux_loss_weight():
-    try:
-        from kerasarch.applications.googlenet import AUX_LOSS_WEIGHT
-
-        return float(AUX_LOSS_WEIGHT)
-    except ImportError:
-        return 0.3
-
-
 def get_recipe(spec=None, recipe="paper", **overrides):
     """Resolves a recipe.
 
@@ -347,8 +338,6 @@ def get_recipe(spec=None, recipe="paper", **overrides):
     base_lr, base_batch = out["lr"], out["batch_size"]
     out.update(copy.deepcopy(changes))
     out["name"] = base_name
-    if "aux_loss_weight" not in changes and out["aux_loss_weight"]:
-        out["aux_loss_weight"] = _aux_loss_weight()
     if "lr" not in changes and out["batch_size"] != base_batch and out.get("lr_scaling") == "linear":
         out["lr"] = base_lr * out["batch_size"] / base_batch
     out["base_lr"], out["base_batch_size"] = base_lr, base_batch
