@@ -170,3 +170,16 @@ def test_keras_weights_config_and_saved_model_round_trip(tmp_path):
     loaded = keras.saving.load_model(path)
     assert type(loaded.get_layer("bn")) is BatchNormalization
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
+
+
+def test_registry_models_normalise_with_the_fused_layer():
+    import kerasarch
+
+    model = kerasarch.build_model("resnet20", classes=10)
+    bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(type(layer) is BatchNormalization for layer in bns), {type(layer) for layer in bns}
+    step = tf.function(lambda x: model(x, training=True)).get_concrete_function(
+        tf.TensorSpec((2, *model.input_shape[1:]), "float32")
+    )
+    op_types = [op.type for op in step.graph.get_operations()]
+    assert op_types.count("FusedBatchNormV3") == len(bns)
