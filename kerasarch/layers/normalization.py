@@ -21,6 +21,8 @@ own computation.
 
 from __future__ import annotations
 
+import functools
+
 import keras
 
 __all__ = ["BatchNormalization", "FUSED_DTYPES"]
@@ -68,18 +70,13 @@ class BatchNormalization(keras.layers.BatchNormalization):
         beta = tf.cast(self.beta.value, "float32") if self.center else tf.zeros([channels], "float32")
         moving_mean = tf.cast(self.moving_mean.value, "float32")
         moving_variance = tf.cast(self.moving_variance.value, "float32")
+        fused = functools.partial(
+            tf.raw_ops.FusedBatchNormV3, x=inputs, scale=gamma, offset=beta, epsilon=self.epsilon, data_format="NHWC"
+        )
         if training and self.trainable:
             empty = tf.constant([], "float32")
-            y, mean, unbiased_variance = tf.raw_ops.FusedBatchNormV3(
-                x=inputs,
-                scale=gamma,
-                offset=beta,
-                mean=empty,
-                variance=empty,
-                epsilon=self.epsilon,
-                exponential_avg_factor=1.0,
-                data_format="NHWC",
-                is_training=True,
+            y, mean, unbiased_variance = fused(
+                mean=empty, variance=empty, exponential_avg_factor=1.0, is_training=True
             )[:3]
             # FusedBatchNormV3 normalises with the biased variance but returns the unbiased one, n / max(n - 1, 1)
             # times larger (n values per channel); Keras' moving variance averages the biased one.
@@ -91,16 +88,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
                 tf.cast(moving_variance * momentum + variance * (1.0 - momentum), self.moving_variance.dtype)
             )
         else:
-            y = tf.raw_ops.FusedBatchNormV3(
-                x=inputs,
-                scale=gamma,
-                offset=beta,
-                mean=moving_mean,
-                variance=moving_variance,
-                epsilon=self.epsilon,
-                data_format="NHWC",
-                is_training=False,
-            )[0]
+            y = fused(mean=moving_mean, variance=moving_variance, is_training=False)[0]
         return tf.cast(y, self.compute_dtype)
 
     def get_config(self):
