@@ -172,10 +172,13 @@ def test_keras_weights_config_and_saved_model_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded.predict(x, verbose=0), model.predict(x, verbose=0))
 
 
-def test_registry_models_normalise_with_the_fused_layer():
+@pytest.mark.parametrize("name", ["resnet20", "fractalnet20"])
+def test_registry_models_normalise_with_the_fused_layer(name):
+    """Every BN of a registry model is the fused layer (residual blocks go through ``apply_bn_act``, FractalNet's
+    convolutions build their own BN without scale and centre)."""
     import kerasarch
 
-    model = kerasarch.build_model("resnet20", classes=10)
+    model = kerasarch.build_model(name, classes=10)
     bns = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
     assert bns and all(type(layer) is BatchNormalization for layer in bns), {type(layer) for layer in bns}
     step = tf.function(lambda x: model(x, training=True)).get_concrete_function(

@@ -14,6 +14,7 @@ from keras import layers
 
 from kerasarch.blocks.common import BN_EPS_TORCH, apply_conv
 from kerasarch.layers.fractal import FractalJoin
+from kerasarch.layers.normalization import BatchNormalization
 
 __all__ = ["apply_fractal_unit", "apply_fractal_block"]
 
@@ -35,7 +36,7 @@ def apply_fractal_unit(x, filters, *, name, dropout=0.0, bn_epsilon=BN_EPS_TORCH
     x = apply_conv(x, filters, 3, name=name, use_bias=True, kernel_initializer="glorot_uniform")
     if dropout:
         x = layers.Dropout(dropout, name=f"{name}_dropout")(x)
-    x = layers.BatchNormalization(epsilon=bn_epsilon, center=False, scale=False, name=f"{name}_bn")(x)
+    x = BatchNormalization(epsilon=bn_epsilon, center=False, scale=False, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
