@@ -5,6 +5,7 @@ from __future__ import annotations
 from keras import layers
 
 from kerasarch.layers.grouped import GroupedConv2D
+from kerasarch.layers.pointwise import PointwiseConv2D
 from kerasarch.layers.normalization import BatchNormalization
 
 __all__ = ["apply_conv", "apply_conv_bn_act", "apply_bn_act", "apply_bn_act_conv", "BN_EPS_KERAS", "BN_EPS_TORCH"]
@@ -38,8 +39,14 @@ def apply_conv(
         if padding:
             x = layers.ZeroPadding2D(padding, name=f"{name}_pad")(x)
         padding = "valid"
-    # groups > 1: Conv2D's weights and layout, computed the way that is fast on this backend and device.
-    conv = GroupedConv2D if groups > 1 else layers.Conv2D
+    # Grouped and 1×1 convolutions: Conv2D's weights and layout, computed the way that is fast on this backend and
+    # device (kerasarch.layers.grouped, kerasarch.layers.pointwise).
+    if groups > 1:
+        conv = GroupedConv2D
+    elif kernel_size in (1, (1, 1)):
+        conv = PointwiseConv2D
+    else:
+        conv = layers.Conv2D
     return conv(
         filters,
         kernel_size,
