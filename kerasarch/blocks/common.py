@@ -5,8 +5,8 @@ from __future__ import annotations
 from keras import layers
 
 from kerasarch.layers.grouped import GroupedConv2D
-from kerasarch.layers.pointwise import PointwiseConv2D
 from kerasarch.layers.normalization import BatchNormalization
+from kerasarch.layers.pointwise import PointwiseConv2D
 
 __all__ = ["apply_conv", "apply_conv_bn_act", "apply_bn_act", "apply_bn_act_conv", "BN_EPS_KERAS", "BN_EPS_TORCH"]
 

@@ -48,9 +48,9 @@ class PointwiseConv2D(keras.layers.Conv2D):
 
     * ``"auto"`` (default): chosen at trace time by :func:`auto_pointwise_formulation`.
     * ``"keras"``: exactly Conv2D's computation.
-    * ``"matmul"``: take every ``strides``-th pixel (a 1×1 max pool), then one matrix product with the ``(C_in, C_out)`` kernel
-      (channels-last only). For a 1×1 kernel ``"same"`` and ``"valid"`` padding pad nothing and give the same
-      ``ceil(H / stride)`` outputs, and dilation has no effect.
+    * ``"matmul"``: take every ``strides``-th pixel (a 1×1 max pool), then one matrix product with the
+      ``(C_in, C_out)`` kernel (channels-last only). For a 1×1 kernel ``"same"`` and ``"valid"`` padding pad
+      nothing and give the same ``ceil(H / stride)`` outputs, and dilation has no effect.
 
     Both agree to float32 round-off, forward and backward (``tests/test_pointwise_conv.py``).
     """
