@@ -553,8 +553,9 @@ def main(argv=None):
         print("\nissue 12 targets:")
         for t in targets:
             verdict = "met" if t["met"] else "not met"
-            if "torchvision" in t["target"] and max(loads) > info["cpus"]:
-                # PyTorch's OpenMP threads spin-wait and lose far more than TensorFlow's on a loaded machine
+            if "torchvision" in t["target"] and max(loads) > info["cpus"] + 0.5:
+                # PyTorch's OpenMP threads spin-wait and lose far more than TensorFlow's on a loaded machine. The
+                # benchmark's own threads (one per CPU) make a load of about the CPU count: above it, others ran.
                 verdict += f", but NOT A TEST: load up to {max(loads):.1f} on {info['cpus']} CPUs"
             print(
                 f"  {t['target']:62s} {t['ratio']:5.2f}  per CPU-s {t['ratio_cpu']:5.2f}  (goal ≥ {t['goal']:.1f} "

@@ -62,7 +62,7 @@ def _forward_and_grads(layer, x, upstream, spatial_known=True):
     def run(xv):
         with tf.GradientTape() as tape:
             tape.watch(xv)
-            y = layer(xv)
+            y = layer(xv, training=True)
             loss = tf.reduce_sum(y * upstream)
         dx, dk = tape.gradient(loss, [xv, layer.kernel])
         return y, dx, dk
@@ -90,23 +90,38 @@ def test_formulations_match_numpy_and_keras_conv2d(case):
                 np.testing.assert_allclose(got, keras_ref, rtol=1e-5, atol=1e-4, err_msg=f"{msg} vs Conv2D")
 
 
-def test_auto_is_matmul_on_tensorflow_cpus_and_the_native_op_under_xla():
+def _op_types(layer, x, training, jit=False):
+    """The op types of the graph a call of ``layer`` on ``x`` traces (and the formulation it resolved)."""
+    seen = []
+
+    @tf.function(jit_compile=jit)
+    def traced(v):
+        seen.append(layer.resolved_formulation(training))
+        return layer(v, training=training)
+
+    concrete = traced.get_concrete_function(tf.TensorSpec(x.shape, tf.float32))
+    return seen[0], {op.type for op in concrete.graph.get_operations()}, traced(tf.constant(x)).numpy()
+
+
+def test_auto_is_matmul_for_training_on_tensorflow_cpus_and_the_convolution_otherwise():
     if tf.config.list_logical_devices("GPU"):
         pytest.skip("CPU rule")
     assert auto_pointwise_formulation() == "matmul"  # oneDNN is on in TensorFlow's x86-64 builds
+    assert auto_pointwise_formulation(training=False) == "keras"
     assert auto_pointwise_formulation("channels_first") == "keras"
     case = CASES[1]
     x, kernel, bias, _ = _case(case, seed=1)
+    y_np = np_pointwise(x, kernel, bias, 2)
     layer = _layer(PointwiseConv2D, case, kernel, bias)
-    seen = []
-
-    @tf.function(jit_compile=True)
-    def traced(v):
-        seen.append(layer.resolved_formulation())
-        return layer(v)
-
-    np.testing.assert_allclose(traced(tf.constant(x)).numpy(), np_pointwise(x, kernel, bias, 2), rtol=1e-4, atol=1e-4)
-    assert seen == ["keras"]
+    for training, jit, how, op, not_op in (
+        (True, False, "matmul", "MatMul", "Conv2D"),  # a training step: the product
+        (False, False, "keras", "Conv2D", "MatMul"),  # inference (and serving exports): the fusable convolution
+        (None, False, "keras", "Conv2D", "MatMul"),
+        (True, True, "keras", "Conv2D", "MatMul"),  # inside XLA: the native op
+    ):
+        resolved, ops_seen, y = _op_types(layer, x, training, jit)
+        assert resolved == how and op in ops_seen and not_op not in ops_seen, (training, jit, sorted(ops_seen))
+        np.testing.assert_allclose(y, y_np, rtol=1e-4, atol=1e-4)
 
 
 def test_mixed_bfloat16_runs_in_bfloat16_and_stays_close():
@@ -116,7 +131,7 @@ def test_mixed_bfloat16_runs_in_bfloat16_and_stays_close():
     keras.config.set_dtype_policy("mixed_bfloat16")
     try:
         for how in ("matmul", "keras"):
-            y = _layer(PointwiseConv2D, case, kernel, bias, formulation=how)(x)
+            y = _layer(PointwiseConv2D, case, kernel, bias, formulation=how)(x, training=True)
             assert y.dtype == tf.bfloat16
             # bfloat16 keeps 8 significant bits: ~0.4% relative error per operand, summed over 8 products
             np.testing.assert_allclose(tf.cast(y, tf.float32).numpy(), y_np, rtol=0.05, atol=0.1)
