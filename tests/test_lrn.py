@@ -36,3 +36,36 @@ def test_lrn_divides_alpha_by_n_unlike_tensorflow():
 def test_lrn_rejects_even_window():
     with pytest.raises(ValueError, match="Received: size=4"):
         LocalResponseNormalization(size=4)
+
+
+def caffe_lrn_grad(a, u, n, alpha, beta, k):
+    """dL/da of Caffe's LRN for upstream ``u``, from the chain rule in float64: with s_c = k + α/n Σ_{W(c)} a²,
+    y_c = a_c s_c^−β, so dL/da_j = u_j s_j^−β − (2αβ/n) a_j Σ_{c: j ∈ W(c)} u_c a_c s_c^(−β−1)."""
+    a, u = a.astype(np.float64), u.astype(np.float64)
+    channels, r = a.shape[-1], n // 2
+    s = np.empty_like(a)
+    for c in range(channels):
+        s[..., c] = k + alpha / n * np.sum(a[..., max(0, c - r) : c + r + 1] ** 2, axis=-1)
+    t = u * a * s ** (-beta - 1)
+    grad = u * s**-beta
+    for j in range(channels):
+        grad[..., j] -= 2 * alpha * beta / n * a[..., j] * np.sum(t[..., max(0, j - r) : j + r + 1], axis=-1)
+    return grad
+
+
+@pytest.mark.parametrize("n, beta", [(5, 0.75), (3, 0.5), (5, 0.6)])
+def test_lrn_gradient_matches_the_chain_rule(n, beta):
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    a = rng.normal(0, 30, size=(2, 3, 3, 9)).astype("float32")
+    u = rng.normal(size=a.shape).astype("float32")
+    layer = LocalResponseNormalization(size=n, alpha=1e-3, beta=beta, k=2.0)
+    x = tf.constant(a)
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        y = layer(x)
+    np.testing.assert_allclose(y.numpy(), caffe_lrn(a, n, 1e-3, beta, 2.0), rtol=1e-5)
+    np.testing.assert_allclose(
+        tape.gradient(y, x, u).numpy(), caffe_lrn_grad(a, u, n, 1e-3, beta, 2.0), rtol=1e-4, atol=1e-6
+    )

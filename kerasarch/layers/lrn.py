@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -31,13 +32,25 @@ class LocalResponseNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        sq = ops.square(x)
-        r = self.size // 2
-        channels = sq.shape[-1]
-        padded = ops.pad(sq, [[0, 0]] * (len(sq.shape) - 1) + [[r, r]])
-        window = sum(padded[..., i : i + channels] for i in range(self.size))
-        y = x / ops.power(self.k + (self.alpha / self.size) * window, self.beta)
+        channels = x.shape[-1]
+        # The window sums as one product with the (C, C) band matrix of ones |c − c'| ≤ n // 2 (zero-padded at the
+        # ends, as in Caffe): a matrix product forward and backward, 7× faster to train through on a CPU than
+        # summing n shifted slices, whose gradients each scatter a whole padded copy (bench/README.md).
+        index = np.arange(channels)
+        band = ops.convert_to_tensor((np.abs(index[:, None] - index[None, :]) <= self.size // 2).astype("float32"))
+        window = ops.reshape(ops.matmul(ops.reshape(ops.square(x), (-1, channels)), band), ops.shape(x))
+        y = x * self._inverse_power(self.k + (self.alpha / self.size) * window)
         return ops.cast(y, self.compute_dtype)
+
+    def _inverse_power(self, s):
+        """``s ** -beta``; the published networks' beta = 0.75 as rsqrt(s) · sqrt(rsqrt(s)), which avoids the
+        exp/log of a general power (2.5× faster with its gradient)."""
+        if self.beta == 0.75:
+            r = ops.rsqrt(s)
+            return r * ops.sqrt(r)
+        if self.beta == 0.5:
+            return ops.rsqrt(s)
+        return ops.power(s, -self.beta)
 
     def compute_output_shape(self, input_shape):
         return input_shape
