@@ -6,6 +6,9 @@ decoded. Images come from ``--dir`` (class sub-folders) or are synthesised as JP
 The model side is one training step at the same batch size (``bench/train_throughput.py``'s measurement); a
 pipeline/model ratio above 1 means the input keeps up.
 
+The pipeline and the training step are measured in alternating rounds (pipeline, step, pipeline, step, …) so
+that a busy minute hurts both; the medians and their ratio are printed and, with ``--out``, written as JSON.
+
     python bench/input_pipeline.py                                     # 512 synthetic 500×375 JPEGs, resnet50
     python bench/input_pipeline.py --images 64 --batches 2 --model-steps 1 --model lenet5 --input-size 32   # smoke
 """
@@ -13,7 +16,9 @@ pipeline/model ratio above 1 means the input keeps up.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -63,6 +68,8 @@ def main(argv=None):
     p.add_argument("--model", default="resnet50", help="model whose consumption to compare with ('' to skip)")
     p.add_argument("--precision", default="mixed_bfloat16")
     p.add_argument("--model-steps", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=3, help="alternating pipeline / training-step rounds (median)")
+    p.add_argument("--out", default=None, help="write OUT.json")
     args = p.parse_args(argv)
 
     import tensorflow as tf
@@ -94,18 +101,13 @@ def main(argv=None):
         cache=False,
         shuffle_buffer=256,
     )
-    augment_rate = measure(pipe.dataset(0), batches)
-    print(
-        f"# {n_files} JPEGs from {'synthetic ' + args.image_size if args.dir is None else folder}, "
-        f"{os.cpu_count()} CPUs, batch {args.batch}, {batches} timed batches"
-    )
-    print(f"decode + resize            {decode_rate:9.1f} images/s")
-    print(f"decode + '{args.augment}' augment {augment_rate:9.1f} images/s")
-    if args.model:
+    dataset = pipe.dataset(0)
+
+    def model_rate_once():
         import kerasarch
         from bench.train_throughput import bench_keras
 
-        model_rate = bench_keras(
+        return bench_keras(
             lambda: kerasarch.build_model(
                 args.model, input_shape=size if args.model not in ("lenet5", "lenet5_relu") else None
             ),
@@ -114,8 +116,43 @@ def main(argv=None):
             1,
             args.model_steps,
         )
+
+    augment_rates, model_rates, loads = [], [], []
+    for r in range(args.rounds):
+        loads.append(os.getloadavg()[0])
+        augment_rates.append(measure(dataset, batches))
+        print(f"round {r + 1}  decode + '{args.augment}' augment {augment_rates[-1]:9.1f} images/s", flush=True)
+        if args.model:
+            model_rates.append(model_rate_once())
+            print(f"round {r + 1}  {args.model} training step {model_rates[-1]:9.1f} images/s", flush=True)
+    loads.append(os.getloadavg()[0])
+    augment_rate = statistics.median(augment_rates)
+    print(
+        f"# {n_files} JPEGs from {'synthetic ' + args.image_size if args.dir is None else folder}, "
+        f"{os.cpu_count()} CPUs, batch {args.batch}, {batches} timed batches, {args.rounds} alternating rounds "
+        f"(medians), 1-min load {min(loads):.1f}–{max(loads):.1f}"
+    )
+    print(f"decode + resize            {decode_rate:9.1f} images/s")
+    print(f"decode + '{args.augment}' augment {augment_rate:9.1f} images/s")
+    result = {
+        "command": "python " + " ".join([os.path.relpath(__file__)] + list(sys.argv[1:] if argv is None else argv)),
+        "cpus": os.cpu_count(),
+        "load": [min(loads), max(loads)],
+        "decode_resize_images_per_s": decode_rate,
+        "augment_images_per_s": augment_rates,
+        "model": args.model,
+        "precision": args.precision,
+        "model_images_per_s": model_rates,
+    }
+    if args.model:
+        model_rate = statistics.median(model_rates)
         print(f"{args.model} training step ({args.precision}) {model_rate:9.1f} images/s")
         print(f"pipeline / model           {augment_rate / model_rate:9.2f}  (>1: the input keeps up)")
+        result["ratio"] = augment_rate / model_rate
+    if args.out:
+        with open(args.out + ".json", "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"# wrote {args.out}.json")
     if tmp is not None:
         tmp.cleanup()
     return 0
