@@ -90,7 +90,7 @@ def keras_worker(variant, model_name, batch, grad_path):
     x = tf.constant(rng.uniform(0, 1, (batch, *model.input_shape[1:])).astype("float32"))
     y = tf.constant(rng.integers(0, model.output_shape[-1], (batch,)).astype("int32"))
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)  # Keras' own; "raw": the fused kernel of kerasarch's SGD
     optimizer.build(model.trainable_variables)
 
     @tf.function(jit_compile=jit)

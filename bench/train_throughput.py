@@ -2,7 +2,8 @@
 
 Public APIs only: kerasarch models come from ``kerasarch.build_model``, keras.applications models from their
 constructors, and both train through the same plain step — a ``tf.function`` with a ``GradientTape``: forward,
-cross-entropy on logits, backward, ``SGD(momentum=0.9).apply`` — or infer through ``model(x, training=False)``.
+cross-entropy on logits, backward, ``kerasarch.training.optimizers.SGD(momentum=0.9).apply`` (Keras' SGD, the one a
+kerasarch training run uses, with TensorFlow's fused momentum kernel) — or infer through ``model(x, training=False)``.
 torchvision models run in one long-lived child process (TensorFlow and PyTorch do not share a process well and
 their thread pools would compete), with the same work: ``torch.autocast("cpu", torch.bfloat16)`` for the mixed
 runs, channels-last memory, ``torch.inference_mode()`` for inference. Inputs are synthetic 224×224 images already
@@ -107,6 +108,8 @@ def keras_runner(build, precision, batch, mode, jit=False, from_logits=True):
     import keras
     import tensorflow as tf
 
+    from kerasarch.training.optimizers import SGD
+
     previous = keras.config.dtype_policy()
     keras.config.set_dtype_policy(precision)
     try:
@@ -119,7 +122,8 @@ def keras_runner(build, precision, batch, mode, jit=False, from_logits=True):
         infer = tf.function(lambda x: model(x, training=False), jit_compile=jit)
         return (lambda: infer(x).numpy()), model
     y = tf.random.uniform((batch,), 0, classes, dtype=tf.int32)
-    optimizer = keras.optimizers.SGD(0.01, momentum=0.9)
+    # The SGD a kerasarch training run uses (Keras' SGD, TensorFlow's fused momentum kernel), for both Keras models.
+    optimizer = SGD(0.01, momentum=0.9)
     optimizer.build(model.trainable_variables)
     loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
 

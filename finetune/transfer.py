@@ -578,7 +578,9 @@ def fit_steps(
         elif optimizer == "adam":
             opt = keras.optimizers.Adam(schedule, **kw)
         elif optimizer == "sgd":
-            opt = keras.optimizers.SGD(schedule, momentum=0.9, **kw)
+            from kerasarch.training.optimizers import SGD  # Keras' SGD with TensorFlow's fused momentum update
+
+            opt = SGD(schedule, momentum=0.9, **kw)
         elif optimizer == "rmsprop":
             opt = keras.optimizers.RMSprop(schedule, momentum=0.9, **kw)
         else:

@@ -32,6 +32,7 @@ __all__ = [
     "backend_module",
     "tensorflow_onednn_enabled",
     "tensorflow_in_xla_context",
+    "optimizer_slot",
     "tuner_has_chief_oracle",
     "tuner_is_chief_oracle",
     "set_tuner_oracle_timeout",
@@ -111,6 +112,16 @@ def tensorflow_in_xla_context() -> bool:
         return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
     except (ImportError, AttributeError):
         return False
+
+
+# --- Keras: optimizers ----------------------------------------------------------------------------------------
+
+
+def optimizer_slot(optimizer: keras.optimizers.Optimizer, slots: list, variable: Any) -> Any:
+    """The entry of an optimizer's per-variable slot list (``SGD.momentums``, ``Adam.momentums``…) that belongs to
+    ``variable`` — a Keras variable or, inside Keras' TensorFlow update step, its ``tf.Variable`` (Keras'
+    ``Optimizer._get_variable_index``)."""
+    return slots[optimizer._get_variable_index(variable)]
 
 
 # --- keras-tuner: distributed search ---------------------------------------------------------------------------

@@ -173,7 +173,9 @@ def _make_optimizer(recipe):
     kind, lr = recipe["optimizer"], float(recipe["lr"])
     ema = {"use_ema": True, "ema_momentum": float(recipe["ema"])} if recipe.get("ema") else {}
     if kind == "sgd":
-        return keras.optimizers.SGD(lr, momentum=recipe["momentum"], nesterov=bool(recipe["nesterov"]), **ema)
+        from kerasarch.training.optimizers import SGD  # Keras' SGD with TensorFlow's fused momentum update
+
+        return SGD(lr, momentum=recipe["momentum"], nesterov=bool(recipe["nesterov"]), **ema)
     if kind == "adam":
         return keras.optimizers.Adam(lr, **ema)
     if kind == "adamw":
