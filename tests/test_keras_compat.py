@@ -188,3 +188,12 @@ def test_tensorflow_xla_context_is_seen_inside_jit_compiled_functions_only():
     tf.function(lambda: probe("graph"))()
     probe("eager")
     assert seen == {"xla": True, "graph": False, "eager": False}
+
+
+def test_optimizer_slot_finds_a_variables_momentum_from_the_keras_or_the_tensorflow_variable():
+    a, b = keras.Variable(np.zeros(2, "float32"), name="a"), keras.Variable(np.zeros((3, 1), "float32"), name="b")
+    opt = keras.optimizers.SGD(0.1, momentum=0.9)
+    opt.build([a, b])
+    for variable, shape in ((a, (2,)), (b, (3, 1)), (b.value, (3, 1))):  # .value: what Keras' TF update step passes
+        slot = keras_compat.optimizer_slot(opt, opt.momentums, variable)
+        assert tuple(slot.shape) == shape
