@@ -24,7 +24,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name: (batch, input size, C_in, C_out, kernel, stride, groups) — ResNeXt-50 32×4d's 3×3 convolutions per stage
-# (the stride-2 one opens stages 2–4, torchvision's v1.5 placement) at batch 8; AlexNet's grouped conv2/conv4.
+# (the stride-2 one opens stages 2–4, torchvision's v1.5 placement) at batch 8; AlexNet's grouped conv2/conv4/conv5.
 LAYERS = {
     "resnext_s1": (8, 56, 128, 128, 3, 1, 32),
     "resnext_s2_stride2": (8, 56, 256, 256, 3, 2, 32),
@@ -33,6 +33,7 @@ LAYERS = {
     "resnext_s4": (8, 7, 1024, 1024, 3, 1, 32),
     "alexnet_conv2": (8, 27, 96, 256, 5, 1, 2),
     "alexnet_conv4": (8, 13, 384, 384, 3, 1, 2),
+    "alexnet_conv5": (8, 13, 384, 256, 3, 1, 2),
 }
 FORMULATIONS = {
     "tf": ("keras", "grouped_op", "split", "ungrouped"),
@@ -153,10 +154,14 @@ def main(argv=None):
         action="store_true",
         help="leave out 'keras' under XLA and JAX (tens of seconds per backward pass on a CPU)",
     )
+    p.add_argument("--precision", default="float32", help="Keras dtype policy of the layers: float32, mixed_bfloat16")
     p.add_argument("--out", default=None, help="write OUT.json")
     p.add_argument("--engine-child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     names = args.layers.split(",")
+    import keras
+
+    keras.config.set_dtype_policy(args.precision)
     unknown = [n for n in names if n not in LAYERS]
     if unknown:
         p.error(f"unknown layers {unknown}; allowed: {list(LAYERS)}")
@@ -183,6 +188,8 @@ def main(argv=None):
                 str(args.reps),
                 "--rounds",
                 str(args.rounds),
+                "--precision",
+                args.precision,
             ] + (["--skip-slow"] if args.skip_slow else [])
             env = {**os.environ, "KERAS_BACKEND": "jax", "JAX_PLATFORMS": "cpu"}
             done = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -203,6 +210,7 @@ def main(argv=None):
                     "command": "python bench/grouped_conv.py " + " ".join(argv),
                     "cpus": os.cpu_count(),
                     "tensorflow": tf.__version__,
+                    "precision": args.precision,
                     "load_after": os.getloadavg(),
                     "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()),
                     "rows": rows,

@@ -30,7 +30,7 @@ def auto_pointwise_formulation(data_format: str = "channels_last", training: boo
     ``"matmul"`` for training steps with TensorFlow on a CPU with oneDNN, outside XLA, channels-last (measured
     faster in bfloat16 and no slower in float32, forward and backward). ``"keras"`` for inference — TensorFlow's
     graph optimiser fuses a convolution with the batch norm and ReLU after it (``_FusedConv2D``), which it does
-    not do for a matrix product, and the fused convolution serves a ResNet-50 13% faster in float32 — and
+    not do for a matrix product, and the fused convolution runs a ResNet-50's inference 12–13% faster in float32 — and
     everywhere else (cuDNN on GPUs, XLA, JAX, PyTorch, NCHW), where the native convolution is not known to be
     slower.
     """
