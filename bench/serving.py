@@ -22,6 +22,7 @@ kept. Prints images/s, images per CPU-second and the ratios against ``onnxruntim
 every round) and ``OUT.png``.
 
     python bench/serving.py --out bench/results/serving_resnet50
+    python bench/serving.py --frozen-weights --out bench/results/serving_resnet50_frozen   # a serving process's setting
     python bench/serving.py --model resnet18 --batches 1 --rounds 1 --reps 2 --jobs savedmodel_uint8,onnxruntime
 """
 
@@ -248,6 +249,12 @@ def main(argv=None):
     p.add_argument("--reps", type=int, default=8, help="timed calls per measurement at batch 1 (batch 32: a quarter)")
     p.add_argument("--warmup", type=int, default=2, help="untimed calls per job and batch before the first round")
     p.add_argument("--threads", type=int, default=0, help="intra-op threads for onnxruntime/TFLite (0: default)")
+    p.add_argument(
+        "--frozen-weights",
+        action="store_true",
+        help="serve with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 (oneDNN keeps its reordered kernels between calls; for "
+        "serving processes only, see docs/serving.md)",
+    )
     p.add_argument("--out", default=None, help="write OUT.json and OUT.png")
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
@@ -255,6 +262,8 @@ def main(argv=None):
     unknown = sorted(set(args.jobs) - set(JOBS))
     if unknown:
         p.error(f"unknown job(s) {', '.join(unknown)}; choose from {', '.join(JOBS)}. Received: --jobs {args.jobs}")
+    if args.frozen_weights:  # read once, when TensorFlow starts: before its import
+        os.environ["TF_ONEDNN_ASSUME_FROZEN_WEIGHTS"] = "1"
 
     import keras
     import tensorflow as tf
