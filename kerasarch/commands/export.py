@@ -142,4 +142,8 @@ def run(args):
     )
     if args.format == "saved_model":
         print(f"Serve it with TensorFlow Serving: --model_base_path={out} (see docs/serving.md)")
+        print(
+            "On a CPU, start the serving process with TF_ONEDNN_ASSUME_FROZEN_WEIGHTS=1 (never a training one): "
+            "1.3-1.6x the images/s at batch 1 (docs/serving.md, CPU threading)"
+        )
     return 0
