@@ -9,6 +9,7 @@ run folders that survive a kill.
 
 from kerasarch.training.distribute import is_chief, make_strategy
 from kerasarch.training.loop import TrainResult, evaluate, train
+from kerasarch.training.optimizers import SGD
 from kerasarch.training.precision import PRECISIONS, cpu_supports_bfloat16, resolve_precision
 from kerasarch.training.recipes import RECIPES, get_recipe, lr_at, recipe_name_for
 
@@ -16,6 +17,7 @@ __all__ = [
     "train",
     "evaluate",
     "TrainResult",
+    "SGD",
     "get_recipe",
     "recipe_name_for",
     "lr_at",

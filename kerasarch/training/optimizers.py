@@ -9,6 +9,8 @@ Nesterov included — as one kernel per variable (``bench/README.md``: AlexNet 1
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 
 from kerasarch.keras_compat import optimizer_slot
@@ -26,7 +28,7 @@ class SGD(keras.optimizers.SGD):
     decay, EMA, gradient clipping and accumulation stay Keras' (they run around ``update_step``).
     """
 
-    def update_step(self, gradient, variable, learning_rate):
+    def update_step(self, gradient: Any, variable: Any, learning_rate: Any) -> None:
         if not self.fused_update_applies(gradient):
             return super().update_step(gradient, variable, learning_rate)
         import tensorflow as tf
@@ -42,7 +44,7 @@ class SGD(keras.optimizers.SGD):
             use_nesterov=bool(self.nesterov),
         )
 
-    def fused_update_applies(self, gradient) -> bool:
+    def fused_update_applies(self, gradient: Any) -> bool:
         """Whether ``update_step`` runs TensorFlow's fused kernel for this gradient."""
         if keras.backend.backend() != "tensorflow" or self.momentum == 0:
             return False
