@@ -174,3 +174,17 @@ def test_resnet50_uses_it_for_every_1x1_convolution():
         for layer in model.layers
         if type(layer) is keras.layers.Conv2D and tuple(layer.kernel_size) == (1, 1) and layer.groups == 1
     ]
+
+
+def test_activation_and_no_bias_follow_conv2d():
+    case = CASES[1]
+    x, kernel, bias, _ = _case(case, seed=5)
+    with_relu = _layer(PointwiseConv2D, case, kernel, bias, formulation="matmul", activation="relu")
+    np.testing.assert_allclose(
+        with_relu(x, training=True).numpy(), np.maximum(np_pointwise(x, kernel, bias, 2), 0), atol=1e-4
+    )
+    cin, cout, strides, padding, _, _ = case
+    no_bias = PointwiseConv2D(cout, strides=strides, padding=padding, use_bias=False, formulation="matmul")
+    no_bias.build((None, None, None, cin))
+    no_bias.set_weights([kernel])
+    np.testing.assert_allclose(no_bias(x, training=True).numpy(), np_pointwise(x, kernel, 0.0, 2), atol=1e-4)
