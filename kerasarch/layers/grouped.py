@@ -13,6 +13,7 @@ slow — two orders of magnitude in the backward pass (ResNeXt-50 trained 35× s
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import keras
 from keras import ops
@@ -48,7 +49,7 @@ def _tf_in_xla():
     return tensorflow_in_xla_context()
 
 
-def auto_formulation(data_format="channels_last"):
+def auto_formulation(data_format: str = "channels_last") -> str:
     """The formulation ``"auto"`` resolves to here and now (backend, device, inside XLA or not).
 
     * GPUs: ``"keras"`` — the native grouped convolution (cuDNN) is fast.
@@ -89,13 +90,15 @@ class GroupedConv2D(keras.layers.Conv2D):
     All formulations agree to float32 round-off, forward and backward (``tests/test_grouped_conv.py``).
     """
 
-    def __init__(self, filters, kernel_size, *, formulation="auto", **kwargs):
+    def __init__(
+        self, filters: int, kernel_size: int | tuple[int, int], *, formulation: str = "auto", **kwargs: Any
+    ) -> None:
         if formulation not in FORMULATIONS:
             raise ValueError(f"`formulation` must be one of {FORMULATIONS}. Received: formulation={formulation!r}")
         super().__init__(filters, kernel_size, **kwargs)
         self.formulation = formulation
 
-    def resolved_formulation(self):
+    def resolved_formulation(self) -> str:
         """The formulation a call traced now would use."""
         if self.groups == 1:
             return "keras"
@@ -103,7 +106,7 @@ class GroupedConv2D(keras.layers.Conv2D):
             return auto_formulation(self.data_format)
         return self.formulation
 
-    def convolution_op(self, inputs, kernel):
+    def convolution_op(self, inputs: Any, kernel: Any) -> Any:
         how = self.resolved_formulation()
         if how == "keras":
             return super().convolution_op(inputs, kernel)
@@ -146,5 +149,5 @@ class GroupedConv2D(keras.layers.Conv2D):
         ]
         return ops.concatenate(ys, axis=axis)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "formulation": self.formulation}

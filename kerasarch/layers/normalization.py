@@ -22,6 +22,7 @@ own computation.
 from __future__ import annotations
 
 import functools
+from typing import Any
 
 import keras
 
@@ -43,11 +44,11 @@ class BatchNormalization(keras.layers.BatchNormalization):
         **kwargs: ``keras.layers.BatchNormalization``'s arguments.
     """
 
-    def __init__(self, *, fused: bool = True, **kwargs):
+    def __init__(self, *, fused: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.fused = bool(fused)
 
-    def uses_fused_op(self, inputs, mask=None) -> bool:
+    def uses_fused_op(self, inputs: Any, mask: Any = None) -> bool:
         """Whether a call on ``inputs`` (with ``mask``) runs TensorFlow's fused op rather than Keras' code."""
         return (
             self.fused
@@ -60,7 +61,7 @@ class BatchNormalization(keras.layers.BatchNormalization):
             and keras.backend.standardize_dtype(inputs.dtype) in FUSED_DTYPES
         )
 
-    def call(self, inputs, training=None, mask=None):
+    def call(self, inputs: Any, training: bool | None = None, mask: Any = None) -> Any:
         if not self.uses_fused_op(inputs, mask):
             return super().call(inputs, training=training, mask=mask)
         import tensorflow as tf
@@ -91,5 +92,5 @@ class BatchNormalization(keras.layers.BatchNormalization):
             y = fused(mean=moving_mean, variance=moving_variance, is_training=False)[0]
         return tf.cast(y, self.compute_dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "fused": self.fused}

@@ -14,6 +14,8 @@ them (more than half its MACs), so the formulation decides its bfloat16 training
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -59,7 +61,9 @@ class PointwiseConv2D(keras.layers.Conv2D):
     Both agree to float32 round-off, forward and backward (``tests/test_pointwise_conv.py``).
     """
 
-    def __init__(self, filters, kernel_size=1, *, formulation: str = "auto", **kwargs):
+    def __init__(
+        self, filters: int, kernel_size: int | tuple[int, int] = 1, *, formulation: str = "auto", **kwargs: Any
+    ) -> None:
         if formulation not in POINTWISE_FORMULATIONS:
             raise ValueError(
                 f"`formulation` must be one of {POINTWISE_FORMULATIONS}. Received: formulation={formulation!r}"
@@ -78,7 +82,7 @@ class PointwiseConv2D(keras.layers.Conv2D):
             return auto_pointwise_formulation(self.data_format, training=bool(training))
         return self.formulation
 
-    def call(self, inputs, training=None):
+    def call(self, inputs: Any, training: bool | None = None) -> Any:
         if self.resolved_formulation(training) == "keras":
             return super().call(inputs)
         # Conv2D.call with the product in place of the convolution: bias over the channels, then the activation.
@@ -89,7 +93,7 @@ class PointwiseConv2D(keras.layers.Conv2D):
             outputs = self.activation(outputs)
         return outputs
 
-    def matmul_op(self, inputs, kernel):
+    def matmul_op(self, inputs: Any, kernel: Any) -> Any:
         """The 1×1 convolution of channels-last ``inputs`` with ``kernel`` as one matrix product."""
         if self.data_format != "channels_last":
             raise ValueError(
@@ -106,5 +110,5 @@ class PointwiseConv2D(keras.layers.Conv2D):
         y = ops.matmul(ops.reshape(inputs, (-1, cin)), kernel)
         return ops.reshape(y, (*outer, cout))
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "formulation": self.formulation}
