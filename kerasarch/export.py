@@ -43,6 +43,8 @@ from kerasarch.errors import KerasarchError
 if TYPE_CHECKING:
     import keras
 
+    from kerasarch.card import InputConfig
+
 __all__ = [
     "export_model",
     "export_target",
@@ -94,7 +96,9 @@ def _run_file(source):
         raise ExportError(f"{e} Received: {os.fspath(source)!r}") from None
 
 
-def load_for_export(source, weights=None, *, input_size=None):
+def load_for_export(
+    source: str | os.PathLike, weights: str | os.PathLike | None = None, *, input_size: int | None = None
+) -> keras.Model:
     """The model to export: a registry name built with ``weights`` (``input_size`` × ``input_size`` inputs when
     given), or a ``.keras`` file / training run folder loaded as saved, with its card."""
     import keras
@@ -117,7 +121,13 @@ def load_for_export(source, weights=None, *, input_size=None):
     return spec.build(weights=weights, **kwargs)
 
 
-def serving_input(model, *, preprocessing=None, fit=None, class_names=None):
+def serving_input(
+    model: keras.Model,
+    *,
+    preprocessing: str | None = None,
+    fit: str | None = None,
+    class_names: Sequence[str] | None = None,
+) -> tuple[InputConfig, Sequence[str] | None]:
     """``(InputConfig, class names)`` a served model applies: its card's, with each explicit option replacing
     the card's value (a warning names every option that contradicts the card). A model without a card (a
     ``.keras`` made outside kerasarch) needs ``preprocessing``; its fit is then ``fit`` or ``"resize"``."""
@@ -154,7 +164,15 @@ def serving_input(model, *, preprocessing=None, fit=None, class_names=None):
     return config.replace(**changes), (list(names) if names is not None else None)
 
 
-def prepare_model(name, weights=None, *, preprocessing=None, class_names=None, input_size=None, fit=None):
+def prepare_model(
+    name: str | os.PathLike,
+    weights: str | os.PathLike | None = None,
+    *,
+    preprocessing: str | None = None,
+    class_names: Sequence[str] | None = None,
+    input_size: int | None = None,
+    fit: str | None = None,
+) -> tuple[keras.Model, str, Sequence[str] | None]:
     """The model to export and what its inputs need: a registry name built with ``weights``, or a ``.keras`` file
     or training run folder as saved (see :func:`load_for_export`).
 
@@ -228,7 +246,9 @@ def _refuse_current_folder(out):
         )
 
 
-def export_target(out, *, format="saved_model", version=None, overwrite=False):
+def export_target(
+    out: str | os.PathLike, *, format: str = "saved_model", version: int | None = None, overwrite: bool = False
+) -> str:
     """Where :func:`export_model` will write, after checking that nothing but an earlier export gets replaced.
 
     SavedModel: the version folder ``out/<version>/`` (TensorFlow Serving's layout; ``out`` is the model base
@@ -342,7 +362,7 @@ def _atomic_directory(target, replace_parent=None):
         raise
 
 
-def representative_images(size, count=32, seed=0):
+def representative_images(size: int, count: int = 32, seed: int = 0) -> np.ndarray:
     """``count`` real uint8 RGB images of ``size`` × ``size``: scikit-learn's 8×8 digits, upscaled and tinted per
     channel (offline calibration data for int8; real deployments should calibrate on their own images)."""
     import tensorflow as tf
@@ -581,7 +601,7 @@ def _export_saved_model(serving, folder):
     archive.write_out(folder, verbose=False)
 
 
-def warmup_images(size=None):
+def warmup_images(size: int | None = None) -> list[bytes]:
     """A few real images, encoded as a client sends them: a photograph (scikit-learn's sample ``china.jpg``,
     scaled to 240 pixels high) as JPEG, and two of scikit-learn's 8×8 digits (upscaled and tinted by
     :func:`representative_images`) as PNG, grey and RGB. Returns a list of ``bytes``."""

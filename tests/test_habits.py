@@ -170,8 +170,8 @@ TYPED_API = {
     "kerasarch.data": None,
     "kerasarch.weights": None,
     "kerasarch.card": None,
-    "kerasarch.export": ["export_model"],
-    "kerasarch.training": ["train"],
+    "kerasarch.export": None,
+    "kerasarch.training": None,
 }
 
 

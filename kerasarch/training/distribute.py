@@ -25,11 +25,15 @@ from __future__ import annotations
 
 import json
 import os
+from typing import TYPE_CHECKING, Sequence
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 __all__ = ["make_strategy", "is_chief", "worker_count", "worker_index", "tf_config_workers"]
 
 
-def tf_config_workers():
+def tf_config_workers() -> int:
     """The number of tasks in ``TF_CONFIG``'s cluster (0 when it is unset)."""
     raw = os.environ.get("TF_CONFIG")
     if not raw:
@@ -56,7 +60,9 @@ def _multi_worker():
         raise
 
 
-def make_strategy(strategy="auto", devices=None):
+def make_strategy(
+    strategy: str | tf.distribute.Strategy | None = "auto", devices: Sequence[str] | None = None
+) -> tf.distribute.Strategy:
     """A ``tf.distribute.Strategy`` for ``strategy``.
 
     Args:
@@ -95,7 +101,7 @@ def make_strategy(strategy="auto", devices=None):
     )
 
 
-def worker_count(strategy):
+def worker_count(strategy: tf.distribute.Strategy) -> int:
     """The number of workers (input pipelines) of ``strategy``: the chief and the workers of its cluster, 1 for a
     strategy without one (read from the public ``cluster_resolver``, as TensorFlow counts them)."""
     resolver = getattr(strategy, "cluster_resolver", None)
@@ -105,7 +111,7 @@ def worker_count(strategy):
     return max(1, len(cluster.get("chief", ())) + len(cluster.get("worker", ())))
 
 
-def worker_index(strategy):
+def worker_index(strategy: tf.distribute.Strategy) -> int:
     """This worker's index (0 outside multi-worker strategies)."""
     resolver = getattr(strategy, "cluster_resolver", None)
     if resolver is None or worker_count(strategy) == 1:
@@ -116,6 +122,6 @@ def worker_index(strategy):
     return int(resolver.task_id) + (1 if has_chief else 0)
 
 
-def is_chief(strategy):
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
     """Whether this process writes the run's files (the chief, or worker 0 when the cluster has no chief)."""
     return worker_index(strategy) == 0

@@ -90,7 +90,7 @@ class TrainResult:
     augment: str
     optimizer: Any = None
 
-    def evaluate(self, dataset, batch_size=None):
+    def evaluate(self, dataset: tf.data.Dataset, batch_size: int | None = None) -> dict[str, float]:
         """Loss and accuracy on ``dataset`` (unbatched ``(image, label)`` pairs go through the run's evaluation
         transform and preprocessing; batched ones are used as they are)."""
         return evaluate(
@@ -491,7 +491,14 @@ def _run_eval(eval_step, batches):
     return {"loss": loss / count, "accuracy": correct / count, "examples": int(count)}
 
 
-def evaluate(model, dataset, *, batch_size=256, preprocessing=None, augment="none"):
+def evaluate(
+    model: keras.Model,
+    dataset: tf.data.Dataset,
+    *,
+    batch_size: int = 256,
+    preprocessing: str | None = None,
+    augment: str = "none",
+) -> dict[str, float]:
     """Mean cross-entropy and top-1 accuracy of ``model`` on ``dataset``.
 
     Args:

@@ -8,7 +8,8 @@ Under a mixed policy the layers compute in 16 bits and keep float32 variables; k
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import os
+from typing import Iterable, Iterator, Sequence
 
 __all__ = [
     "PRECISIONS",
@@ -22,7 +23,7 @@ __all__ = [
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 
 
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
+def cpu_flags(cpuinfo: str | os.PathLike = "/proc/cpuinfo") -> set[str]:
     """The CPU feature flags listed in ``/proc/cpuinfo`` (an empty set where it cannot be read)."""
     try:
         with open(cpuinfo) as f:
@@ -34,14 +35,14 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     return set()
 
 
-def cpu_supports_bfloat16(flags=None):
+def cpu_supports_bfloat16(flags: Iterable[str] | None = None) -> bool:
     """Whether the CPU computes bfloat16 natively: AVX512-BF16 or AMX-BF16 (oneDNN then runs bfloat16 convolutions
     and matrix products faster than float32)."""
     flags = cpu_flags() if flags is None else flags
     return bool({"avx512_bf16", "amx_bf16"} & set(flags))
 
 
-def gpu_compute_capabilities():
+def gpu_compute_capabilities() -> list[tuple[int, ...]]:
     """``[(major, minor), ...]`` of the visible GPUs."""
     import tensorflow as tf
 
@@ -61,7 +62,13 @@ def _has_tpu():
         return False
 
 
-def resolve_precision(precision="auto", *, gpus=None, tpu=None, cpu_flags_=None):
+def resolve_precision(
+    precision: str = "auto",
+    *,
+    gpus: Iterable[Sequence[int]] | None = None,
+    tpu: bool | None = None,
+    cpu_flags_: Iterable[str] | None = None,
+) -> str:
     """The Keras dtype policy name for ``precision``.
 
     ``"auto"``: ``"mixed_float16"`` when every visible GPU has compute capability ≥ 7.0 (tensor cores),

@@ -33,6 +33,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+from typing import Any, Mapping
+
+from kerasarch.registry import ModelSpec
 
 __all__ = ["RECIPES", "get_recipe", "recipe_name_for", "lr_at", "PlateauState"]
 
@@ -294,13 +297,17 @@ RECIPES = {
 }
 
 
-def recipe_name_for(spec):
+def recipe_name_for(spec: ModelSpec | None) -> str:
     """The name of the default recipe of a :class:`~kerasarch.ModelSpec` (its ``recipe`` field; ``"generic"`` for
     ``None``)."""
     return "generic" if spec is None else spec.recipe
 
 
-def get_recipe(spec=None, recipe="paper", **overrides):
+def get_recipe(
+    spec: ModelSpec | None = None,
+    recipe: str | os.PathLike | dict[str, Any] | None = "paper",
+    **overrides: Any,
+) -> dict[str, Any]:
     """Resolves a recipe.
 
     Args:
@@ -368,7 +375,7 @@ def _check(r):
 class PlateauState:
     """The state of a ``"plateau"`` schedule: the multiplier, the best value, epochs without improvement."""
 
-    def __init__(self, schedule, state=None):
+    def __init__(self, schedule: Mapping[str, Any], state: Mapping[str, Any] | None = None) -> None:
         self.schedule = schedule
         state = state or {}
         self.multiplier = float(state.get("multiplier", 1.0))
@@ -376,7 +383,7 @@ class PlateauState:
         self.wait = int(state.get("wait", 0))
         self.reductions = int(state.get("reductions", 0))
 
-    def update(self, logs):
+    def update(self, logs: Mapping[str, float]) -> bool:
         """Called at the end of an epoch with its logs; returns True when the learning rate was reduced."""
         s = self.schedule
         if s.get("type") != "plateau":
@@ -398,11 +405,17 @@ class PlateauState:
             return True
         return False
 
-    def state(self):
+    def state(self) -> dict[str, Any]:
         return {"multiplier": self.multiplier, "best": self.best, "wait": self.wait, "reductions": self.reductions}
 
 
-def lr_at(recipe, epoch, step=0, steps_per_epoch=None, plateau_multiplier=1.0):
+def lr_at(
+    recipe: Mapping[str, Any],
+    epoch: int,
+    step: int = 0,
+    steps_per_epoch: int | None = None,
+    plateau_multiplier: float = 1.0,
+) -> float:
     """The learning rate at ``step`` of (0-based) ``epoch`` under ``recipe``'s schedule."""
     lr = float(recipe["lr"])
     epochs = int(recipe["epochs"])
