@@ -172,6 +172,10 @@ TYPED_API = {
     "kerasarch.card": None,
     "kerasarch.export": None,
     "kerasarch.training": None,
+    "kerasarch.layers.pointwise": None,
+    "kerasarch.layers.grouped": None,
+    "kerasarch.layers.normalization": None,
+    "kerasarch.training.optimizers": None,
 }
 
 
