@@ -106,9 +106,8 @@ class PointwiseConv2D(keras.layers.Conv2D):
             inputs = ops.max_pool(inputs, pool_size=1, strides=self.strides, padding="valid")
         cin, cout = kernel.shape[-2], kernel.shape[-1]
         kernel = ops.cast(ops.reshape(kernel, (cin, cout)), inputs.dtype)
-        outer = tuple(d if d is not None else ops.shape(inputs)[i] for i, d in enumerate(inputs.shape[:-1]))
         y = ops.matmul(ops.reshape(inputs, (-1, cin)), kernel)
-        return ops.reshape(y, (*outer, cout))
+        return ops.reshape(y, (*ops.shape(inputs)[:-1], cout))  # static sizes where known, tensors where not
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "formulation": self.formulation}
